@@ -1,0 +1,1 @@
+"""Pallas kernels for the associative-memory updates, installed as `nestlearn.kernels`."""
