@@ -1,0 +1,131 @@
+"""The contract every optimizer in `nestlearn.optim` keeps (after optax/contrib/_common_test.py).
+
+Each transform: runs under `jax.jit` without recompiling on later calls; returns updates in the
+params' dtype (bfloat16 and float32) with a state whose structure, shapes and dtypes do not
+change, so `lax.cond` can choose between an updated and a carried state; works inside
+`optax.inject_hyperparams` (same updates and state) and inside `optax.MultiSteps`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nestlearn.optim as no
+
+# name -> (factory, kwargs, static args for inject_hyperparams)
+OPTIMIZERS = {
+    "momentum_memory": (no.momentum_memory, dict(learning_rate=0.1, beta=0.9), ()),
+    "preconditioned_momentum": (
+        no.preconditioned_momentum,
+        dict(learning_rate=0.1, alpha=0.9, preconditioner=optax.scale_by_rms()),
+        (),
+    ),
+    "delta_momentum": (no.delta_momentum, dict(learning_rate=0.1, alpha=0.9), ()),
+    "deep_momentum": (
+        no.deep_momentum,
+        dict(learning_rate=0.1, alpha=0.99, beta=0.9, inner_lr=0.1, hidden=4),
+        ("hidden", "seed"),
+    ),
+    "feature_momentum": (
+        no.feature_momentum,
+        dict(learning_rate=0.1, alpha=0.9, coefficients=(0.0, 1.0, 0.0, 0.1)),
+        (),
+    ),
+    "newton_schulz_momentum": (
+        no.newton_schulz_momentum,
+        dict(learning_rate=0.1, beta=0.9, ns_steps=3),
+        ("ns_steps",),
+    ),
+    "m3": (
+        no.m3,
+        dict(learning_rate=0.1, ns_steps=3, slow_period=2),
+        ("ns_steps", "slow_period"),
+    ),
+    "dgd": (no.dgd, dict(learning_rate=0.1), ()),
+}
+NAMES = sorted(OPTIMIZERS)
+
+
+def _problem(dtype):
+    params = {"w": jnp.full((3, 4), 0.5, dtype), "b": jnp.linspace(-1.0, 1.0, 4, dtype=dtype)}
+    inputs = jnp.linspace(-1.0, 2.0, 6, dtype=dtype).reshape(2, 3)
+
+    def loss(p):
+        return jnp.sum((inputs @ p["w"] + p["b"] - 1.0) ** 2)
+
+    return params, loss, {"layer_inputs": {"w": inputs, "b": None}}
+
+
+def _extra(name, extra):
+    return extra if name == "dgd" else {"unexpected_extra_arg": 1}
+
+
+def _signature(tree):
+    return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_dtype_cond_and_no_recompile(name, dtype):
+    factory, kwargs, _ = OPTIMIZERS[name]
+    tx = factory(**kwargs)
+    params, loss, extra = _problem(jnp.dtype(dtype))
+    extra = _extra(name, extra)
+    traces = []
+
+    @jax.jit
+    def step(params, state, apply):
+        traces.append(None)
+        grads = jax.grad(loss)(params)
+        updates, state = jax.lax.cond(
+            apply,
+            lambda: tx.update(grads, state, params, **extra),
+            lambda: (jax.tree.map(jnp.zeros_like, params), state),
+        )
+        return optax.apply_updates(params, updates), state, updates
+
+    state = tx.init(params)
+    init_signature = _signature(state)
+    for apply in (True, False, True):
+        params, state, updates = step(params, state, jnp.asarray(apply))
+        assert _signature(state) == init_signature
+        for u in jax.tree.leaves(updates):
+            assert u.dtype == jnp.dtype(dtype)
+    assert len(traces) == 1, "the jitted update retraced on a later call"
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams(name):
+    factory, kwargs, static = OPTIMIZERS[name]
+    params, loss, extra = _problem(jnp.float32)
+    extra = _extra(name, extra)
+    grads = jax.grad(loss)(params)
+    tx = factory(**kwargs)
+    injected = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+    updates, state = jax.jit(lambda s: tx.update(grads, s, params, **extra))(tx.init(params))
+    updates_i, state_i = jax.jit(lambda s: injected.update(grads, s, params, **extra))(
+        injected.init(params)
+    )
+    for a, b in zip(jax.tree.leaves(updates_i), jax.tree.leaves(updates), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(state_i.inner_state), jax.tree.leaves(state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multisteps(name):
+    factory, kwargs, _ = OPTIMIZERS[name]
+    tx = optax.MultiSteps(factory(**kwargs), every_k_schedule=2)
+    params, loss, extra = _problem(jnp.float32)
+    extra = _extra(name, extra)
+    grads = jax.grad(loss)(params)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
+    state = tx.init(params)
+    updates, state = update(grads, state, params)
+    for u in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(u, jnp.zeros_like(u))
+    updates, state = update(grads, state, params)
+    assert any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates))
