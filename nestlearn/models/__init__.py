@@ -1,1 +1,78 @@
-"""nestlearn.models."""
+"""nestlearn.models: Flax NNX language models built from registered blocks.
+
+`available()`, `default_config(name)`, `build(config, rngs=...)`, `generate(...)`,
+`count_params(...)` and `cms_level_selectors(config)` are the public entry points; `register`
+adds a model (see `nestlearn.models.registry` for the block protocol).
+"""
+
+from nestlearn.models import transformer
+from nestlearn.models.attention import Attention, KVCache, causal_attention, rope
+from nestlearn.models.cms import (
+    CMS,
+    CMSLevel,
+    CMSOnlineState,
+    cms_apply,
+    cms_level_selectors,
+    cms_online_update,
+)
+from nestlearn.models.generate import generate, sample_logits
+from nestlearn.models.language_model import LanguageModel, LMState, OnlinePending, build
+from nestlearn.models.layers import (
+    MLP,
+    OutputGate,
+    RMSNorm,
+    ShortConv,
+    SwiGLU,
+    l2_normalize,
+    mlp_hidden_size,
+)
+from nestlearn.models.params import count_params
+from nestlearn.models.registry import (
+    MemoryState,
+    ModelSpec,
+    attention_config,
+    available,
+    base_config,
+    cms_config,
+    default_config,
+    register,
+)
+from nestlearn.models.transformer import HopeAttentionBlock, TransformerBlock
+
+__all__ = [
+    "CMS",
+    "MLP",
+    "Attention",
+    "CMSLevel",
+    "CMSOnlineState",
+    "HopeAttentionBlock",
+    "KVCache",
+    "LMState",
+    "LanguageModel",
+    "MemoryState",
+    "ModelSpec",
+    "OnlinePending",
+    "OutputGate",
+    "RMSNorm",
+    "ShortConv",
+    "SwiGLU",
+    "TransformerBlock",
+    "attention_config",
+    "available",
+    "base_config",
+    "build",
+    "causal_attention",
+    "cms_apply",
+    "cms_config",
+    "cms_level_selectors",
+    "cms_online_update",
+    "count_params",
+    "default_config",
+    "generate",
+    "l2_normalize",
+    "mlp_hidden_size",
+    "register",
+    "rope",
+    "sample_logits",
+    "transformer",
+]

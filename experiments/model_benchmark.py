@@ -1,0 +1,181 @@
+"""Training throughput of every registered model (forward + backward + AdamW, float32).
+
+Purpose: check that each model trains at a usable speed on the CPU and compare the models'
+compute cost. For each model and shape it reports steady-state training tokens/s (median over
+`--steps` timed steps after compilation), parameters, FLOPs per token from XLA's cost analysis,
+the achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, and memory
+(XLA's buffer sizes for the compiled step and the process's peak RSS).
+
+Shapes: (a) small: d 128, 2 layers, 4 heads, vocab 256, T 256, batch 4;
+        (b) medium: d 256, 4 layers, 4 heads, vocab 256, T 512, batch 4.
+Targets at (a): Transformer++ >= 25,000 tokens/s, Hope >= 3,300 tokens/s (2-core CPU).
+
+Command:
+  .venv/bin/python experiments/model_benchmark.py [--models=transformer_pp,hope] [--quick]
+Writes docs/results/model_benchmark.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from nestlearn import models
+
+SHAPES = {
+    "small": dict(d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=256, batch=4),
+    "medium": dict(d_model=256, num_layers=4, num_heads=4, vocab_size=256, seq_len=512, batch=4),
+}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Measured float32 matmul rate of this machine (GFLOP/s, median of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def benchmark(name: str, shape: dict, steps: int) -> dict:
+    """Times the jitted train step of model `name` at `shape`."""
+    config = models.default_config(name)
+    for key in ("d_model", "num_layers", "num_heads", "vocab_size"):
+        config[key] = shape[key]
+    config.head_dim = 0
+    config.max_len = shape["seq_len"]
+    model = models.build(config, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adamw(1e-3, weight_decay=0.1)
+    opt_state = tx.init(params)
+    tokens = jax.random.randint(
+        jax.random.key(1), (shape["batch"], shape["seq_len"]), 0, shape["vocab_size"]
+    )
+
+    def loss_fn(params, tokens):
+        logits, _ = nnx.merge(graphdef, params, rest)(tokens)
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+
+    def step(params, opt_state, tokens):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    mem = compiled.memory_analysis()
+    xla_mb = float("nan")
+    if mem is not None:
+        total = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        )
+        xla_mb = total / 2**20
+    for _ in range(2):  # warm-up
+        params, opt_state, loss = compiled(params, opt_state, tokens)
+    loss.block_until_ready()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        params, opt_state, loss = compiled(params, opt_state, tokens)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    n_tokens = shape["batch"] * shape["seq_len"]
+    return {
+        "model": name,
+        "params": models.count_params(params),
+        "tokens_per_s": n_tokens / step_s,
+        "step_ms": 1e3 * step_s,
+        "flops_per_token": flops / n_tokens,
+        "achieved_gflops": flops / step_s / 1e9,
+        "xla_memory_mb": xla_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "compile_s": compile_s,
+        "final_loss": float(loss),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models",
+        default=",".join(models.available()),
+        help="comma-separated model names (default: all registered)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small shape only, 5 timed steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model and shape")
+    parser.add_argument("--out", default="docs/results/model_benchmark.json")
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(models.available()))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; available: {models.available()}")
+    shapes = ["small"] if args.quick else list(SHAPES)
+    steps = 5 if args.quick else args.steps
+    rate = matmul_gflops()
+    print(
+        f"float32 matmul (1024^3): {rate:.1f} GFLOP/s; cores: {os.cpu_count()}; "
+        f"load avg: {os.getloadavg()[0]:.1f}"
+    )
+    results = []
+    for shape_name in shapes:
+        for name in names:
+            row = benchmark(name, SHAPES[shape_name], steps)
+            row["shape"] = shape_name
+            row["matmul_fraction"] = row["achieved_gflops"] / rate
+            results.append(row)
+            print(f"  {shape_name} {name}: {row['tokens_per_s']:.0f} tokens/s", flush=True)
+    header = (
+        "| shape | model | params | tokens/s | step ms | GFLOP/token | GFLOP/s (of matmul) "
+        "| XLA MiB | peak RSS MiB |"
+    )
+    print("\n" + header + "\n|" + "---|" * 9)
+    for r in results:
+        print(
+            f"| {r['shape']} | {r['model']} | {r['params']:,} | {r['tokens_per_s']:,.0f} | "
+            f"{r['step_ms']:.1f} | {r['flops_per_token'] / 1e9:.4f} | "
+            f"{r['achieved_gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | "
+            f"{r['xla_memory_mb']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(
+            {
+                "matmul_gflops": rate,
+                "shapes": {s: SHAPES[s] for s in shapes},
+                "machine": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "load_avg_1min": os.getloadavg()[0],
+                "jax": jax.__version__,
+                "results": results,
+            },
+            f,
+            indent=2,
+        )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
