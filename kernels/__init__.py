@@ -1,1 +1,21 @@
-"""Pallas kernels for the associative-memory updates, installed as `nestlearn.kernels`."""
+"""Pallas kernels for the associative-memory updates, installed as `nestlearn.kernels`.
+
+Each op has a plain-JAX reference (the CPU default), Pallas backends for Triton (GPU) and Mosaic
+(TPU), and an ``implementation=`` switch (:mod:`nestlearn.kernels.dispatch`):
+
+* :func:`gated_delta` — gated delta rule (Gated DeltaNet) with an optional Titans momentum.
+* :func:`mlp_memory` — Titans deep memory (2-layer MLP) with chunk-start gradients.
+"""
+
+from nestlearn.kernels.dispatch import IMPLEMENTATIONS, Unavailable
+from nestlearn.kernels.gated_delta import GatedDeltaState, gated_delta
+from nestlearn.kernels.mlp_memory import MLPMemoryState, mlp_memory
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "GatedDeltaState",
+    "MLPMemoryState",
+    "Unavailable",
+    "gated_delta",
+    "mlp_memory",
+]

@@ -1,0 +1,129 @@
+"""Gated delta rule with momentum as a Pallas kernel lowered through Triton (GPU).
+
+One program per (sequence·head, value block) walks the chunks of its sequence in order, carrying
+the state block S[v-block, :] (and Z) in registers; each chunk is :func:`chunk.chunk_step`. Triton
+needs power-of-two tensor sizes, so the wrapper pads d_k and d_v to powers of two ≥ 16 and
+requires a power-of-two chunk size ≥ 16 (tl.dot operands are at least 16 wide).
+"""
+
+import functools
+
+import jax
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+from nestlearn.kernels.gated_delta import chunk
+from nestlearn.kernels.gated_delta.config import BlockSizes
+
+MIN_WIDTH = 16  # tl.dot needs every operand dimension ≥ 16
+
+
+def padded_width(d: int) -> int:
+    """Key/value width the Triton kernel works with: the next power of two ≥ 16."""
+    return max(MIN_WIDTH, pl.next_power_of_2(d))
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Raises ValueError unless ``chunk_size`` is a power of two ≥ 16."""
+    if chunk_size < MIN_WIDTH or chunk_size & (chunk_size - 1):
+        raise ValueError(f"{chunk_size=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
+
+
+def _kernel(*refs, treedef, n_terms, n_chunks, has_momentum, save_starts):
+    terms = jax.tree.unflatten(treedef, refs[:n_terms])
+    refs = refs[n_terms:]
+    if has_momentum:
+        s0_ref, z0_ref, o_ref, s_ref, z_ref, *starts = refs
+    else:
+        (s0_ref, o_ref, s_ref, *starts), z0_ref, z_ref = refs, None, None
+
+    def body(c, carry):
+        s, z = carry
+        if save_starts:
+            starts[0][c] = s
+            if has_momentum:
+                starts[1][c] = z
+        x = jax.tree.map(lambda r: r[c], terms)
+        o, (s, z) = chunk.chunk_step(x, (s, z))
+        o_ref[c] = o.astype(o_ref.dtype)
+        return s, z
+
+    init = (s0_ref[...], None if z0_ref is None else z0_ref[...])
+    s, z = lax.fori_loop(0, n_chunks, body, init)
+    s_ref[...] = s
+    if has_momentum:
+        z_ref[...] = z
+
+
+def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bool):
+    """Runs the chunk scan as one Triton kernel.
+
+    Args:
+      terms: stacked :class:`chunk.ChunkTerms` [bh, n, ...] with power-of-two widths.
+      state: initial ``(S_0, Z_0)``, each [bh, d_v, d_k] (Z_0 None without momentum).
+      save_starts: also return the state at every chunk start (residuals for the backward).
+      block_sizes: tiling; ``block_v`` splits d_v across programs.
+      interpret: run in the GPU-style Pallas interpreter (any platform).
+
+    Returns:
+      ``(o [bh, n, c, d_v], (S_end, Z_end), starts)``; starts is ``(S, Z)`` at every chunk start
+      [bh, n, d_v, d_k] when ``save_starts``, else None.
+    """
+    bh, n, c, d_k = terms.k.shape
+    d_v = terms.v.shape[-1]
+    check_chunk_size(c)
+    block_v = block_sizes.value_block(d_v)
+    if block_v < MIN_WIDTH or block_v & (block_v - 1):
+        raise ValueError(f"{block_v=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
+    s0, z0 = state
+    has_momentum = z0 is not None
+    dtype = s0.dtype
+
+    def whole(x):  # the whole sequence of one (sequence·head), same block for every value block
+        return pl.BlockSpec((None, *x.shape[1:]), lambda i, j: (i,) + (0,) * (x.ndim - 1))
+
+    leaves, treedef = jax.tree.flatten(terms)
+    in_specs = [whole(x) for x in leaves]
+    in_specs[2] = pl.BlockSpec((None, n, c, block_v), lambda i, j: (i, 0, 0, j))  # v
+    state_spec = pl.BlockSpec((None, block_v, d_k), lambda i, j: (i, j, 0))
+    starts_spec = pl.BlockSpec((None, n, block_v, d_k), lambda i, j: (i, 0, j, 0))
+    states = [s0] + ([z0] if has_momentum else [])
+    in_specs += [state_spec] * len(states)
+    state_shape = jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)
+    starts_shape = jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)
+    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_v), dtype)] + [state_shape] * len(states)
+    out_specs = [pl.BlockSpec((None, n, c, block_v), lambda i, j: (i, 0, 0, j))]
+    out_specs += [state_spec] * len(states)
+    if save_starts:
+        out_shape += [starts_shape] * len(states)
+        out_specs += [starts_spec] * len(states)
+    kernel = functools.partial(
+        _kernel,
+        treedef=treedef,
+        n_terms=len(leaves),
+        n_chunks=n,
+        has_momentum=has_momentum,
+        save_starts=save_starts,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bh, d_v // block_v),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        interpret=interpret,
+        name="gated_delta_fwd_triton",
+        compiler_params=plgpu.CompilerParams(
+            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
+        ),
+    )(*leaves, *states)
+    o, s, *rest = outs
+    z = rest.pop(0) if has_momentum else None
+    s_starts = rest.pop(0) if save_starts else None
+    z_starts = rest.pop(0) if save_starts and has_momentum else None
+    return o, (s, z), ((s_starts, z_starts) if save_starts else None)
+
+
+def pad_widths(d_k: int, d_v: int) -> tuple[int, int]:
+    """(d_k, d_v) as the Triton kernel needs them."""
+    return padded_width(d_k), padded_width(d_v)

@@ -1,0 +1,102 @@
+"""Titans MLP memory as a Pallas kernel lowered through Mosaic (TPU).
+
+The grid is (sequence·head, chunk) with the chunk axis sequential ("arbitrary"); the memory
+weights and momentum live in VMEM scratch across it and each grid step is the fused
+:func:`chunk.chunk_step` on one chunk. Blocks span whole widths, which satisfies Mosaic's
+(8, 128) tiling rule.
+"""
+
+import functools
+
+import jax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from nestlearn.kernels.mlp_memory import chunk
+
+
+def _kernel(*refs, terms_tree, state_tree, residual, save_starts):
+    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
+    terms = jax.tree.unflatten(terms_tree, refs[:n_terms])
+    refs = refs[n_terms:]
+    init_refs, refs = refs[:n_state], refs[n_state:]
+    o_ref, end_refs, refs = refs[0], refs[1 : 1 + n_state], refs[1 + n_state :]
+    start_refs = refs[:n_state] if save_starts else []
+    scratch = refs[-n_state:]
+    c = pl.program_id(1)
+
+    @pl.when(c == 0)
+    def _():
+        for scr, init in zip(scratch, init_refs):
+            scr[...] = init[...]
+
+    for start, scr in zip(start_refs, scratch):
+        start[...] = scr[...]
+    x = jax.tree.map(lambda r: r[...], terms)
+    state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
+    o, state = chunk.chunk_step(x, state, residual=residual)
+    o_ref[...] = o.astype(o_ref.dtype)
+    for scr, leaf in zip(scratch, jax.tree.leaves(state)):
+        scr[...] = leaf
+
+    @pl.when(c == pl.num_programs(1) - 1)
+    def _():
+        for end, scr in zip(end_refs, scratch):
+            end[...] = scr[...]
+
+
+def forward(terms, state, *, save_starts, residual, block_sizes, interpret):
+    """Runs the chunk scan of the MLP memory as one Mosaic TPU kernel.
+
+    Args:
+      terms: stacked :class:`chunk.ChunkTerms` [bh, n, ...].
+      state: ``(weights, momentum)`` as :class:`chunk.Weights` with leaves [bh, ...].
+      save_starts: also return the state at every chunk start.
+      residual: M(x) = x + W₁σ(W₂x).
+      block_sizes: unused on TPU (the Triton launch parameters).
+      interpret: False, or ``pltpu.InterpretParams()`` for the TPU interpreter.
+
+    Returns:
+      ``(o [bh, n, c, d_out], state_end, starts)``; starts has leaves [bh, n, ...] or is None.
+    """
+    del block_sizes
+    bh, n, c, _ = terms.k.shape
+    d_out = terms.v.shape[-1]
+    leaves, terms_tree = jax.tree.flatten(terms)
+    state_leaves, state_tree = jax.tree.flatten(state)
+    dtype = state_leaves[0].dtype
+
+    def per_chunk(x):  # [bh, n, ...] -> one chunk of one (sequence·head)
+        return pl.BlockSpec((None, None, *x.shape[2:]), lambda i, ci: (i, ci, 0, 0))
+
+    def per_sequence(x):  # [bh, ...] -> one (sequence·head), resident across chunks
+        return pl.BlockSpec((None, *x.shape[1:]), lambda i, ci: (i,) + (0,) * (x.ndim - 1))
+
+    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_out), dtype)]
+    out_shape += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state_leaves]
+    out_specs = [per_chunk(out_shape[0])] + [per_sequence(x) for x in state_leaves]
+    if save_starts:
+        starts = [jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype) for x in state_leaves]
+        out_shape += starts
+        out_specs += [per_chunk(x) for x in starts]
+    kernel = functools.partial(
+        _kernel,
+        terms_tree=terms_tree,
+        state_tree=state_tree,
+        residual=residual,
+        save_starts=save_starts,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bh, n),
+        in_specs=[per_chunk(x) for x in leaves] + [per_sequence(x) for x in state_leaves],
+        out_specs=out_specs,
+        scratch_shapes=[pltpu.VMEM(x.shape[1:], x.dtype) for x in state_leaves],
+        interpret=interpret,
+        name="mlp_memory_fwd_tpu",
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+    )(*leaves, *state_leaves)
+    n_state = len(state_leaves)
+    o, ends, starts = outs[0], outs[1 : 1 + n_state], outs[1 + n_state :]
+    starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
+    return o, jax.tree.unflatten(state_tree, ends), starts

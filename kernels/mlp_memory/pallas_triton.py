@@ -1,0 +1,99 @@
+"""Titans MLP memory as a Pallas kernel lowered through Triton (GPU).
+
+One program per (sequence·head) walks its chunks in order with the memory weights and momentum
+(W₁, W₂ and their momenta) in registers; each chunk — per-token gradients at the chunk-start
+weights, the decay/momentum combination and the chunk-start read-out — is the fused
+:func:`chunk.chunk_step`. Widths are zero-padded to powers of two ≥ 16 (zero rows/columns of the
+weights stay zero and do not change the real ones); the chunk size must be a power of two ≥ 16.
+"""
+
+import functools
+
+import jax
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+from nestlearn.kernels.gated_delta.pallas_triton import check_chunk_size, padded_width
+from nestlearn.kernels.mlp_memory import chunk
+from nestlearn.kernels.mlp_memory.config import BlockSizes
+
+__all__ = ["check_chunk_size", "forward", "padded_width"]
+
+
+def _kernel(*refs, terms_tree, state_tree, n_chunks, residual, save_starts):
+    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
+    terms = jax.tree.unflatten(terms_tree, refs[:n_terms])
+    refs = refs[n_terms:]
+    init_refs, refs = refs[:n_state], refs[n_state:]
+    o_ref, end_refs, start_refs = refs[0], refs[1 : 1 + n_state], refs[1 + n_state :]
+
+    def body(c, state):
+        if save_starts:
+            for ref, x in zip(start_refs, jax.tree.leaves(state)):
+                ref[c] = x
+        x = jax.tree.map(lambda r: r[c], terms)
+        o, state = chunk.chunk_step(x, state, residual=residual)
+        o_ref[c] = o.astype(o_ref.dtype)
+        return state
+
+    init = jax.tree.unflatten(state_tree, [r[...] for r in init_refs])
+    state = lax.fori_loop(0, n_chunks, body, init)
+    for ref, x in zip(end_refs, jax.tree.leaves(state)):
+        ref[...] = x
+
+
+def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, interpret: bool):
+    """Runs the chunk scan of the MLP memory as one Triton kernel.
+
+    Args:
+      terms: stacked :class:`chunk.ChunkTerms` [bh, n, ...] with power-of-two widths.
+      state: ``(weights, momentum)`` as :class:`chunk.Weights` with leaves [bh, ...].
+      save_starts: also return the state at every chunk start (residuals for the backward).
+      residual: M(x) = x + W₁σ(W₂x).
+      block_sizes: Triton launch parameters.
+      interpret: run in the GPU-style Pallas interpreter.
+
+    Returns:
+      ``(o [bh, n, c, d_out], state_end, starts)``; starts has leaves [bh, n, ...] or is None.
+    """
+    bh, n, c, _ = terms.k.shape
+    d_out = terms.v.shape[-1]
+    check_chunk_size(c)
+    leaves, terms_tree = jax.tree.flatten(terms)
+    state_leaves, state_tree = jax.tree.flatten(state)
+
+    def whole(x):  # everything of one (sequence·head)
+        return pl.BlockSpec((None, *x.shape[1:]), lambda i: (i,) + (0,) * (x.ndim - 1))
+
+    def with_chunks(x):  # a state leaf [bh, ...] saved per chunk: [bh, n, ...]
+        return jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype)
+
+    dtype = state_leaves[0].dtype
+    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_out), dtype)]
+    out_shape += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state_leaves]
+    if save_starts:
+        out_shape += [with_chunks(x) for x in state_leaves]
+    kernel = functools.partial(
+        _kernel,
+        terms_tree=terms_tree,
+        state_tree=state_tree,
+        n_chunks=n,
+        residual=residual,
+        save_starts=save_starts,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bh,),
+        in_specs=[whole(x) for x in leaves + state_leaves],
+        out_specs=[whole(x) for x in out_shape],
+        interpret=interpret,
+        name="mlp_memory_fwd_triton",
+        compiler_params=plgpu.CompilerParams(
+            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
+        ),
+    )(*leaves, *state_leaves)
+    n_state = len(state_leaves)
+    o, ends, starts = outs[0], outs[1 : 1 + n_state], outs[1 + n_state :]
+    starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
+    return o, jax.tree.unflatten(state_tree, ends), starts
