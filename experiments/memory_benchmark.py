@@ -1,0 +1,205 @@
+"""Chunk-parallel vs recurrent memory layers: forward + backward wall time.
+
+For each memory and sequence length T, times one jitted forward + backward pass (gradient of
+sum(o²) with respect to the inputs and the initial weights) of the chunk-parallel form against the
+token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
+
+(a) the matrix gated delta rule (GDN Eq. 10): ``matrix_memory.gated_delta_rule`` (WY chunk form,
+    chunk 64) vs ``gated_delta_rule_recurrent``;
+(b) Titans' MLP memory (2 layers, hidden 64, Titans Eqs. 13–18): ``titans_memory`` with chunk 16
+    and 64 vs chunk 1;
+(c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
+    16/64 (k, v, η, α memories / output memory) vs ``self_modifying_memory_recurrent``.
+
+A recurrent run at T = 4096 whose estimate (4 × its T = 1024 time) exceeds 60 s is skipped and
+marked in the table. Times are the best of ``--repeats`` runs (fewer when they exceed 10 s)
+after one compile-and-run.
+
+    python experiments/memory_benchmark.py [--quick] [--out docs/results/memory_benchmark.json]
+
+``--quick`` runs T ∈ {256, 1024} with one repeat. Prints a markdown table and writes the JSON.
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+from nestlearn.memory import architectures
+from nestlearn.memory.titans import titans_memory
+
+D, HEADS, BATCH = 64, 4, 1
+SKIP_SECONDS = 60.0
+
+
+def _inputs(t, key):
+    ks = jax.random.split(key, 7)
+    shape = (BATCH, t, HEADS, D)
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    gate = lambda k, bias: jax.nn.sigmoid(jax.random.normal(k, shape[:3]) + bias)
+    return {
+        "q": unit(jax.random.normal(ks[0], shape)),
+        "k": unit(jax.random.normal(ks[1], shape)),
+        "v": jax.random.normal(ks[2], shape),
+        "x": jax.random.normal(ks[3], shape),
+        "a": gate(ks[4], 3.0),  # near 1: retention / small forget gate
+        "b": gate(ks[5], -1.0),  # step sizes
+        "c": gate(ks[6], 0.0),  # momentum decay
+    }
+
+
+def gated_delta(chunked):
+    from nestlearn.memory import matrix_memory
+
+    def layer(params, x):
+        del params
+        if chunked:
+            o, _ = matrix_memory.gated_delta_rule(
+                x["q"], x["k"], x["v"], x["a"], x["b"], chunk_size=64
+            )
+        else:
+            o, _ = matrix_memory.gated_delta_rule_recurrent(x["q"], x["k"], x["v"], x["a"], x["b"])
+        return o
+
+    return layer, {}
+
+
+def titans(chunk):
+    arch = architectures.mlp(2, D)
+    params = arch.init(jax.random.key(0), heads=HEADS, d_in=D, d_out=D)
+
+    def layer(params, x):
+        o, _ = titans_memory(
+            x["q"], x["k"], x["v"], 0.1 * x["b"], 1 - x["a"], x["c"],
+            arch=arch, params=params, chunk_size=chunk,
+        )  # fmt: skip
+        return o
+
+    return layer, params
+
+
+def self_modifying(chunked):
+    from nestlearn.memory import self_modifying as sm
+
+    config = sm.SelfModifyingConfig(chunk_size=16, memory_chunk_size=64)
+    params = sm.self_modifying_init(jax.random.key(0), heads=HEADS, dim=D, config=config)
+    fn = sm.self_modifying_memory if chunked else sm.self_modifying_memory_recurrent
+
+    def layer(params, x):
+        o, _ = fn(x["x"], x["q"], params=params, config=config)
+        return o
+
+    return layer, params
+
+
+def _available(module):
+    try:
+        __import__(f"nestlearn.memory.{module}")
+    except ImportError:
+        return False
+    return True
+
+
+def cases():
+    """(memory, form, builder) triples; forms named 'recurrent' are the references."""
+    out = []
+    if _available("matrix_memory"):
+        out += [
+            ("gated delta (matrix)", "chunk 64 (WY)", lambda: gated_delta(True)),
+            ("gated delta (matrix)", "recurrent", lambda: gated_delta(False)),
+        ]
+    out += [
+        ("Titans MLP memory", "chunk 16", lambda: titans(16)),
+        ("Titans MLP memory", "chunk 64", lambda: titans(64)),
+        ("Titans MLP memory", "recurrent", lambda: titans(1)),
+    ]
+    if _available("self_modifying"):
+        out += [
+            ("self-modifying memory", "chunk 16/64", lambda: self_modifying(True)),
+            ("self-modifying memory", "recurrent", lambda: self_modifying(False)),
+        ]
+    return out
+
+
+def time_fwd_bwd(layer, params, x, repeats):
+    """Best-of-``repeats`` seconds of one jitted forward + backward pass, and the first call's time.
+
+    The minimum is the estimate least disturbed by other processes on a shared machine; repeats
+    stop early once 10 s have been spent.
+    """
+    loss = lambda params, x: jnp.sum(layer(params, x) ** 2)
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    start = time.perf_counter()
+    jax.block_until_ready(step(params, x))
+    first = time.perf_counter() - start
+    times = []
+    while len(times) < repeats and sum(times) < 10.0:
+        start = time.perf_counter()
+        jax.block_until_ready(step(params, x))
+        times.append(time.perf_counter() - start)
+    return min(times), first
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T in {256, 1024}, one repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="docs/results/memory_benchmark.json")
+    args = parser.parse_args()
+    lengths = (256, 1024) if args.quick else (256, 1024, 4096)
+    repeats = 1 if args.quick else args.repeats
+
+    rows = []
+    seconds = {}  # (memory, form, T) -> median seconds
+    for memory, form, build in cases():
+        layer, params = build()
+        for t in lengths:
+            row = {"memory": memory, "form": form, "T": t, "seconds": None, "skipped": None}
+            previous = seconds.get((memory, form, t // 4))
+            if form == "recurrent" and previous is not None and 4 * previous > SKIP_SECONDS:
+                row["skipped"] = f"estimated {4 * previous:.0f} s > {SKIP_SECONDS:.0f} s"
+            else:
+                x = _inputs(t, jax.random.key(t))
+                row["seconds"], row["compile_and_run"] = time_fwd_bwd(layer, params, x, repeats)
+                seconds[(memory, form, t)] = row["seconds"]
+            rows.append(row)
+            print(
+                f"{memory:24s} {form:14s} T={t:5d} {row['seconds'] or row['skipped']}", flush=True
+            )
+
+    for row in rows:
+        ref = seconds.get((row["memory"], "recurrent", row["T"]))
+        if row["form"] != "recurrent" and ref is not None and row["seconds"]:
+            row["speedup_vs_recurrent"] = ref / row["seconds"]
+
+    print("\n| memory | form | T | fwd+bwd (ms) | speedup vs recurrent |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        ms = f"{1e3 * row['seconds']:.1f}" if row["seconds"] else f"skipped ({row['skipped']})"
+        speedup = row.get("speedup_vs_recurrent")
+        speedup = f"{speedup:.1f}×" if speedup else "—"
+        print(f"| {row['memory']} | {row['form']} | {row['T']} | {ms} | {speedup} |")
+
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "d": D,
+        "heads": HEADS,
+        "batch": BATCH,
+        "dtype": "float32",
+        "quick": args.quick,
+        "repeats": repeats,
+        "device": str(jax.devices()[0]),
+        "machine": platform.processor() or platform.machine(),
+        "command": "python experiments/memory_benchmark.py" + (" --quick" if args.quick else ""),
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Titans' memory layer against hand-written recurrences (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nestlearn.memory import architectures, objectives
+from nestlearn.memory.titans import TitansState, titans_memory
+
+B, T, H, D = 1, 6, 2, 3
+
+
+def _inputs(seed, t=T):
+    rng = np.random.default_rng(seed)
+    k = rng.normal(size=(B, t, H, D))
+    return dict(
+        q=rng.normal(size=(B, t, H, D)),
+        k=k / np.linalg.norm(k, axis=-1, keepdims=True),
+        v=rng.normal(size=(B, t, H, D)),
+        theta=rng.uniform(0.1, 0.6, size=(B, t, H)),
+        alpha=rng.uniform(0.0, 0.3, size=(B, t, H)),
+        eta=rng.uniform(0.0, 0.9, size=(B, t, H)),
+    )
+
+
+def test_linear_memory_without_momentum_is_gated_delta(x64):
+    """Titans App. C: η = 0 and a linear memory give a gated-delta-like recurrence.
+
+    M_t = (1 − α_t) M_{t−1} − θ_t (M_{t−1} k_t − v_t) k_tᵀ, read before write: o_t = M_{t−1} q_t.
+    """
+    x = _inputs(0)
+    x["eta"] = np.zeros_like(x["eta"])
+    arch = architectures.mlp(1, 1)  # one layer: M(k) = W k
+    params = {"w0": np.random.default_rng(1).normal(size=(H, D, D))}
+    o, state = titans_memory(**x, arch=arch, params=params, chunk_size=1)
+    for j in range(H):
+        m = params["w0"][j]
+        for n in range(T):
+            k, v, q = x["k"][0, n, j], x["v"][0, n, j], x["q"][0, n, j]
+            np.testing.assert_allclose(o[0, n, j], m @ q, atol=1e-12)
+            s = -x["theta"][0, n, j] * np.outer(m @ k - v, k)  # S_t = 0·S_{t−1} − θ_t ∇ℓ
+            m = (1 - x["alpha"][0, n, j]) * m + s
+        np.testing.assert_allclose(state.weights["w0"][0, j], m, atol=1e-12)
+        np.testing.assert_allclose(state.momentum["w0"][0, j], s, atol=1e-12)
+
+
+def test_mlp_memory_matches_eqs_13_to_18(x64):
+    """Two-layer MLP, chunk 4 on 6 tokens: Eqs. 13–14 with gradients at the chunk start.
+
+    Uses the Huber bias (the switchable ``objective``); the ℓ2 default is covered in test_scan.
+    """
+    objective = objectives.huber(0.3)
+    x = _inputs(2)
+    arch = architectures.mlp(2, 4)
+    params = arch.init(jax.random.key(0), heads=H, d_in=D, d_out=D, dtype=jnp.float64)
+    loss = objectives.get(objective).loss
+    o, state = titans_memory(**x, arch=arch, params=params, chunk_size=4, objective=objective)
+    grad = jax.jit(jax.grad(lambda w, k, v: loss(arch.apply(w, k), v)))
+    read = jax.jit(arch.apply)
+    for j in range(H):
+        w = {n: np.asarray(p[j]) for n, p in params.items()}
+        s = {n: np.zeros_like(p) for n, p in w.items()}
+        for n in range(T):
+            if n % 4 == 0:
+                w_start = dict(w)
+            np.testing.assert_allclose(o[0, n, j], read(w_start, x["q"][0, n, j]), atol=1e-10)
+            u = grad(w_start, x["k"][0, n, j], x["v"][0, n, j])
+            for name in w:
+                s[name] = x["eta"][0, n, j] * s[name] - x["theta"][0, n, j] * np.asarray(u[name])
+                w[name] = (1 - x["alpha"][0, n, j]) * w[name] + s[name]
+        for name in w:
+            np.testing.assert_allclose(state.weights[name][0, j], w[name], atol=1e-10)
+            np.testing.assert_allclose(state.momentum[name][0, j], s[name], atol=1e-10)
+
+
+def test_stream_and_stop_gradient_writes(x64):
+    x = _inputs(3, t=8)
+    arch = architectures.mlp(2, 4)
+    params = arch.init(jax.random.key(1), heads=H, d_in=D, d_out=D, dtype=jnp.float64)
+    run = jax.jit(
+        lambda x, s: titans_memory(**x, arch=arch, params=params, chunk_size=2, initial_state=s)
+    )
+    weights = jax.tree.map(lambda p: jnp.broadcast_to(p, (B, *p.shape)), params)
+    start = TitansState(weights, jax.tree.map(jnp.zeros_like, weights))
+    whole, final = run(x, start)
+    first, mid = run({k: v[:, :4] for k, v in x.items()}, start)
+    second, last = run({k: v[:, 4:] for k, v in x.items()}, mid)
+    np.testing.assert_allclose(np.concatenate([first, second], 1), whole, atol=1e-12)
+    for a, e in zip(jax.tree.leaves(last), jax.tree.leaves(final)):
+        np.testing.assert_allclose(a, e, atol=1e-12)
+
+    def loss(k, q, stop):
+        out, _ = titans_memory(
+            **{**x, "k": k, "q": q},
+            arch=arch,
+            params=params,
+            chunk_size=2,
+            stop_gradient_writes=stop,
+        )
+        return jnp.sum(out**2)
+
+    g_k, g_q = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x["k"], x["q"], True)
+    assert np.all(g_k == 0) and np.abs(g_q).max() > 0  # keys only reach the output via writes
+
+
+def test_bad_state_raises():
+    x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), _inputs(4))
+    arch = architectures.mlp(2, 4)
+    params = arch.init(jax.random.key(1), heads=H, d_in=D, d_out=D)
+    with pytest.raises(ValueError, match="must be a TitansState"):
+        titans_memory(**x, arch=arch, params=params, chunk_size=2, initial_state=(1, 2))
+    weights = jax.tree.map(lambda p: jnp.broadcast_to(p, (B + 1, *p.shape)), params)
+    with pytest.raises(ValueError, match=r"initial_state.*has shape \(2, 2, 4, 3\), expected"):
+        titans_memory(
+            **x, arch=arch, params=params, chunk_size=2, initial_state=TitansState(weights, weights)
+        )
+    with pytest.raises(ValueError, match="objective='l3'"):
+        titans_memory(**x, arch=arch, params=params, chunk_size=2, objective="l3")
