@@ -5,7 +5,7 @@
 adds a model (see `nestlearn.models.registry` for the block protocol).
 """
 
-from nestlearn.models import transformer
+from nestlearn.models import hope, titans, transformer
 from nestlearn.models.attention import Attention, KVCache, causal_attention, rope
 from nestlearn.models.cms import (
     CMS,
@@ -16,6 +16,7 @@ from nestlearn.models.cms import (
     cms_online_update,
 )
 from nestlearn.models.generate import generate, sample_logits
+from nestlearn.models.hope import HopeBlock
 from nestlearn.models.language_model import LanguageModel, LMState, OnlinePending, build
 from nestlearn.models.layers import (
     MLP,
@@ -25,6 +26,17 @@ from nestlearn.models.layers import (
     SwiGLU,
     l2_normalize,
     mlp_hidden_size,
+)
+from nestlearn.models.mixers import (
+    ChunkStream,
+    DeltaNet,
+    GatedDeltaNet,
+    LinearAttention,
+    Mixer,
+    MixerState,
+    SelfModifyingTitans,
+    TitansMemory,
+    chunk_aligned,
 )
 from nestlearn.models.params import count_params
 from nestlearn.models.registry import (
@@ -37,6 +49,14 @@ from nestlearn.models.registry import (
     default_config,
     register,
 )
+from nestlearn.models.titans import (
+    DeltaNetBlock,
+    GatedDeltaNetBlock,
+    MACBlock,
+    MAGBlock,
+    MALBlock,
+    TitansLMMBlock,
+)
 from nestlearn.models.transformer import HopeAttentionBlock, TransformerBlock
 
 __all__ = [
@@ -45,23 +65,39 @@ __all__ = [
     "Attention",
     "CMSLevel",
     "CMSOnlineState",
+    "ChunkStream",
+    "DeltaNet",
+    "DeltaNetBlock",
+    "GatedDeltaNet",
+    "GatedDeltaNetBlock",
     "HopeAttentionBlock",
+    "HopeBlock",
     "KVCache",
     "LMState",
     "LanguageModel",
+    "LinearAttention",
+    "MACBlock",
+    "MAGBlock",
+    "MALBlock",
     "MemoryState",
+    "Mixer",
+    "MixerState",
     "ModelSpec",
     "OnlinePending",
     "OutputGate",
     "RMSNorm",
+    "SelfModifyingTitans",
     "ShortConv",
     "SwiGLU",
+    "TitansLMMBlock",
+    "TitansMemory",
     "TransformerBlock",
     "attention_config",
     "available",
     "base_config",
     "build",
     "causal_attention",
+    "chunk_aligned",
     "cms_apply",
     "cms_config",
     "cms_level_selectors",
@@ -69,10 +105,12 @@ __all__ = [
     "count_params",
     "default_config",
     "generate",
+    "hope",
     "l2_normalize",
     "mlp_hidden_size",
     "register",
     "rope",
     "sample_logits",
+    "titans",
     "transformer",
 ]

@@ -1,0 +1,99 @@
+"""The Hope block: self-modifying Titans followed by a Continuum Memory System (PAPER §5.7).
+
+Eqs. 94–97, arXiv 2512.24695, inside pre-norm residuals (PAPER §9 item 9, option (a)):
+
+    x ← x + SelfModifyingTitans(RMSNorm(x))      o_t of Eq. 94, memories written by Eq. 96
+    y = CMS(x)                                   Eq. 97 (each level is x + MLP(RMSNorm(x)))
+
+The self-modifying memory's options are the `self_modifying` sub-config (every field of
+`nestlearn.memory.SelfModifyingConfig`, so each ablation of Table 6 is one config switch); its
+output-memory chunk (`memory_chunk_size`) is the model's `chunk_size`. The CMS comes from the `cms`
+sub-config (scheduled or online mode, sequential / nested / independent variant).
+
+`kernel_impl`: the self-modifying memory has residual-MLP memories, for which `nestlearn.kernels`
+provides no op (its `gated_delta` kernel covers matrix memories), so "auto" and "xla" run
+`nestlearn.memory.self_modifying_memory` and "pallas" is rejected with a `ValueError` rather than
+silently ignored.
+
+Shapes: b batch, t tokens, d model width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from nestlearn.models.cms import CMS
+from nestlearn.models.layers import RMSNorm
+from nestlearn.models.mixers import (
+    SelfModifyingTitans,
+    default_self_modifying_config,
+    self_modifying_config,
+)
+from nestlearn.models.registry import base_config, cms_config, register
+
+GENERATOR_CHUNK = 32
+ETA_MAX = 0.1
+MOMENTUM = 0.5
+
+
+class HopeBlock(nnx.Module):
+    """Hope block: self-modifying Titans → CMS (Eqs. 94–97), pre-norm residual around both.
+
+    The state is `(mixer_state, cms_state)`; cms_state is None in scheduled mode and a
+    `CMSOnlineState` in online mode.
+
+    Example:
+      >>> block = HopeBlock(default_hope_config(), rngs=nnx.Rngs(0))
+      >>> y, state = block(jnp.ones((2, 8, 128)), None)
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        if config.kernel_impl == "pallas":
+            raise ValueError("kernel_impl='pallas': nestlearn.kernels has no op for the "
+                             "self-modifying memory's residual-MLP memories; use 'auto' or 'xla'")
+        memory_config = self_modifying_config(config.self_modifying, config.chunk_size)
+        self.norm = RMSNorm(config.d_model)
+        self.mixer = SelfModifyingTitans(
+            config.d_model, num_heads=config.num_heads,
+            head_dim=config.head_dim or config.d_model // config.num_heads,
+            config=memory_config, dtype=config.dtype, rngs=rngs,
+        )
+        self.cms = CMS.from_config(config, rngs=rngs)
+
+    def init_state(self, batch_size: int) -> tuple[Any, Any]:
+        """(mixer state, CMS state) of `batch_size` fresh sequences."""
+        return self.mixer.init_state(batch_size), self.cms.init_state(batch_size)
+
+    def __call__(self, x: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        """Args: x [b, t, d]; state (mixer, cms) or None. Returns (y [b, t, d], new state)."""
+        mixer_state, cms_state = (None, None) if state is None else state
+        h, mixer_state = self.mixer(self.norm(x), mixer_state)
+        x = x + h.astype(x.dtype)
+        y, cms_state = self.cms(x, cms_state)
+        return y.astype(x.dtype), (mixer_state, cms_state)
+
+
+def default_hope_config() -> ml_collections.ConfigDict:
+    """Default model config of `hope`: 3-level scheduled sequential CMS, output-memory chunk 64.
+
+    Three choices differ from the `SelfModifyingConfig` defaults: the generator memories write
+    every `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk steps; 8 trains about 3× slower on
+    the CPU), η_max = `ETA_MAX` = 0.1 and momentum `MOMENTUM` = 0.5. With the defaults
+    (η_max 0.5, momentum 0.9) training goes to NaN within one Adam step at lr 1e-2 on the contract
+    suite's copy task; with momentum 0.9 it still goes to NaN within 9 AdamW steps at d 128,
+    T 256 even at η_max 0.05, while momentum 0.5 with η_max 0.1 stays finite.
+    """
+    config = base_config("hope")
+    config.cms = cms_config()
+    config.self_modifying = default_self_modifying_config()
+    config.self_modifying.chunk_size = GENERATOR_CHUNK
+    config.self_modifying.eta_max = ETA_MAX
+    config.self_modifying.momentum = MOMENTUM
+    return config
+
+
+register("hope", HopeBlock, default_hope_config)

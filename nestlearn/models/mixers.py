@@ -1,0 +1,545 @@
+"""Memory-based sequence mixers: thin NNX modules over the associative memories of `memory/`.
+
+Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (PAPER §4.7, §6.2, §9 item 9):
+
+    x [b, t, d] → fused linear projection → short depthwise causal conv (window 4) → SiLU
+      → per-head inputs [b, t, h, d_h] (q and k ℓ2-normalised) → per-head memory → o [b, t, h, d_h]
+      → output RMSNorm ⊙ σ(x W_g) → output projection → y [b, t, d].
+
+Data-dependent gates are linear projections of x with a learned bias, one scalar per token and
+head (DESIGN §4): β = sigmoid(·) (delta rules), α = sigmoid(·) with a bias that starts near full
+retention (Gated DeltaNet), and for Titans θ = θ_max·sigmoid(·), the forget gate α = sigmoid(·)
+starting near zero forgetting, and the momentum decay η = sigmoid(·) (Titans Eqs. 13–14).
+
+The running memory is per sequence and lives in the mixer state (`MixerState`). Matrix memories
+(linear attention, DeltaNet, Gated DeltaNet) are exact per token (o_t = S_t q_t), so their state is
+the matrix S itself. Deep memories (Titans, self-modifying Titans) take every gradient of a chunk
+at the chunk-start weights, so a chunk's writes depend on all of its tokens; their state is a
+`ChunkStream`: the memory at the start of the current chunk plus the memory inputs of the chunk's
+tokens seen so far, which the next call recomputes. Feeding a sequence in pieces of any length
+therefore equals one call.
+
+Shapes: b batch, t tokens, h heads, d model width, d_h head width, c chunk, g gates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from nestlearn.kernels.gated_delta import gated_delta
+from nestlearn.memory import architectures, matrix_memory, self_modifying, titans
+from nestlearn.models.layers import OutputGate, ShortConv, compute_dtype, l2_normalize
+
+KERNEL_IMPLS = ("auto", "xla", "pallas")
+
+
+class MixerState(NamedTuple):
+    """Streaming state of a memory mixer."""
+
+    conv: jax.Array  # [b, w−1, n·h·d_h] compute dtype; inputs preceding the next token (ShortConv)
+    memory: Any  # matrix memories: S [b, h, d_h, d_h] float32; deep memories: a ChunkStream
+
+
+class ChunkStream(NamedTuple):
+    """State of a chunk-parallel deep memory between calls (see `chunk_aligned`)."""
+
+    start: Any  # memory state at the start of the current chunk, leaves [b, ...]
+    pending: Any  # memory inputs of the current chunk, leaves [b, c, ...]; the first `count` valid
+    count: jax.Array  # [] int32; tokens of the current chunk already seen, 0 <= count < c
+
+
+def _tree_slice(tree: Any, start: int, stop: int) -> Any:
+    return jax.tree.map(lambda a: a[:, start:stop], tree)
+
+
+def chunk_aligned(
+    run: Callable[[Any, Any], tuple[jax.Array, Any]],
+    inputs: Any,
+    stream: ChunkStream | None,
+    *,
+    chunk: int,
+    initial: Any,
+) -> tuple[jax.Array, ChunkStream]:
+    """Streams a chunk-parallel memory so that pieces of any length equal one call.
+
+    `run(state, xs) -> (outputs, new_state)` runs the memory from `state` over `xs` (leaves
+    [b, t', ...]) with chunk boundaries at multiples of `chunk` from the start of `xs`; each output
+    may depend on its own and earlier inputs only. It is called with t' a multiple of `chunk` or
+    t' < chunk. The state handed between calls is the memory at the last chunk boundary plus the
+    inputs after it; a call prepends those inputs, recomputes from the boundary and keeps the state
+    of the chunks it completes (`jnp.where` on the token count, so the count may be traced).
+
+    Args:
+      run: the memory, as above.
+      inputs: memory inputs, leaves [b, t, ...].
+      stream: the state of a previous call, or None for fresh sequences (start from `initial`).
+      chunk: the alignment c (a multiple of every chunk size inside `run`).
+      initial: the memory state of fresh sequences, leaves [b, ...].
+
+    Returns:
+      (outputs [b, t, ...], ChunkStream).
+    """
+    t = jax.tree.leaves(inputs)[0].shape[1]
+    if stream is None:
+        full = t // chunk * chunk
+        state, outs = initial, []
+        if full:
+            out, state = run(state, _tree_slice(inputs, 0, full))
+            outs.append(out)
+        if full < t:
+            outs.append(run(state, _tree_slice(inputs, full, t))[0])
+        pad = full + chunk - t
+        pending = jax.tree.map(
+            lambda a: jnp.pad(a[:, full:], [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)), inputs
+        )
+        outputs = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        return outputs, ChunkStream(state, pending, jnp.asarray(t - full, jnp.int32))
+
+    n = stream.count
+    num = -(-(chunk - 1 + t) // chunk)  # chunks that the pending and new tokens can touch
+
+    def buffer(pending, new):
+        # One spare chunk, so that the next pending slice never runs past the end.
+        buf = jnp.zeros((new.shape[0], (num + 1) * chunk, *new.shape[2:]), new.dtype)
+        buf = buf.at[:, :chunk].set(pending.astype(new.dtype))
+        return jax.lax.dynamic_update_slice_in_dim(buf, new, n, axis=1)
+
+    buf = jax.tree.map(buffer, stream.pending, inputs)
+    valid = n + t
+    chunks = jax.tree.map(
+        lambda a: a[:, : num * chunk].reshape(a.shape[0], num, chunk, *a.shape[2:]).swapaxes(0, 1),
+        buf,
+    )  # leaves [num, b, c, ...]
+
+    def body(state, xs):
+        index, chunk_inputs = xs
+        out, new_state = run(state, chunk_inputs)
+        complete = (index + 1) * chunk <= valid
+        state = jax.tree.map(
+            lambda new, old: jnp.where(complete, new.astype(old.dtype), old), new_state, state
+        )
+        return state, out
+
+    state, outs = jax.lax.scan(body, stream.start, (jnp.arange(num, dtype=jnp.int32), chunks))
+    outs = outs.swapaxes(0, 1).reshape(outs.shape[1], num * chunk, *outs.shape[3:])
+    outputs = jax.lax.dynamic_slice_in_dim(outs, n, t, axis=1)
+    pending = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, (valid // chunk) * chunk, chunk, axis=1), buf
+    )
+    return outputs, ChunkStream(state, pending, valid % chunk)
+
+
+def gate_bias_init(biases: Sequence[float], num_heads: int):
+    """Bias initialiser of a fused gate projection laid out as [g, h]."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        bias = jnp.repeat(jnp.asarray(biases, jnp.float32), num_heads)
+        if bias.shape != tuple(shape):
+            raise ValueError(f"gate bias shape {bias.shape} does not match {tuple(shape)}")
+        return bias.astype(dtype)
+
+    return init
+
+
+def param_tree(tree: Any) -> nnx.Dict:
+    """Nested dict of arrays → nested `nnx.Dict` of `nnx.Param`s (key paths kept)."""
+    return nnx.Dict(
+        {k: param_tree(v) if isinstance(v, dict) else nnx.Param(v) for k, v in tree.items()}
+    )
+
+
+def param_values(tree: nnx.Dict) -> dict:
+    """The arrays of a nested `nnx.Dict` of `nnx.Param`s as a plain nested dict."""
+    return {k: param_values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in tree.items()}
+
+
+def broadcast_batch(tree: Any, batch_size: int) -> Any:
+    """Leaves [...] → [batch_size, ...] (one copy of the initial memory per sequence)."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), tree)
+
+
+class Mixer(nnx.Module):
+    """Shared layout of the memory mixers (module docstring); subclasses supply the memory.
+
+    Subclasses set `num_inputs` (per-head input streams after the conv, e.g. q, k, v) and
+    `gate_biases` (initial bias of each gate, one gate per entry) and implement `memory_init` and
+    `memory`.
+    """
+
+    num_inputs: int = 3
+    gate_biases: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        chunk_size: int,
+        dtype: str = "float32",
+        conv_window: int = 4,
+        rngs: nnx.Rngs,
+    ):
+        for name, value in (("d_model", d_model), ("num_heads", num_heads),
+                            ("head_dim", head_dim), ("chunk_size", chunk_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.chunk_size = chunk_size
+        self.dtype = compute_dtype(dtype)
+        inner = num_heads * head_dim
+        self.proj = nnx.Linear(d_model, self.num_inputs * inner, use_bias=False, rngs=rngs)
+        self.conv = ShortConv(self.num_inputs * inner, window=conv_window, act="silu",
+                              dtype=self.dtype, rngs=rngs)
+        if self.gate_biases:
+            self.gates = nnx.Linear(
+                d_model, len(self.gate_biases) * num_heads, use_bias=True,
+                kernel_init=nnx.initializers.normal(0.02),
+                bias_init=gate_bias_init(self.gate_biases, num_heads), rngs=rngs,
+            )
+        self.out_gate = OutputGate(d_model, num_heads=num_heads, head_dim=head_dim,
+                                   dtype=self.dtype, rngs=rngs)
+        self.out_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
+
+    def features(
+        self, x: jax.Array, conv_state: jax.Array | None
+    ) -> tuple[tuple[jax.Array, ...], jax.Array | None, jax.Array]:
+        """Per-head inputs and raw gates of x [b, t, d].
+
+        Returns:
+          (inputs: `num_inputs` arrays [b, t, h, d_h] after projection, conv and SiLU;
+           gates: [b, t, g, h] float32 pre-activations, or None; new conv state).
+        """
+        b, t, _ = x.shape
+        x = x.astype(self.dtype)
+        h, conv_state = self.conv(x @ self.proj.kernel[...].astype(self.dtype), conv_state)
+        h = h.reshape(b, t, self.num_inputs, self.num_heads, self.head_dim)
+        inputs = tuple(h[:, :, i] for i in range(self.num_inputs))
+        gates = None
+        if self.gate_biases:
+            raw = x @ self.gates.kernel[...].astype(self.dtype) + self.gates.bias[...].astype(
+                self.dtype
+            )
+            gates = raw.astype(jnp.float32).reshape(b, t, len(self.gate_biases), self.num_heads)
+        return inputs, gates, conv_state
+
+    def memory_init(self, batch_size: int) -> Any:
+        """The memory state of `batch_size` fresh sequences."""
+        raise NotImplementedError
+
+    def memory(
+        self, inputs: tuple[jax.Array, ...], gates: jax.Array | None, state: Any
+    ) -> tuple[jax.Array, Any]:
+        """Runs the memory: returns (o [b, t, h, d_h], new memory state); state None is fresh."""
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int) -> MixerState:
+        """The state of `batch_size` fresh sequences."""
+        return MixerState(self.conv.init_state(batch_size), self.memory_init(batch_size))
+
+    def __call__(
+        self, x: jax.Array, state: MixerState | None = None
+    ) -> tuple[jax.Array, MixerState]:
+        """Args: x [b, t, d]; state or None (fresh). Returns (y [b, t, d], new state)."""
+        if x.ndim != 3:
+            raise ValueError(f"x must be [b, t, d], got shape {x.shape}")
+        conv_state, memory_state = (None, None) if state is None else state
+        inputs, gates, conv_state = self.features(x, conv_state)
+        o, memory_state = self.memory(inputs, gates, memory_state)
+        y = self.out_gate(o.astype(self.dtype), x) @ self.out_proj.kernel[...].astype(self.dtype)
+        return y, MixerState(conv_state, memory_state)
+
+
+class _MatrixMixer(Mixer):
+    """A mixer over a matrix memory S [b, h, d_h, d_h] that is exact per token."""
+
+    def memory_init(self, batch_size: int) -> jax.Array:
+        return jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32)
+
+    def qkv(self, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k ℓ2-normalised per head, v as is (Titans §4.4)."""
+        q, k, v = inputs
+        return l2_normalize(q), l2_normalize(k), v
+
+
+class LinearAttention(_MatrixMixer):
+    """Linear attention, S_t = S_{t−1} + v_t k_tᵀ, o_t = S_t q_t (Eqs. 14–18, arXiv 2512.24695).
+
+    Example:
+      >>> mixer = LinearAttention(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    def memory(self, inputs, gates, state):
+        del gates
+        q, k, v = self.qkv(inputs)
+        return matrix_memory.linear_attention(q, k, v, chunk_size=self.chunk_size,
+                                              initial_state=state)
+
+
+class DeltaNet(_MatrixMixer):
+    """DeltaNet, S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, β_t = sigmoid(x_t w_β + b_β).
+
+    Eq. 65, arXiv 2512.24695; GDN §3.1. Example:
+      >>> mixer = DeltaNet(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    gate_biases = (0.0,)  # β
+
+    def memory(self, inputs, gates, state):
+        q, k, v = self.qkv(inputs)
+        beta = jax.nn.sigmoid(gates[:, :, 0])
+        return matrix_memory.delta_rule(q, k, v, beta, chunk_size=self.chunk_size,
+                                        initial_state=state)
+
+
+class GatedDeltaNet(_MatrixMixer):
+    """Gated DeltaNet, S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ (GDN Eq. 10).
+
+    α_t = sigmoid(x_t w_α + b_α) with b_α = `ALPHA_BIAS` (α ≈ 0.98 at init), β_t = sigmoid(·).
+    `kernel_impl` picks the implementation: "xla" is `nestlearn.memory.gated_delta_rule`;
+    "pallas" is the `nestlearn.kernels` gated delta kernel for this platform (fails loudly where
+    it cannot run); "auto" is "xla" on CPU and the kernel's default order (with fallback)
+    elsewhere. All give the same state layout, so a stream may switch between them.
+
+    Example:
+      >>> mixer = GatedDeltaNet(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    ALPHA_BIAS = 4.0
+    gate_biases = (ALPHA_BIAS, 0.0)  # α, β
+
+    def __init__(self, d_model: int, *, kernel_impl: str = "auto", **kwargs):
+        if kernel_impl not in KERNEL_IMPLS:
+            raise ValueError(f"kernel_impl={kernel_impl!r} is not one of {KERNEL_IMPLS}")
+        self.kernel_impl = kernel_impl
+        super().__init__(d_model, **kwargs)
+
+    def memory(self, inputs, gates, state):
+        q, k, v = self.qkv(inputs)
+        alpha = jax.nn.sigmoid(gates[:, :, 0])
+        beta = jax.nn.sigmoid(gates[:, :, 1])
+        backend = jax.default_backend()
+        if self.kernel_impl == "xla" or (self.kernel_impl == "auto" and backend == "cpu"):
+            return matrix_memory.gated_delta_rule(q, k, v, alpha, beta, chunk_size=self.chunk_size,
+                                                  initial_state=state)
+        implementation = None
+        if self.kernel_impl == "pallas":
+            implementation = "pallas_tpu" if backend == "tpu" else "pallas_triton"
+        return gated_delta(q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state,
+                           implementation=implementation)
+
+
+def titans_memory_config() -> ml_collections.ConfigDict:
+    """The `memory` sub-config of the Titans models (LMM, MAC, MAG, MAL)."""
+    return ml_collections.ConfigDict(
+        {
+            "depth": 2,  # MLP layers L_M of the memory (Titans §3.1); 1 is a linear memory
+            "expansion": 2.0,  # hidden width of the memory MLP / head width
+            "activation": "silu",  # σ of the memory MLP
+            "theta_max": 0.5,  # step size θ_t = theta_max · sigmoid(·)
+            "stop_gradient_writes": False,  # no backprop through the inner writes (DESIGN §4)
+        }
+    )
+
+
+def titans_arch(memory: ml_collections.ConfigDict, head_dim: int) -> architectures.MemoryArch:
+    """The memory architecture of a Titans `memory` sub-config; `ValueError` names a bad key."""
+    unknown = sorted(set(memory.keys()) - set(titans_memory_config().keys()))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in memory; allowed: "
+                         f"{sorted(titans_memory_config().keys())}")
+    if not isinstance(memory.depth, int) or memory.depth < 1:
+        raise ValueError(f"memory.depth must be an int >= 1, got {memory.depth!r}")
+    if not memory.expansion > 0 or not memory.theta_max > 0:
+        raise ValueError(f"memory.expansion and memory.theta_max must be > 0, got "
+                         f"{memory.expansion!r}, {memory.theta_max!r}")
+    if memory.depth == 1:
+        return architectures.matrix()
+    hidden = max(1, round(memory.expansion * head_dim))
+    return architectures.mlp(memory.depth, hidden, memory.activation)
+
+
+class TitansInputs(NamedTuple):
+    """Per-token inputs of Titans' memory (the pending part of its `ChunkStream`)."""
+
+    q: jax.Array  # [b, t, h, d_h] queries, ℓ2-normalised
+    k: jax.Array  # [b, t, h, d_h] keys, ℓ2-normalised
+    v: jax.Array  # [b, t, h, d_h] values
+    theta: jax.Array  # [b, t, h] step sizes θ_t
+    alpha: jax.Array  # [b, t, h] forget gates α_t
+    eta: jax.Array  # [b, t, h] momentum decays η_t
+
+
+def titans_gates(gates: jax.Array, theta_max: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """θ = theta_max·sigmoid, α = sigmoid, η = sigmoid of raw gates [b, t, 3, h] (Eqs. 13–14)."""
+    return (theta_max * jax.nn.sigmoid(gates[:, :, 0]), jax.nn.sigmoid(gates[:, :, 1]),
+            jax.nn.sigmoid(gates[:, :, 2]))
+
+
+class TitansMemory(Mixer):
+    """Titans' neural long-term memory (LMM) as a mixer (Titans §3, Eqs. 8–18; §4.4 layout).
+
+    M_t = (1 − α_t) M_{t−1} + S_t, S_t = η_t S_{t−1} − θ_t ∇‖M_{t'}(k_t) − v_t‖²; y_t = M_{t'}(q_t)
+    with t' the start of t's chunk (`nestlearn.memory.titans_memory`). The initial memory weights
+    [h, ...] are meta-learned `nnx.Param`s under `memory_params/`.
+
+    Example:
+      >>> mixer = TitansMemory(32, num_heads=2, head_dim=16, chunk_size=8, rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    FORGET_BIAS = -4.0
+    gate_biases = (0.0, FORGET_BIAS, 0.0)  # θ, α (forget), η (momentum decay)
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        memory: ml_collections.ConfigDict | None = None,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        super().__init__(d_model, rngs=rngs, **kwargs)
+        memory = titans_memory_config() if memory is None else memory
+        self.arch = titans_arch(memory, self.head_dim)
+        self.theta_max = float(memory.theta_max)
+        self.stop_gradient_writes = bool(memory.stop_gradient_writes)
+        params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
+                                d_out=self.head_dim)
+        self.memory_params = param_tree(params)
+
+    def memory_init(self, batch_size: int) -> ChunkStream:
+        vector = jnp.zeros((batch_size, self.chunk_size, self.num_heads, self.head_dim), self.dtype)
+        scalar = jnp.zeros((batch_size, self.chunk_size, self.num_heads), jnp.float32)
+        pending = TitansInputs(vector, vector, vector, scalar, scalar, scalar)
+        return ChunkStream(self.initial_memory(batch_size), pending, jnp.zeros((), jnp.int32))
+
+    def initial_memory(self, batch_size: int) -> titans.TitansState:
+        """Meta-learned initial weights broadcast over the batch, zero momentum."""
+        weights = broadcast_batch(param_values(self.memory_params), batch_size)
+        return titans.TitansState(weights, jax.tree.map(jnp.zeros_like, weights))
+
+    def run(self, state: titans.TitansState, xs: TitansInputs):
+        """`titans_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
+        return titans.titans_memory(
+            xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
+            params=param_values(self.memory_params), chunk_size=self.chunk_size,
+            initial_state=state, stop_gradient_writes=self.stop_gradient_writes,
+        )
+
+    def memory(self, inputs, gates, state):
+        q, k, v = inputs
+        xs = TitansInputs(l2_normalize(q), l2_normalize(k), v,
+                          *titans_gates(gates, self.theta_max))
+        initial = self.initial_memory(q.shape[0]) if state is None else None
+        return chunk_aligned(self.run, xs, state, chunk=self.chunk_size, initial=initial)
+
+
+def self_modifying_config(
+    sub: ml_collections.ConfigDict, memory_chunk_size: int
+) -> self_modifying.SelfModifyingConfig:
+    """`SelfModifyingConfig` from a model's `self_modifying` sub-config and its `chunk_size`.
+
+    Raises `ValueError` naming an unknown key or a bad value.
+    """
+    fields = {f for f in self_modifying.SelfModifyingConfig.__dataclass_fields__}
+    allowed = fields - {"memory_chunk_size"}
+    unknown = sorted(set(sub.keys()) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in self_modifying; allowed: {sorted(allowed)} "
+                         "(memory_chunk_size is the model's chunk_size)")
+    return self_modifying.SelfModifyingConfig(**sub.to_dict(), memory_chunk_size=memory_chunk_size)
+
+
+def default_self_modifying_config() -> ml_collections.ConfigDict:
+    """The `self_modifying` sub-config: every `SelfModifyingConfig` field but memory_chunk_size."""
+    defaults = self_modifying.SelfModifyingConfig()
+    fields = self_modifying.SelfModifyingConfig.__dataclass_fields__
+    return ml_collections.ConfigDict(
+        {f: getattr(defaults, f) for f in fields if f != "memory_chunk_size"}
+    )
+
+
+class SelfModifyingInputs(NamedTuple):
+    """Per-token inputs of the self-modifying memory (the pending part of its `ChunkStream`)."""
+
+    x: jax.Array  # [b, t, h, d_h] inputs of the generator memories M_k, M_v, M_η, M_α (, M_q)
+    q: jax.Array  # [b, t, h, d_h] static queries (Eq. 83)
+
+
+class SelfModifyingTitans(Mixer):
+    """Self-modifying (self-referential) Titans as a mixer (Hope Eqs. 83–93, arXiv 2512.24695).
+
+    x is projected to two per-head streams (memory input x and static query q), each through the
+    short conv and SiLU; `nestlearn.memory.self_modifying_memory` generates k, v, η, α (and q when
+    adaptive) from its own memories, ℓ2-normalises q and k, and writes every memory with DGD
+    (Eq. 88). The meta-learned initial memories are `nnx.Param`s under `memory_params/`.
+
+    Example:
+      >>> config = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8)
+      >>> mixer = SelfModifyingTitans(32, num_heads=2, head_dim=16, config=config,
+      ...                             rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    num_inputs = 2
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        config: self_modifying.SelfModifyingConfig,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if not isinstance(config, self_modifying.SelfModifyingConfig):
+            raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
+        self.memory_config = config
+        self.align = math.lcm(config.chunk_size, config.memory_chunk_size)
+        super().__init__(d_model, num_heads=num_heads, head_dim=head_dim,
+                         chunk_size=config.memory_chunk_size, dtype=dtype, rngs=rngs)
+        params = self_modifying.self_modifying_init(rngs.params(), heads=num_heads, dim=head_dim,
+                                                    config=config)
+        self.memory_params = param_tree(params)
+
+    def initial_memory(self, batch_size: int) -> self_modifying.SelfModifyingState:
+        """Meta-learned initial memories broadcast over the batch, zero momentum."""
+        params = param_values(self.memory_params)
+        # The self-modifying memories are the residual MLPs {"w1", "w2"}; static k/v projections
+        # ({"w"}) and the η/α biases are not part of the running state.
+        memories = {n: p for n, p in params.items() if isinstance(p, dict) and "w1" in p}
+        weights = broadcast_batch(memories, batch_size)
+        weights = jax.tree.map(lambda a: a.astype(jnp.float32), weights)
+        return self_modifying.SelfModifyingState(weights, jax.tree.map(jnp.zeros_like, weights))
+
+    def memory_init(self, batch_size: int) -> ChunkStream:
+        shape = (batch_size, self.align, self.num_heads, self.head_dim)
+        pending = SelfModifyingInputs(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+        return ChunkStream(self.initial_memory(batch_size), pending, jnp.zeros((), jnp.int32))
+
+    def run(self, state, xs: SelfModifyingInputs):
+        """`self_modifying_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
+        return self_modifying.self_modifying_memory(
+            xs.x, xs.q, params=param_values(self.memory_params), config=self.memory_config,
+            initial_state=state,
+        )
+
+    def memory(self, inputs, gates, state):
+        del gates
+        xs = SelfModifyingInputs(*inputs)
+        initial = self.initial_memory(xs.x.shape[0]) if state is None else None
+        return chunk_aligned(self.run, xs, state, chunk=self.align, initial=initial)
