@@ -1,0 +1,645 @@
+"""Hope's self-modifying (self-referential) deep associative memory (Eqs. 83–93, arXiv 2512.24695).
+
+Every projection of the layer is itself an in-context memory, a residual MLP
+M_□(x) = x + W₁ σ(W₂ x) (Eqs. 89/91) per head, for □ ∈ {k, v, q, η, α, memory}:
+
+    o_t = M_memory(q_t), k_t = M_k(x_t), v_t = M_v(x_t), η_t = M_η(x_t), α_t = M_α(x_t)  (Eq. 83)
+    v̂_□,t = M_□(v_t)                                                                  (Eq. 84)
+    min_{M_□} ½‖M_□(k_t) − v̂_□,t‖²                                                    (Eqs. 85–86)
+
+and every memory takes one DGD step with weight decay and Titans-style momentum per token:
+
+    S_t = β S_{t−1} − η_t ∇L(M_□,c; k_t, v̂_□,t)       (momentum, Titans Eqs. 9–10)
+    W₂_t = W₂_{t−1} (α_t I − η_t k_t k_tᵀ) + S₂_t     (Eq. 88 on the input-side weight)
+    W₁_t = α_t W₁_{t−1} + S₁_t                         (α decays the output-side weight)
+
+with β = ``momentum`` (β = 0 gives Eq. 88 as printed). Causal chunking (§8.2, Eq. 90, PAPER §9
+item 7): the sequence is cut into chunks; inside a chunk, every generated quantity (k, v, q, η, α,
+v̂) and every gradient comes from the states at the end of the previous chunk, index C⌊(t−1)/C⌋,
+while α, the DGD erase factor and the momentum act token by token. The generator memories (k, v,
+q, η, α) use ``chunk_size``; the output memory uses ``memory_chunk_size`` (PAPER §5.6), and o_t
+reads the output memory at the start of its own chunk. A sequence whose length is not a multiple of
+a chunk size ends with one shorter chunk (nothing is padded or dropped).
+
+Chunk-parallel form. Per token the gradient of the residual MLP at the chunk-start weights is
+rank one per layer: ∇W₁ = e aᵀ, ∇W₂ = δ kᵀ with e = M(k) − v̂, a = σ(W₂k), δ = (W₁ᵀe) ⊙ σ'(W₂k).
+So the end-of-chunk momentum and W₁ are weighted sums of these outer products (one matmul each),
+with weights from cumulative products of α and powers of β. The running W₂ enters its own update
+through the DGD erase term r_t kᵀ, r_t = W₂_{t−1} k_t; the r_t solve one unit lower-triangular
+c×c system per chunk (the UT transform of DeltaNet/GDN, PAPER §6.1–6.2, §6.5). Cumulative decays
+live in log space (log α = log_sigmoid(·)), so every decay ratio is exp of a non-positive number.
+
+Layout: b batch, t tokens, h heads, d width, n hidden width of a memory, c chunk length, e = 1 for
+per-head η/α or d for per-channel η/α. Numerics: compute and state dtype is the promotion of the
+input and parameter dtypes with float32; outputs are cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from nestlearn.memory import architectures
+
+__all__ = [
+    "SelfModifyingConfig",
+    "SelfModifyingState",
+    "self_modifying_init",
+    "self_modifying_memory",
+    "self_modifying_memory_recurrent",
+]
+
+Params = dict[str, Any]
+
+_GENERATORS = ("k", "v", "q", "eta", "alpha")
+_NORM_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModifyingConfig:
+    """Options of the self-modifying memory; defaults follow DESIGN.md §4 and docs/SEMANTICS.md.
+
+    Attributes:
+      chunk_size: chunk length C of the k, v, q, η, α memories (PAPER §5.6).
+      memory_chunk_size: chunk length of the output memory M_memory (PAPER §5.6).
+      adaptive_q: q_t = M_q(x_t) is a self-modifying memory; False uses the static query input
+        (Eq. 83).
+      momentum: constant momentum decay β ∈ [0, 1) on every memory; 0 is Eq. 88 as printed
+        (the "w/o momentum" ablation).
+      use_dgd: apply the DGD erase factor (α_t I − η_t k_t k_tᵀ) of Eq. 88 to the input-side weight
+        W₂; False is plain GD with weight decay (the "w/o DGD" ablation).
+      use_decay: α_t from M_α; False fixes α ≡ 1 (the "w/o weight decay" ablation).
+      adaptive_k: k_t = M_k(x_t); False uses a static linear projection (the "static k" ablation).
+      adaptive_v: v_t = M_v(x_t); False uses a static linear projection (the "static v" ablation).
+      stop_gradient_vhat: the inner loss treats v̂ as a constant target (DESIGN §4); False
+        differentiates the inner loss through v̂ = M(v_t) as well. The outer loss backpropagates
+        through v̂ either way.
+      stop_gradient_writes: the outer loss does not backpropagate through the inner writes (the
+        state increments are straight-through constants).
+      eta_max: η_t = eta_max · sigmoid(·).
+      eta_bias_init: initial learned bias of the η readout.
+      alpha_bias_init: initial learned bias of the α readout; α = sigmoid(·) starts near
+        sigmoid(alpha_bias_init) (near full retention).
+      eta_alpha_per_channel: η and α per channel (e = d) instead of per head (e = 1).
+      normalize_qk: ℓ2-normalise q_t and k_t (§8.3).
+      activation: σ of the residual MLPs, a key of ``architectures.ACTIVATIONS``.
+      hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
+        is given no ``hidden``.
+      dgd_step: "printed" uses η_t in Eq. 88; "normalized" uses η'_t = η_t / (1 + η_t‖k_t‖²)
+        (Eq. 57; PAPER §9 item 15) in both the erase and the gradient term.
+      remat: rematerialise each chunk in the backward pass (``jax.checkpoint``).
+    """
+
+    chunk_size: int = 8
+    memory_chunk_size: int = 64
+    adaptive_q: bool = False
+    momentum: float = 0.9
+    use_dgd: bool = True
+    use_decay: bool = True
+    adaptive_k: bool = True
+    adaptive_v: bool = True
+    stop_gradient_vhat: bool = True
+    stop_gradient_writes: bool = False
+    eta_max: float = 0.1
+    eta_bias_init: float = 0.0
+    alpha_bias_init: float = 4.0
+    eta_alpha_per_channel: bool = False
+    normalize_qk: bool = True
+    activation: str = "silu"
+    hidden_expansion: float = 1.0
+    dgd_step: str = "printed"
+    remat: bool = True
+
+    def __post_init__(self):
+        for name in ("chunk_size", "memory_chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            try:
+                size = operator.index(value)
+            except TypeError:
+                raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+            if size < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in (
+            "adaptive_q",
+            "use_dgd",
+            "use_decay",
+            "adaptive_k",
+            "adaptive_v",
+            "stop_gradient_vhat",
+            "stop_gradient_writes",
+            "eta_alpha_per_channel",
+            "normalize_qk",
+            "remat",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("momentum", "eta_max", "eta_bias_init", "alpha_bias_init", "hidden_expansion"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a real number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.eta_max <= 0.0:
+            raise ValueError(f"eta_max must be > 0, got {self.eta_max!r}")
+        if self.hidden_expansion <= 0.0:
+            raise ValueError(f"hidden_expansion must be > 0, got {self.hidden_expansion!r}")
+        if self.activation not in architectures.ACTIVATIONS:
+            raise ValueError(
+                f"activation={self.activation!r} is not one of {sorted(architectures.ACTIVATIONS)}"
+            )
+        if self.dgd_step not in ("printed", "normalized"):
+            raise ValueError(f"dgd_step must be 'printed' or 'normalized', got {self.dgd_step!r}")
+
+
+class SelfModifyingState(NamedTuple):
+    """Fast state of every self-modifying memory, one per sequence.
+
+    Both fields map a memory name ("k", "v", "q", "eta", "alpha" when adaptive, and "memory") to
+    residual-MLP weights {"w1": [b, h, d, n], "w2": [b, h, n, d]} in the compute dtype.
+    """
+
+    weights: dict[str, Params]  # current weights W of each memory
+    momentum: dict[str, Params]  # momentum S of each memory (same shapes; zeros at the start)
+
+
+class _Tokens(NamedTuple):
+    """Per-token quantities generated by the k, v, q, η, α memories (per sequence and head)."""
+
+    k: jax.Array  # [c, d] keys (ℓ2-normalised when normalize_qk)
+    v: jax.Array  # [c, d] values, the inputs of v̂ = M(v)
+    q: jax.Array  # [c, d] queries of the output memory
+    eta: jax.Array  # [c, e] effective inner step (η_t or η'_t)
+    log_alpha: jax.Array  # [c, e] log α_t (0 without decay)
+
+
+def _adaptive_generators(config: SelfModifyingConfig) -> tuple[str, ...]:
+    """Names of the self-modifying generator memories, in a fixed order."""
+    adaptive = {
+        "k": config.adaptive_k,
+        "v": config.adaptive_v,
+        "q": config.adaptive_q,
+        "eta": True,
+        "alpha": True,
+    }
+    return tuple(name for name in _GENERATORS if adaptive[name])
+
+
+def self_modifying_init(
+    key: jax.Array,
+    *,
+    heads: int,
+    dim: int,
+    hidden: int | None = None,
+    config: SelfModifyingConfig,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """Meta-learned initial weights of the self-modifying memory (Eqs. 83, 89/91).
+
+    Args:
+      key: PRNG key.
+      heads: number of heads h.
+      dim: per-head width d.
+      hidden: hidden width n of every residual MLP; None uses round(config.hidden_expansion · d).
+      config: the layer's options.
+      dtype: parameter dtype.
+
+    Returns:
+      A dict with the residual-MLP initial states {"w1": [h, d, n], "w2": [h, n, d]} (W₁ = 0, so
+      each memory starts as the identity) under "k", "v", "eta", "alpha", "memory" and, when
+      ``config.adaptive_q``, "q"; a static k or v is a linear projection {"w": [h, d, d]}
+      initialised to the identity; "eta_bias" and "alpha_bias" ([h] per head, [h, d] per channel)
+      are the learned biases of the η and α readouts.
+    """
+    if not isinstance(config, SelfModifyingConfig):
+        raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
+    if hidden is None:
+        hidden = max(1, round(config.hidden_expansion * dim))
+    for name, value in (("heads", heads), ("dim", dim), ("hidden", hidden)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    arch = architectures.residual_mlp(hidden, config.activation)
+    names = (*_adaptive_generators(config), "memory")
+    keys = dict(zip(names, jax.random.split(key, len(names))))
+    params: Params = {
+        name: arch.init(keys[name], heads=heads, d_in=dim, d_out=dim, dtype=dtype) for name in names
+    }
+    identity = jnp.broadcast_to(jnp.eye(dim, dtype=dtype), (heads, dim, dim))
+    for name, adaptive in (("k", config.adaptive_k), ("v", config.adaptive_v)):
+        if not adaptive:
+            params[name] = {"w": identity}
+    bias_shape = (heads, dim) if config.eta_alpha_per_channel else (heads,)
+    params["eta_bias"] = jnp.full(bias_shape, config.eta_bias_init, dtype)
+    params["alpha_bias"] = jnp.full(bias_shape, config.alpha_bias_init, dtype)
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared definition: generation (Eqs. 83–84), inner-loss gradient factors (Eqs. 86–87).
+# Everything below works on one sequence and one head; the public functions vmap over both.
+# ----------------------------------------------------------------------------------------------
+
+
+def _mlp(w: Params, x: jax.Array, sigma: Callable) -> jax.Array:
+    """Residual MLP x + W₁ σ(W₂ x) (Eqs. 89/91); w1: [d, n], w2: [n, d], x: [c, d]."""
+    return x + sigma(x @ w["w2"].T) @ w["w1"].T
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x * lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPS)
+
+
+def _generate(
+    gen: dict[str, Params],
+    static: Params,
+    x: jax.Array,
+    q_in: jax.Array,
+    config: SelfModifyingConfig,
+) -> _Tokens:
+    """k, v, q, η, α of a block of tokens from the generator states ``gen`` (Eq. 83).
+
+    η and α are per-head scalars (the channel mean of M_η(x_t), M_α(x_t) plus a learned bias) or
+    per-channel (M(x_t) plus a learned bias), squashed as η = η_max·sigmoid(·), α = sigmoid(·).
+    """
+    sigma = architectures.ACTIVATIONS[config.activation]
+
+    def project(name: str) -> jax.Array:
+        if name in gen:
+            return _mlp(gen[name], x, sigma)
+        return x @ static[name]["w"].T
+
+    def readout(y: jax.Array, bias: jax.Array) -> jax.Array:
+        # y: [c, d]; bias: [e] -> [c, e]
+        if config.eta_alpha_per_channel:
+            return y + bias
+        return jnp.mean(y, axis=-1, keepdims=True) + bias
+
+    k = project("k")
+    v = project("v")
+    q = _mlp(gen["q"], x, sigma) if "q" in gen else q_in
+    if config.normalize_qk:
+        k, q = _l2_normalize(k), _l2_normalize(q)
+    eta = config.eta_max * jax.nn.sigmoid(readout(_mlp(gen["eta"], x, sigma), static["eta_bias"]))
+    if config.use_decay:
+        log_alpha = jax.nn.log_sigmoid(readout(_mlp(gen["alpha"], x, sigma), static["alpha_bias"]))
+    else:
+        log_alpha = jnp.zeros_like(eta)
+    if config.dgd_step == "normalized":
+        eta = eta / (1.0 + jnp.sum(eta * k * k, axis=-1, keepdims=True))
+    return _Tokens(k, v, q, eta, log_alpha)
+
+
+def _gradient_factors(
+    w: Params, k: jax.Array, v: jax.Array, config: SelfModifyingConfig
+) -> tuple[jax.Array, jax.Array, tuple[tuple[jax.Array, jax.Array], ...]]:
+    """Rank-one factors of the per-token gradient of ½‖M(k_t) − v̂_t‖² at the weights ``w``.
+
+    Returns (e, a, terms) with ∇W₁_t = e_t a_tᵀ and ∇W₂_t = Σ_(δ, ρ) ∈ terms δ_t ρ_tᵀ; e: [c, d],
+    a: [c, n], δ: [c, n], ρ: [c, d]. With ``stop_gradient_vhat`` the target v̂ = M(v) is a constant
+    of the inner loss; otherwise the inner gradient also flows through M(v_t) (PAPER §9 item 4).
+    """
+    sigma = architectures.ACTIVATIONS[config.activation]
+    w1, w2 = w["w1"], w["w2"]
+
+    def act_and_slope(z):
+        return jax.jvp(sigma, (z,), (jnp.ones_like(z),))
+
+    a_k, slope_k = act_and_slope(k @ w2.T)  # [c, n]
+    a_v, slope_v = act_and_slope(v @ w2.T)  # [c, n]
+    e = (k + a_k @ w1.T) - (v + a_v @ w1.T)  # [c, d] residual M(k) − v̂
+    back = e @ w1  # [c, n] W₁ᵀ e
+    if config.stop_gradient_vhat:
+        return e, a_k, ((back * slope_k, k),)
+    return e, a_k - a_v, ((back * slope_k, k), (-back * slope_v, v))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writes: token by token (reference) and one chunk in closed form (fast path).
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_token(
+    w: Params, s: Params, tok: _Tokens, config: SelfModifyingConfig
+) -> tuple[Params, Params]:
+    """One token of Eq. 88 with momentum; tok fields have a leading axis of length 1."""
+    beta = config.momentum
+    e, a, terms = _gradient_factors(w, tok.k, tok.v, config)
+    eta, alpha = tok.eta[0], jnp.exp(tok.log_alpha[0])  # [e]
+    s1 = beta * s["w1"] - jnp.outer(eta * e[0], a[0])
+    s2 = beta * s["w2"] - sum(jnp.outer(delta[0], eta * rho[0]) for delta, rho in terms)
+    w1 = alpha[:, None] * w["w1"] + s1
+    w2 = w["w2"] * alpha[None, :] + s2
+    if config.use_dgd:
+        w2 = w2 - jnp.outer(w["w2"] @ tok.k[0], eta * tok.k[0])
+    return {"w1": w1, "w2": w2}, {"w1": s1, "w2": s2}
+
+
+def _bilinear(x: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
+    """Σ_c x[m, c] y[t, c] weight[t, m, c] -> [t, m]; weight's last axis is 1 or d."""
+    if weight.shape[-1] == 1:
+        return (y @ x.T) * weight[..., 0]
+    return jnp.einsum("mc,tc,tmc->tm", x, y, weight)
+
+
+def _unit_lower_inverse(strict: jax.Array) -> jax.Array:
+    """(I + N)⁻¹ for strictly lower-triangular N [c, c], with ⌈log₂ c⌉ matmuls.
+
+    N is nilpotent (Nᶜ = 0), so (I + N)⁻¹ = Σ_j (−N)^j = Π_{i<m} (I + (−N)^{2^i}) with 2^m ≥ c.
+    Batched matmuls vectorise far better than a triangular solve under vmap on CPU.
+    """
+    c = strict.shape[0]
+    eye = jnp.eye(c, dtype=strict.dtype)
+    power = -strict
+    inverse = eye + power
+    for _ in range(max(0, math.ceil(math.log2(c)) - 1)):
+        power = power @ power
+        inverse = inverse @ (eye + power)
+    return inverse
+
+
+def _write_chunk(
+    w: Params, s: Params, tok: _Tokens, config: SelfModifyingConfig
+) -> tuple[Params, Params]:
+    """Closed form of c tokens of Eq. 88 with momentum, gradients at the chunk-start weights.
+
+    With γ[t', i] = Π_{j=i+1}^{t'} α_j and Φ[t', m] = Σ_{i=m}^{t'} β^{i−m} γ[t', i]:
+      S_c  = β^c S_0 − Σ_m β^{c−m} u_m,   W₁_c = γ[c,0] W₁_0 + β Φ[c,1] S₁_0 − Σ_m Φ[c,m] u₁_m,
+      W₂_c = W₂_0 γ[c,0] + β S₂_0 Φ[c,1] − Σ_m u₂_m Φ[c,m] − Σ_i r_i (η_i k_i γ[c,i])ᵀ,
+    where u_m = η_m ∇L_m and r_t = W₂_{t−1} k_t solves the unit lower-triangular system
+      r_t + Σ_{i<t} ⟨η_i k_i γ[t−1,i], k_t⟩ r_i = W₂_0 γ[t−1,0] k_t + β S₂_0 Φ[t−1,1] k_t
+                                                  − Σ_m ⟨η_m ρ_m Φ[t−1,m], k_t⟩ δ_m.
+    """
+    c = tok.k.shape[0]
+    beta = config.momentum
+    dtype = tok.k.dtype
+    e, a, terms = _gradient_factors(w, tok.k, tok.v, config)
+    eta = tok.eta  # [c, e]
+
+    # Decays. lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
+    lam = jnp.concatenate([jnp.zeros_like(tok.log_alpha[:1]), jnp.cumsum(tok.log_alpha, axis=0)])
+    rows = np.arange(c + 1)[:, None]
+    cols = np.arange(1, c + 1)[None, :]
+    causal = jnp.asarray(cols <= rows)[..., None]  # [c+1, c, 1]
+    diff = jnp.where(causal, lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
+    gamma = jnp.exp(diff)  # [c+1, c, e]
+    steps = np.arange(c)
+    powers = np.where(
+        steps[:, None] >= steps[None, :],
+        float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
+        0.0,
+    )  # [c(i), c(m)] β^{i−m} for m ≤ i
+    phi = jnp.einsum("tie,im->tme", gamma, jnp.asarray(powers, dtype))  # [c+1, c, e]
+    beta_tail = jnp.asarray(float(beta) ** (c - 1 - steps), dtype)[:, None]  # [c, 1] β^{c−m}
+    beta_c = float(beta) ** c
+
+    # Output-side weight W₁ (rows are channels; α and η scale rows).
+    u1 = eta * e  # [c, d] left factors of η_m ∇W₁_m = (η_m ⊙ e_m) a_mᵀ
+    s1 = beta_c * s["w1"] - (beta_tail * u1).T @ a
+    w1 = (
+        jnp.exp(lam[c])[:, None] * w["w1"]
+        + beta * phi[c, 0][:, None] * s["w1"]
+        - (phi[c] * u1).T @ a
+    )
+
+    # Input-side weight W₂ (columns are key channels; α and η scale columns).
+    s2 = beta_c * s["w2"]
+    w2 = w["w2"] * jnp.exp(lam[c])[None, :] + beta * s["w2"] * phi[c, 0][None, :]
+    for delta, rho in terms:
+        s2 = s2 - delta.T @ (beta_tail * eta * rho)
+        w2 = w2 - delta.T @ (phi[c] * eta * rho)
+    if config.use_dgd:
+        k = tok.k
+        erase = eta * k  # [c, d] erase keys η_i k_i
+        q_mat = _bilinear(erase, k, gamma[:-1])  # [c(t), c(i)] strictly lower
+        rhs = (jnp.exp(lam[:-1]) * k) @ w["w2"].T + beta * (phi[:-1, 0] * k) @ s["w2"].T
+        for delta, rho in terms:
+            rhs = rhs - _bilinear(eta * rho, k, phi[:-1]) @ delta
+        r = _unit_lower_inverse(q_mat) @ rhs  # [c, n]
+        w2 = w2 - r.T @ (erase * gamma[c])
+    return {"w1": w1, "w2": w2}, {"w1": s1, "w2": s2}
+
+
+# ----------------------------------------------------------------------------------------------
+# Scans over one sequence and one head.
+# ----------------------------------------------------------------------------------------------
+
+
+def _straight_through(old, new):
+    """old + stop_gradient(new − old): the value of ``new``, the gradient path of ``old``."""
+    return jax.tree.map(lambda o, n: o + lax.stop_gradient(n - o), old, new)
+
+
+def _scan_chunks(body, carry, xs, chunk: int, remat: bool):
+    """Runs ``body`` over full chunks with ``lax.scan`` and once more over the shorter tail."""
+    fn = jax.checkpoint(body) if remat else body
+    t = jax.tree.leaves(xs)[0].shape[0]
+    full = (t // chunk) * chunk
+    outs = []
+    if full:
+        blocks = jax.tree.map(lambda a: a[:full].reshape(t // chunk, chunk, *a.shape[1:]), xs)
+        carry, ys = lax.scan(fn, carry, blocks)
+        outs.append(jax.tree.map(lambda a: a.reshape(full, *a.shape[2:]), ys))
+    if full < t:
+        carry, ys = fn(carry, jax.tree.map(lambda a: a[full:], xs))
+        outs.append(ys)
+    ys = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *outs)
+    return carry, ys
+
+
+def _stack(trees: list[Params]) -> Params:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree: Params, names: tuple[str, ...]) -> dict[str, Params]:
+    return {name: jax.tree.map(lambda a, i=i: a[i], tree) for i, name in enumerate(names)}
+
+
+def _chunked_one(x, q_in, weights, momentum, static, *, config: SelfModifyingConfig):
+    """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S)."""
+    gen_names = _adaptive_generators(config)
+    write = jax.vmap(lambda w, s, tok: _write_chunk(w, s, tok, config), in_axes=(0, 0, None))
+
+    def generator_body(carry, xs):
+        gw, gs = carry
+        x_c, q_c = xs
+        tok = _generate(_unstack(gw, gen_names), static, x_c, q_c, config)
+        new_w, new_s = write(gw, gs, tok)
+        if config.stop_gradient_writes:
+            new_w, new_s = _straight_through(gw, new_w), _straight_through(gs, new_s)
+        return (new_w, new_s), tok
+
+    gen_w = _stack([weights[n] for n in gen_names])
+    gen_s = _stack([momentum[n] for n in gen_names])
+    (gen_w, gen_s), tokens = _scan_chunks(
+        generator_body, (gen_w, gen_s), (x, q_in), config.chunk_size, config.remat
+    )
+
+    def memory_body(carry, tok):
+        mw, ms = carry
+        o = _mlp(mw, tok.q, architectures.ACTIVATIONS[config.activation])
+        new_w, new_s = _write_chunk(mw, ms, tok, config)
+        if config.stop_gradient_writes:
+            new_w, new_s = _straight_through(mw, new_w), _straight_through(ms, new_s)
+        return (new_w, new_s), o
+
+    (mem_w, mem_s), o = _scan_chunks(
+        memory_body,
+        (weights["memory"], momentum["memory"]),
+        tokens,
+        config.memory_chunk_size,
+        config.remat,
+    )
+    new_w = {**_unstack(gen_w, gen_names), "memory": mem_w}
+    new_s = {**_unstack(gen_s, gen_names), "memory": mem_s}
+    return o, new_w, new_s
+
+
+def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingConfig):
+    """Token-by-token reference on one sequence and head (chunk size 1 for every memory)."""
+    names = (*_adaptive_generators(config), "memory")
+    sigma = architectures.ACTIVATIONS[config.activation]
+
+    def body(carry, xs):
+        ws, ss = carry
+        x_t, q_t = xs[0][None], xs[1][None]
+        tok = _generate({n: ws[n] for n in names if n != "memory"}, static, x_t, q_t, config)
+        o = _mlp(ws["memory"], tok.q, sigma)[0]
+        new_w, new_s = {}, {}
+        for n in names:
+            new_w[n], new_s[n] = _write_token(ws[n], ss[n], tok, config)
+        if config.stop_gradient_writes:
+            new_w, new_s = _straight_through(ws, new_w), _straight_through(ss, new_s)
+        return (new_w, new_s), o
+
+    (new_w, new_s), o = lax.scan(body, (weights, momentum), (x, q_in))
+    return o, new_w, new_s
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_and_prepare(x, q, params, config, initial_state):
+    """Validates inputs; returns (dtype, static params, weights, momentum), states [b, h, ...]."""
+    if not isinstance(config, SelfModifyingConfig):
+        raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape [b, t, h, d], got x.shape={x.shape}")
+    if q.shape != x.shape:
+        raise ValueError(f"q must have the shape of x {x.shape}, got q.shape={q.shape}")
+    b, _, h, d = x.shape
+    names = (*_adaptive_generators(config), "memory")
+    required = [*names, "eta_bias", "alpha_bias"]
+    required += [n for n, a in (("k", config.adaptive_k), ("v", config.adaptive_v)) if not a]
+    missing = [n for n in required if n not in params]
+    if missing:
+        raise ValueError(f"params lack {missing} for this config; got keys {sorted(params)}")
+    hidden = params["memory"]["w2"].shape[1]
+    for n in names:
+        shapes = {leaf: params[n][leaf].shape for leaf in ("w1", "w2")}
+        if shapes != {"w1": (h, d, hidden), "w2": (h, hidden, d)}:
+            raise ValueError(
+                f"params[{n!r}] has shapes {shapes}, expected w1 {(h, d, hidden)} and "
+                f"w2 {(h, hidden, d)} for x.shape={x.shape}"
+            )
+    bias_shape = (h, d) if config.eta_alpha_per_channel else (h,)
+    for n in ("eta_bias", "alpha_bias"):
+        if params[n].shape != bias_shape:
+            raise ValueError(f"params[{n!r}].shape={params[n].shape}, expected {bias_shape}")
+    for n in ("k", "v"):
+        if n not in names and params[n]["w"].shape != (h, d, d):
+            raise ValueError(
+                f"params[{n!r}]['w'].shape={params[n]['w'].shape}, expected {(h, d, d)}"
+            )
+    dtype = jnp.promote_types(jnp.promote_types(x.dtype, params["memory"]["w2"].dtype), jnp.float32)
+    static = {n: params[n] for n in ("k", "v") if n not in names}
+    static = jax.tree.map(lambda a: a.astype(dtype), static)
+    static["eta_bias"] = params["eta_bias"].astype(dtype).reshape(h, -1)
+    static["alpha_bias"] = params["alpha_bias"].astype(dtype).reshape(h, -1)
+    if initial_state is None:
+        weights = {
+            n: jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dtype), (b, *a.shape)), params[n])
+            for n in names
+        }
+        momentum = jax.tree.map(jnp.zeros_like, weights)
+    else:
+        if not isinstance(initial_state, SelfModifyingState):
+            raise ValueError(
+                f"initial_state must be a SelfModifyingState, got {type(initial_state).__name__}"
+            )
+        expected = {n: {"w1": (b, h, d, hidden), "w2": (b, h, hidden, d)} for n in names}
+        for field in ("weights", "momentum"):
+            tree = getattr(initial_state, field)
+            got = jax.tree.map(lambda a: tuple(a.shape), tree) if isinstance(tree, dict) else tree
+            if got != expected:
+                raise ValueError(
+                    f"initial_state.{field} has shapes {got}, expected {expected} for "
+                    f"x.shape={x.shape} and this config"
+                )
+        weights = jax.tree.map(lambda a: a.astype(dtype), initial_state.weights)
+        momentum = jax.tree.map(lambda a: a.astype(dtype), initial_state.momentum)
+    return dtype, static, weights, momentum
+
+
+def _run(one, x, q, params, config, initial_state):
+    dtype, static, weights, momentum = _check_and_prepare(x, q, params, config, initial_state)
+    fn = jax.vmap(
+        jax.vmap(lambda *a: one(*a, config=config), in_axes=(1, 1, 0, 0, 0), out_axes=(1, 0, 0)),
+        in_axes=(0, 0, 0, 0, None),
+    )
+    o, new_w, new_s = fn(x.astype(dtype), q.astype(dtype), weights, momentum, static)
+    return o.astype(x.dtype), SelfModifyingState(new_w, new_s)
+
+
+def self_modifying_memory(
+    x: jax.Array,
+    q: jax.Array,
+    *,
+    params: Params,
+    config: SelfModifyingConfig,
+    initial_state: SelfModifyingState | None = None,
+) -> tuple[jax.Array, SelfModifyingState]:
+    """Self-modifying Titans, chunk-parallel (Eqs. 83–93, arXiv 2512.24695; causal index §8.2).
+
+    Args:
+      x: [b, t, h, d] per-head inputs (after the block's projection and convolution).
+      q: [b, t, h, d] static queries; ignored when ``config.adaptive_q``.
+      params: from ``self_modifying_init`` (leaves with a leading head axis).
+      config: the layer's options.
+      initial_state: state to continue from; None starts every sequence from ``params``.
+
+    Returns:
+      o: [b, t, h, d], o_t = M_memory(q_t) read at the start of the output memory's chunk.
+      state: the memories after the last token. Feeding it back as ``initial_state`` continues the
+        stream; pieces whose lengths are multiples of both chunk sizes reproduce one call.
+    """
+    return _run(_chunked_one, x, q, params, config, initial_state)
+
+
+def self_modifying_memory_recurrent(
+    x: jax.Array,
+    q: jax.Array,
+    *,
+    params: Params,
+    config: SelfModifyingConfig,
+    initial_state: SelfModifyingState | None = None,
+) -> tuple[jax.Array, SelfModifyingState]:
+    """Token-by-token reference of ``self_modifying_memory`` (Eqs. 83–88 with chunk size 1).
+
+    Every memory updates after every token, so this equals ``self_modifying_memory`` with
+    ``chunk_size = memory_chunk_size = 1``; the chunk sizes in ``config`` are ignored. Same
+    arguments and returns as ``self_modifying_memory``. Slow: a ``lax.scan`` over tokens.
+    """
+    return _run(_recurrent_one, x, q, params, config, initial_state)

@@ -1,0 +1,387 @@
+"""Tests for Hope's self-modifying memory (Eqs. 83–93, arXiv 2512.24695).
+
+The oracle ``_naive`` is a Python loop over tokens written straight from Eqs. 83–88 with Titans
+momentum and the causal chunk index C⌊(t−1)/C⌋ (PAPER §5.6, §9 item 7): it snapshots the memories
+at chunk starts, takes the inner gradient with ``jax.grad`` of ½‖M(k) − v̂‖², and applies the
+printed matrix factor (diag(α) − k (η ⊙ k)ᵀ) explicitly. It shares no code with the implementation.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nestlearn.memory.self_modifying import (
+    SelfModifyingConfig,
+    SelfModifyingState,
+    self_modifying_init,
+    self_modifying_memory,
+    self_modifying_memory_recurrent,
+)
+
+# Tiny shapes: compile time dominates, so the tests compile with XLA's cheapest backend settings.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_memory = jax.jit(self_modifying_memory, static_argnames="config", compiler_options=_FAST_COMPILE)
+_recurrent = jax.jit(
+    self_modifying_memory_recurrent, static_argnames="config", compiler_options=_FAST_COMPILE
+)
+
+
+def _silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _naive_mlp(w, z):
+    return z + w["w1"] @ _silu(w["w2"] @ z)
+
+
+def _inner_loss(w, k, target, v, stop_gradient_vhat):
+    def mlp(z):
+        return z + w["w1"] @ jax.nn.silu(w["w2"] @ z)
+
+    goal = target if stop_gradient_vhat else mlp(v)
+    return 0.5 * jnp.sum((mlp(k) - goal) ** 2)
+
+
+_inner_grad = jax.jit(jax.grad(_inner_loss), static_argnums=4)
+
+
+def _naive(x, q, params, cfg):
+    """Returns o [b, t, h, d] and {(b, h): (weights, momentum)} as float64 numpy."""
+    b, t, h, d = x.shape
+    flags = {"k": cfg.adaptive_k, "v": cfg.adaptive_v, "q": cfg.adaptive_q}
+    gens = [n for n in ("k", "v", "q", "eta", "alpha") if flags.get(n, True)]
+    names = [*gens, "memory"]
+    out = np.zeros((b, t, h, d))
+    finals = {}
+    for bi in range(b):
+        for hi in range(h):
+            weights = {n: {w: np.array(params[n][w][hi]) for w in ("w1", "w2")} for n in names}
+            mom = {n: {w: np.zeros_like(v) for w, v in weights[n].items()} for n in names}
+            for ti in range(t):
+                if ti % cfg.chunk_size == 0:  # generator states at the end of the previous chunk
+                    gen = {n: {w: a.copy() for w, a in weights[n].items()} for n in gens}
+                if ti % cfg.memory_chunk_size == 0:
+                    mem = {w: a.copy() for w, a in weights["memory"].items()}
+                xt = x[bi, ti, hi]
+                k = _naive_mlp(gen["k"], xt) if "k" in gen else params["k"]["w"][hi] @ xt
+                v = _naive_mlp(gen["v"], xt) if "v" in gen else params["v"]["w"][hi] @ xt
+                qt = _naive_mlp(gen["q"], xt) if "q" in gen else q[bi, ti, hi]
+                if cfg.normalize_qk:
+                    k = k / np.sqrt(np.sum(k * k) + 1e-6)
+                    qt = qt / np.sqrt(np.sum(qt * qt) + 1e-6)
+
+                def gate(name, bias, xt=xt, gen=gen, hi=hi):
+                    y = _naive_mlp(gen[name], xt)
+                    y = y if cfg.eta_alpha_per_channel else np.mean(y)
+                    return np.broadcast_to(y + params[bias][hi], (d,))
+
+                eta = cfg.eta_max * _sigmoid(gate("eta", "eta_bias"))
+                alpha = _sigmoid(gate("alpha", "alpha_bias")) if cfg.use_decay else np.ones(d)
+                if cfg.dgd_step == "normalized":
+                    eta = eta / (1.0 + np.sum(eta * k * k))
+                out[bi, ti, hi] = _naive_mlp(mem, qt)  # Eq. 83: read before this chunk's writes
+                for n in names:
+                    start = mem if n == "memory" else gen[n]
+                    target = _naive_mlp(start, v)  # Eq. 84
+                    g = _inner_grad(start, k, target, v, cfg.stop_gradient_vhat)
+                    g1, g2 = np.asarray(g["w1"]), np.asarray(g["w2"])
+                    mom[n]["w1"] = cfg.momentum * mom[n]["w1"] - np.diag(eta) @ g1
+                    mom[n]["w2"] = cfg.momentum * mom[n]["w2"] - g2 @ np.diag(eta)
+                    factor = np.diag(alpha)  # Eq. 88: (α_t I − η_t k_t k_tᵀ)
+                    if cfg.use_dgd:
+                        factor = factor - np.outer(k, eta * k)
+                    weights[n]["w1"] = np.diag(alpha) @ weights[n]["w1"] + mom[n]["w1"]
+                    weights[n]["w2"] = weights[n]["w2"] @ factor + mom[n]["w2"]
+            finals[(bi, hi)] = (weights, mom)
+    return out, finals
+
+
+def _perturbed_params(cfg, *, heads, dim, hidden, dtype, scale=0.2, seed=0):
+    params = self_modifying_init(
+        jax.random.PRNGKey(seed), heads=heads, dim=dim, hidden=hidden, config=cfg, dtype=dtype
+    )
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    noise = [scale * jax.random.normal(k, a.shape, dtype) for a, k in zip(leaves, keys)]
+    return treedef.unflatten([a + n for a, n in zip(leaves, noise)])
+
+
+def _inputs(shape, dtype, seed=2):
+    kx, kq = jax.random.split(jax.random.PRNGKey(seed))
+    scale = shape[-1] ** -0.5  # per-head inputs of norm ≈ 1 (docs/SEMANTICS.md)
+    return (
+        scale * jax.random.normal(kx, shape, dtype),
+        jax.random.normal(kq, shape, dtype),
+    )
+
+
+def _start_state(params, batch, names=("k", "v", "eta", "alpha", "memory")):
+    """The state ``initial_state=None`` starts from, built by hand."""
+    weights = {
+        n: jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), params[n]) for n in names
+    }
+    return SelfModifyingState(weights, jax.tree.map(jnp.zeros_like, weights))
+
+
+def _max_diff(a, b):
+    return max(
+        float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+NAIVE_CASES = [
+    ((1, 1), {}),
+    ((4, 8), {}),
+    ((8, 4), {}),
+    ((4, 8), {"eta_alpha_per_channel": True, "stop_gradient_vhat": False, "normalize_qk": False}),
+    ((3, 5), {"dgd_step": "normalized", "adaptive_q": True, "adaptive_k": False}),
+    ((8, 4), {"momentum": 0.0, "use_decay": False, "use_dgd": False, "adaptive_v": False}),
+]
+
+
+@pytest.mark.parametrize(("chunks", "options"), NAIVE_CASES)
+def test_chunk_parallel_matches_naive_loop(x64, chunks, options):
+    cfg = SelfModifyingConfig(
+        chunk_size=chunks[0], memory_chunk_size=chunks[1], eta_max=0.5, **options
+    )
+    b, t, h, d = 1, 13, 2, 4  # 13 is a multiple of no chunk size: the tail chunk is short
+    params = _perturbed_params(cfg, heads=h, dim=d, hidden=3, dtype=jnp.float64)
+    x, q = _inputs((b, t, h, d), jnp.float64)
+    o, state = _memory(x, q, params=params, config=cfg)
+    o_ref, finals = _naive(np.asarray(x), np.asarray(q), jax.tree.map(np.asarray, params), cfg)
+    assert float(np.max(np.abs(o_ref))) < 1e3
+    np.testing.assert_allclose(np.asarray(o), o_ref, rtol=1e-9, atol=1e-9)
+    for (bi, hi), (weights, mom) in finals.items():
+        for name in weights:
+            for leaf in ("w1", "w2"):
+                np.testing.assert_allclose(
+                    np.asarray(state.weights[name][leaf][bi, hi]), weights[name][leaf], atol=1e-9
+                )
+                np.testing.assert_allclose(
+                    np.asarray(state.momentum[name][leaf][bi, hi]), mom[name][leaf], atol=1e-9
+                )
+
+
+def test_recurrent_equals_chunk_parallel_at_chunk_one(x64):
+    cfg = SelfModifyingConfig(
+        chunk_size=1,
+        memory_chunk_size=1,
+        eta_max=0.5,
+        eta_alpha_per_channel=True,
+        adaptive_q=True,
+        stop_gradient_vhat=False,
+    )
+    params = _perturbed_params(cfg, heads=2, dim=4, hidden=5, dtype=jnp.float64)
+    x, q = _inputs((2, 9, 2, 4), jnp.float64)
+    o, state = _memory(x, q, params=params, config=cfg)
+    o_rec, state_rec = _recurrent(x, q, params=params, config=cfg)
+    assert _max_diff(o, o_rec) < 1e-12
+    assert _max_diff(state, state_rec) < 1e-12
+
+
+def test_pieces_with_carried_state_equal_one_call(x64):
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8, eta_max=0.5)
+    params = _perturbed_params(cfg, heads=2, dim=4, hidden=3, dtype=jnp.float64)
+    x, q = _inputs((2, 16, 2, 4), jnp.float64)
+    o, state = _memory(x, q, params=params, config=cfg)
+    start = _start_state(params, 2)
+    o1, s1 = _memory(x[:, :8], q[:, :8], params=params, config=cfg, initial_state=start)
+    o2, s2 = _memory(x[:, 8:], q[:, 8:], params=params, config=cfg, initial_state=s1)
+    assert _max_diff(o, jnp.concatenate([o1, o2], axis=1)) < 1e-12
+    assert _max_diff(state, s2) < 1e-12
+
+
+def test_causal(x64):
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8, eta_max=0.5)
+    params = _perturbed_params(cfg, heads=2, dim=4, hidden=3, dtype=jnp.float64)
+    x, q = _inputs((2, 16, 2, 4), jnp.float64)  # same compile as the test above
+    o, _ = _memory(x, q, params=params, config=cfg)
+    s = 5
+    o_changed, _ = _memory(x.at[:, s].add(1.0), q.at[:, s].add(1.0), params=params, config=cfg)
+    np.testing.assert_array_equal(np.asarray(o[:, :s]), np.asarray(o_changed[:, :s]))
+    # The static query of token s changes its own output; x_s reaches the output memory's next
+    # chunk through the writes.
+    assert _max_diff(o[:, s], o_changed[:, s]) > 1e-6
+    assert _max_diff(o[:, 8:], o_changed[:, 8:]) > 1e-6
+
+
+def test_gradients(x64):
+    """Reverse-mode gradients match central finite differences along random directions."""
+    cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=3, eta_max=0.5, adaptive_q=True)
+    params = _perturbed_params(cfg, heads=1, dim=3, hidden=2, dtype=jnp.float64)
+    x, q = _inputs((1, 6, 1, 3), jnp.float64)
+
+    def loss(params, x):
+        o, state = self_modifying_memory(x, q, params=params, config=cfg)
+        return jnp.sum(jnp.sin(o)) + jnp.sum(state.weights["memory"]["w2"] ** 2)
+
+    value_and_grad = jax.jit(
+        jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=_FAST_COMPILE
+    )
+    g = value_and_grad(params, x)[1]
+    eps = 1e-6
+    for seed in range(3):
+        leaves, treedef = jax.tree.flatten((params, x))
+        keys = jax.random.split(jax.random.PRNGKey(10 + seed), len(leaves))
+        direction = treedef.unflatten(
+            [jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+        )
+        plus = jax.tree.map(lambda a, u: a + eps * u, (params, x), direction)
+        minus = jax.tree.map(lambda a, u: a - eps * u, (params, x), direction)
+        numeric = (value_and_grad(*plus)[0] - value_and_grad(*minus)[0]) / (2 * eps)
+        analytic = sum(
+            jnp.sum(a * u) for a, u in zip(jax.tree.leaves(g), jax.tree.leaves(direction))
+        )
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_stop_gradient_writes_keeps_values_changes_gradients(x64):
+    cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4, eta_max=0.5)
+    params = _perturbed_params(cfg, heads=1, dim=4, hidden=3, dtype=jnp.float64)
+    x, q = _inputs((1, 8, 1, 4), jnp.float64)
+
+    def run(config):
+        def loss(x):
+            o, _ = self_modifying_memory(x, q, params=params, config=config)
+            return jnp.sum(o**2)
+
+        return jax.jit(jax.value_and_grad(loss), compiler_options=_FAST_COMPILE)(x)
+
+    value, grad = run(cfg)
+    value_sg, grad_sg = run(dataclasses.replace(cfg, stop_gradient_writes=True))
+    np.testing.assert_allclose(value, value_sg, rtol=1e-12)
+    # With a static q, x reaches o only through the writes of earlier chunks.
+    assert float(jnp.max(jnp.abs(grad[:, :4]))) > 0.0
+    assert float(jnp.max(jnp.abs(grad_sg))) == 0.0
+    # Tokens of the last output-memory chunk are never read by a later chunk.
+    assert float(jnp.max(jnp.abs(grad[:, 4:]))) == 0.0
+
+
+# The Table 6 ablations (PAPER §7.11) except CMS, which is not part of this layer.
+ABLATIONS = [
+    {"momentum": 0.0},
+    {"use_dgd": False},
+    {"use_decay": False},
+    {"adaptive_k": False},
+    {"adaptive_v": False},
+    {"adaptive_q": True},
+]
+
+
+def test_each_ablation_switch_changes_the_output():
+    base = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4, eta_max=0.5)
+    params = _perturbed_params(base, heads=2, dim=4, hidden=4, dtype=jnp.float32)
+    x, q = _inputs((1, 12, 2, 4), jnp.float32)
+    o_base, _ = _memory(x, q, params=params, config=base)
+    for change in ABLATIONS:
+        cfg = dataclasses.replace(base, **change)
+        variant = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=4, hidden=4, config=cfg)
+        # Reuse the shared perturbed weights wherever the structures agree.
+        merged = {
+            n: params[n]
+            if jax.tree.structure(params.get(n)) == jax.tree.structure(v)
+            and (jax.tree.map(jnp.shape, params.get(n)) == jax.tree.map(jnp.shape, v))
+            else v
+            for n, v in variant.items()
+        }
+        o, _ = _memory(x, q, params=merged, config=cfg)
+        assert bool(jnp.all(jnp.isfinite(o))), change
+        assert _max_diff(o, o_base) > 1e-5, change
+
+
+def test_zero_momentum_ignores_momentum_state():
+    cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4, eta_max=0.5, momentum=0.0)
+    params = _perturbed_params(cfg, heads=1, dim=4, hidden=3, dtype=jnp.float32)
+    x, q = _inputs((1, 16, 1, 4), jnp.float32)
+    state = _start_state(params, 1)
+    noisy = SelfModifyingState(state.weights, jax.tree.map(lambda a: a + 0.1, state.momentum))
+    o_a, _ = _memory(x[:, 4:], q[:, 4:], params=params, config=cfg, initial_state=state)
+    o_b, _ = _memory(x[:, 4:], q[:, 4:], params=params, config=cfg, initial_state=noisy)
+    np.testing.assert_array_equal(np.asarray(o_a), np.asarray(o_b))
+    with_momentum = dataclasses.replace(cfg, momentum=0.9)
+    o_c, _ = _memory(x[:, 4:], q[:, 4:], params=params, config=with_momentum, initial_state=state)
+    o_d, _ = _memory(x[:, 4:], q[:, 4:], params=params, config=with_momentum, initial_state=noisy)
+    assert _max_diff(o_c, o_d) > 1e-5
+
+
+def test_dtype_and_default_state():
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8)
+    params = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=8, config=cfg)
+    assert params["memory"]["w2"].shape == (2, 8, 8)  # hidden = hidden_expansion · dim
+    assert params["eta_bias"].shape == (2,)
+    x, q = _inputs((2, 16, 2, 8), jnp.bfloat16)
+    o, state = _memory(x, q, params=params, config=cfg)
+    assert o.dtype == jnp.bfloat16 and o.shape == x.shape
+    assert state.weights["k"]["w1"].dtype == jnp.float32
+    assert state.weights["k"]["w1"].shape == (2, 2, 8, 8)
+    assert set(state.weights) == {"k", "v", "eta", "alpha", "memory"}
+
+
+def _stream(t, piece):
+    cfg = SelfModifyingConfig(chunk_size=64, memory_chunk_size=64)
+    params = self_modifying_init(jax.random.PRNGKey(0), heads=1, dim=8, config=cfg)
+    run = jax.jit(
+        lambda x, s: self_modifying_memory(x, x, params=params, config=cfg, initial_state=s)
+    )
+    state = None
+    norms = []
+    for i in range(t // piece):
+        x, _ = _inputs((1, piece, 1, 8), jnp.float32, seed=i)
+        o, state = run(x, state)
+        assert bool(jnp.all(jnp.isfinite(o))), i
+        norms.append(max(float(jnp.linalg.norm(a)) for a in jax.tree.leaves(state)))
+    return np.array(norms)
+
+
+@pytest.mark.slow
+def test_long_stream_stays_finite_and_bounded():
+    norms = _stream(100_352, 6272)  # 100K tokens, chunk 64, 16 pieces
+    assert np.all(np.isfinite(norms)) and norms.max() < 100.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("chunk_size", 0),
+        ("memory_chunk_size", 2.5),
+        ("momentum", 1.0),
+        ("momentum", -0.1),
+        ("eta_max", 0.0),
+        ("alpha_bias_init", float("nan")),
+        ("activation", "swish"),
+        ("dgd_step", "exact"),
+        ("hidden_expansion", 0),
+        ("use_dgd", 1),
+    ],
+)
+def test_config_validation(field, value):
+    with pytest.raises(ValueError, match=field):
+        SelfModifyingConfig(**{field: value})
+
+
+def test_input_validation():
+    cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=2)
+    params = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=4, config=cfg)
+    x = jnp.zeros((1, 4, 2, 4))
+    with pytest.raises(ValueError, match="q must have the shape of x"):
+        _memory(x, x[..., :3], params=params, config=cfg)
+    with pytest.raises(ValueError, match=r"params\['k'\]"):
+        _memory(jnp.zeros((1, 4, 2, 5)), jnp.zeros((1, 4, 2, 5)), params=params, config=cfg)
+    with pytest.raises(ValueError, match="params lack"):
+        _memory(x, x, params=params, config=dataclasses.replace(cfg, adaptive_q=True))
+    _, state = _memory(x, x, params=params, config=cfg)
+    with pytest.raises(ValueError, match=r"initial_state\.weights"):
+        _memory(
+            jnp.zeros((2, 4, 2, 4)),
+            jnp.zeros((2, 4, 2, 4)),
+            params=params,
+            config=cfg,
+            initial_state=state,
+        )
