@@ -1,1 +1,39 @@
-"""nestlearn.data."""
+"""nestlearn.data: corpora, tokenizers, synthetic text and checkpointable batch iterators."""
+
+from nestlearn.data.corpora import CORPORA, Split, load_corpus, split_documents
+from nestlearn.data.dataset import Dataset, load_dataset
+from nestlearn.data.fetch import DataError, cache_dir
+from nestlearn.data.iterator import Batch, BatchIterator, IteratorState, eval_batches
+from nestlearn.data.synthetic import synthetic_corpus
+from nestlearn.data.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    from_spec,
+    gpt2_vocab_files,
+    make_tokenizer,
+)
+
+__all__ = [
+    "CORPORA",
+    "BPETokenizer",
+    "Batch",
+    "BatchIterator",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "DataError",
+    "Dataset",
+    "IteratorState",
+    "Split",
+    "Tokenizer",
+    "cache_dir",
+    "eval_batches",
+    "from_spec",
+    "gpt2_vocab_files",
+    "load_corpus",
+    "load_dataset",
+    "make_tokenizer",
+    "split_documents",
+    "synthetic_corpus",
+]

@@ -1,1 +1,39 @@
-"""nestlearn.train."""
+"""nestlearn.train: config validation, levels, train/eval steps, checkpoints, metrics and the loop.
+
+`train_and_evaluate(config, workdir)` runs one experiment end to end; `evaluate_workdir` evaluates
+and samples from the newest checkpoint of an existing run.
+"""
+
+from nestlearn.train.checkpoint import Checkpointer, Restored
+from nestlearn.train.config import CMS_RULES, base_config, validate_config
+from nestlearn.train.levels import build_levels, learning_rate_schedule
+from nestlearn.train.metrics import MetricWriter, read_metrics
+from nestlearn.train.step import TrainState, build_eval_step, build_train_step, cross_entropy
+from nestlearn.train.trainer import (
+    NonFiniteError,
+    Run,
+    build_run,
+    evaluate_workdir,
+    train_and_evaluate,
+)
+
+__all__ = [
+    "CMS_RULES",
+    "Checkpointer",
+    "MetricWriter",
+    "NonFiniteError",
+    "Restored",
+    "Run",
+    "TrainState",
+    "base_config",
+    "build_eval_step",
+    "build_levels",
+    "build_run",
+    "build_train_step",
+    "cross_entropy",
+    "evaluate_workdir",
+    "learning_rate_schedule",
+    "read_metrics",
+    "train_and_evaluate",
+    "validate_config",
+]

@@ -1,0 +1,30 @@
+"""Adapter experiment (b) + (d): the continual sequence Shakespeare → Milton → fortunes.
+
+Purpose: held-out perplexity on every domain seen so far after each phase, for the frozen model,
+full fine-tuning of the adapted blocks, LoRA, the Titans and self-modifying memory pathways and
+Hope-Attention CMS levels (forgetting = rise in an earlier domain's perplexity).
+
+CPU size: as `adapter_shakespeare` (blocks 28–29 adapted, 64-token windows, batch 4) with
+`steps` steps per phase. Expected: full fine-tuning forgets most; CMS with a slow level and the
+gated memories forget less; with so few steps all differences are small.
+
+Command: `python experiments/adapter.py adapter_continual`
+(results in docs/results/adapters/adapter_continual.{md,json}).
+"""
+
+import importlib.util
+from pathlib import Path
+
+
+def get_config(arg=None):
+    del arg
+    path = Path(__file__).with_name("adapter_shakespeare.py")
+    spec = importlib.util.spec_from_file_location("adapter_shakespeare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.description = "Continual Shakespeare → Milton → fortunes; perplexity on every seen domain."
+    c.phases = ("shakespeare", "milton", "fortunes")
+    c.variants = ("frozen", "titans", "lora", "full", "hope_cms")
+    c.steps = 25  # optimizer steps per phase
+    return c

@@ -1,0 +1,212 @@
+"""The experiment config: its schema, its defaults, and the up-front validation.
+
+An experiment config (`experiments/configs/<name>.py::get_config`) is `base_config(model)` with
+fields changed. `validate_config` checks it once, before anything is built: every section and
+key must exist in the schema (the model section is checked against
+`nestlearn.models.default_config(model.name)`), every value must have the schema's type, and the
+fields with a fixed set of choices or a range must respect them. Each error names the key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+__all__ = ["CMS_RULES", "base_config", "validate_config"]
+
+#: Update rules a scheduled CMS level may use (its own optax rule, Eq. 71, arXiv 2512.24695).
+CMS_RULES = ("adamw", "sgd", "momentum")
+
+
+def _sections() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seed of the model initialisation, the data order and sampling
+
+    c.data = ml_collections.ConfigDict()
+    c.data.corpus = "shakespeare"  # shakespeare | milton | fortunes | text_dir | synthetic
+    c.data.path = ""  # directory of *.txt documents for corpus=text_dir
+    c.data.cache_dir = ""  # "" → $NESTLEARN_CACHE or ~/.cache/nestlearn
+    c.data.tokenizer = "byte"  # byte | char | gpt2
+    c.data.seq_len = 128  # tokens per training window
+    c.data.batch_size = 16  # windows per batch
+    c.data.val_fraction = 0.05  # fraction of documents (plays) held out for validation
+    c.data.test_fraction = 0.05  # fraction of documents held out for testing
+    c.data.split_seed = 0  # seed of the document split (and of the synthetic corpus)
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.num_docs = 40  # documents of the synthetic corpus
+    c.data.synthetic.doc_words = 400  # words per synthetic document
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-3  # peak learning rate of the backbone (AdamW)
+    c.optim.warmup_steps = 50  # linear warmup from 0 to lr
+    c.optim.min_lr_ratio = 0.1  # cosine decay ends at lr * min_lr_ratio at train.num_steps
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1  # decoupled, on matrices (ndim >= 2) only
+    c.optim.grad_clip = 1.0  # global-norm clip of the gradient before the levels; 0 = off
+    c.optim.cms_rule = "adamw"  # rule of each scheduled CMS level: adamw | sgd | momentum
+    c.optim.cms_lr_scale = 1.0  # CMS level lr = lr * cms_lr_scale
+    c.optim.cms_accumulate = "sum"  # sum (Eq. 71) | mean: how a level folds its period's grads
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 500  # optimizer steps
+    c.train.log_every = 10  # steps between train-metric records
+    c.train.eval_every = 250  # steps between evaluations (and at the end)
+    c.train.eval_batches = 8  # validation batches per evaluation
+    c.train.checkpoint_every = 100  # steps between checkpoints (and at the end)
+    c.train.keep_checkpoints = 3  # newest checkpoints kept
+    c.train.max_consecutive_nonfinite = 5  # stop after this many skipped steps in a row
+    c.train.progress_bar = True  # tqdm bar with step, loss, tokens/s and ETA
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_samples = 2  # samples in the report
+    c.sample.prompt = "ROMEO.\n"  # prompt of every sample
+    c.sample.max_new_tokens = 200
+    c.sample.temperature = 0.8
+    c.sample.top_k = 0  # 0 = no top-k truncation
+    return c
+
+
+def base_config(model: str = "hope") -> ml_collections.ConfigDict:
+    """The full config with defaults, with the model section of `nestlearn.models.default_config`.
+
+    `model.vocab_size = 0` means "the tokenizer's vocabulary size".
+    """
+    from nestlearn import models
+
+    c = _sections()
+    c.model = models.default_config(model)
+    return c
+
+
+_CHOICES = {
+    "data.tokenizer": ("byte", "char", "gpt2"),
+    "optim.cms_rule": CMS_RULES,
+    "optim.cms_accumulate": ("sum", "mean"),
+}
+_POSITIVE = (
+    "data.seq_len",
+    "data.batch_size",
+    "data.synthetic.num_docs",
+    "data.synthetic.doc_words",
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_consecutive_nonfinite",
+    "sample.max_new_tokens",
+    "optim.lr",
+)
+_NON_NEGATIVE = (
+    "optim.warmup_steps",
+    "optim.min_lr_ratio",
+    "optim.weight_decay",
+    "optim.grad_clip",
+    "optim.cms_lr_scale",
+    "optim.eps",
+    "sample.num_samples",
+    "sample.top_k",
+    "sample.temperature",
+    "model.vocab_size",
+)
+
+
+def _type_ok(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, tuple)
+    if default is None:
+        return True
+    return isinstance(value, type(default))
+
+
+def _compare(config, schema, prefix: str) -> None:
+    keys, allowed = set(config.keys()), set(schema.keys())
+    for key in sorted(keys - allowed):
+        raise ValueError(
+            f"config key '{prefix}{key}' is unknown; allowed in "
+            f"{prefix.rstrip('.') or 'the top level'}: {sorted(allowed)}"
+        )
+    for key in sorted(allowed - keys):
+        raise ValueError(f"config key '{prefix}{key}' is missing (expected like {schema[key]!r})")
+    for key in sorted(keys):
+        value, default = config[key], schema[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"config key '{prefix}{key}' must be a section, got {value!r}")
+            _compare(value, default, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            raise ValueError(f"config key '{prefix}{key}' is a list; use a tuple: {tuple(value)}")
+        elif not _type_ok(value, default):
+            raise ValueError(
+                f"config key '{prefix}{key}'={value!r} must be of type "
+                f"{type(default).__name__} (like the default {default!r})"
+            )
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks an experiment config against the schema, before anything is built.
+
+    Raises:
+      ValueError: naming the first offending key and what is allowed there — an unknown or
+        missing key, a value of the wrong type, a list instead of a tuple, an unknown choice
+        (model name, corpus, tokenizer, CMS rule), or a value out of range.
+    """
+    from nestlearn import models
+    from nestlearn.data.corpora import CORPORA
+
+    if "model" not in config or "name" not in config.model:
+        raise ValueError(
+            f"config key 'model.name' is missing; allowed model names: {list(models.available())}"
+        )
+    if config.model.name not in models.available():
+        raise ValueError(
+            f"config key 'model.name'={config.model.name!r} is unknown; allowed: "
+            f"{list(models.available())}"
+        )
+    _compare(config, base_config(config.model.name), "")
+    corpora = (*CORPORA, "synthetic")
+    if config.data.corpus not in corpora:
+        raise ValueError(
+            f"config key 'data.corpus'={config.data.corpus!r} is unknown; allowed: {list(corpora)}"
+        )
+    for key, choices in _CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ValueError(
+                f"config key {key!r}={_get(config, key)!r} is not allowed; allowed: {list(choices)}"
+            )
+    for key in _POSITIVE:
+        if not _get(config, key) > 0:
+            raise ValueError(f"config key {key!r}={_get(config, key)!r} must be > 0")
+    for key in _NON_NEGATIVE:
+        if not _get(config, key) >= 0:
+            raise ValueError(f"config key {key!r}={_get(config, key)!r} must be >= 0")
+    if config.data.corpus == "text_dir" and not config.data.path:
+        raise ValueError("config key 'data.path' must name a directory for corpus='text_dir'")
+    from nestlearn.models.language_model import validate_config as validate_model_config
+
+    model = ml_collections.ConfigDict(config.model.to_dict())
+    model.vocab_size = max(1, model.vocab_size)  # 0 means "the tokenizer's", known later
+    try:
+        validate_model_config(model)
+    except ValueError as e:
+        raise ValueError(f"config section 'model' is invalid: {e}") from e
+    if config.optim.min_lr_ratio > 1:
+        raise ValueError(
+            f"config key 'optim.min_lr_ratio'={config.optim.min_lr_ratio} must be <= 1"
+        )

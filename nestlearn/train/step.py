@@ -1,0 +1,140 @@
+"""The train state, the jitted train step and the eval step of a language model.
+
+The model is split once into its graph, its slow weights (`nnx.Param`) and the rest of its state
+(fast `MemoryState` variables and anything else); the steps are pure functions of these pieces.
+The loss is next-token cross-entropy, each window starting from the model's initial memory state.
+
+One train step: loss and gradients; global-norm clipping; the nested levels' update
+(`nestlearn.optim.scheduler.nested`); and a guard: when the loss or any gradient is non-finite,
+params and optimizer state are kept as they were (`jnp.where`, no host round trip), the step is
+counted as skipped, and which levels had non-finite gradients is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from nestlearn.core import Level, assign_levels
+from nestlearn.optim.scheduler import level_stats, nested
+
+__all__ = ["TrainState", "build_eval_step", "build_train_step", "cross_entropy", "split_model"]
+
+
+class TrainState(NamedTuple):
+    """Everything a train step reads and writes; all of it goes into the checkpoint."""
+
+    params: Any  # nnx.State of the model's nnx.Param leaves (slow weights, meta-learned inits)
+    opt_state: Any  # NestedState of the levels (one LevelState per level)
+    step: jax.Array  # shape=(), int32: optimizer steps taken (skipped ones included)
+    consecutive_nonfinite: jax.Array  # shape=(), int32: skipped steps in a row up to `step`
+    skipped: jax.Array  # shape=(), int32: skipped steps in total
+    rng: jax.Array  # shape=(2,), uint32: raw key data of the run's base PRNG key
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """`(graphdef, params, rest)`: the model's `nnx.Param` leaves and everything else."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in nats; logits [b, t, v], targets [b, t] int32."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return losses.mean()
+
+
+def _memory_stats(state: Any) -> dict[str, jax.Array]:
+    """Root mean square of the final in-context memory of each layer (KV caches left out)."""
+    from nestlearn.models import KVCache
+
+    layers = getattr(state, "layers", None) or ()
+    stats = {}
+    for i, layer in enumerate(layers):
+        leaves = [
+            x
+            for x in jax.tree.leaves(
+                jax.tree.map(
+                    lambda n: None if isinstance(n, KVCache) else n,
+                    layer,
+                    is_leaf=lambda n: isinstance(n, KVCache),
+                )
+            )
+            if jnp.issubdtype(x.dtype, jnp.floating) and x.size
+        ]
+        if leaves:
+            total = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+            stats[f"memory_rms/layer_{i}"] = jnp.sqrt(total / sum(x.size for x in leaves))
+    return stats
+
+
+def _loss(graphdef, params, rest, inputs, targets):
+    model = nnx.merge(graphdef, params, rest)
+    logits, memory = model(inputs)
+    return cross_entropy(logits, targets), _memory_stats(memory)
+
+
+def build_train_step(
+    levels: tuple[Level, ...], *, params: nnx.State, grad_clip: float, graphdef: nnx.GraphDef
+) -> Callable:
+    """The jitted `train_step(state, rest, inputs, targets) -> (state, metrics)`.
+
+    `state` (a `TrainState` whose `opt_state` is `nested(levels).init(params)`) is donated;
+    `rest` is the model's non-`nnx.Param` state. `metrics` holds `loss`, `grad_norm`, `finite`
+    (bool), `level_finite` ([num_levels] bool, in the order of `levels`), `applied/<level>`
+    (updates each level has applied) and `memory_rms/layer_<i>` for layers with in-context memory.
+    """
+    tx = nested(levels)
+    owners = assign_levels(levels, params)
+    names = [level.name for level in levels]
+    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
+
+    def train_step(state: TrainState, rest: nnx.State, inputs: jax.Array, targets: jax.Array):
+        (loss, memory), grads = grad_fn(state.params, rest, inputs, targets)
+        leaf_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+        level_finite = jnp.stack(
+            [
+                jnp.all(jnp.stack([f for f, o in zip(leaf_finite, owners) if o == name]))
+                for name in names
+            ]
+        )
+        finite = jnp.isfinite(loss) & jnp.all(level_finite)
+        grad_norm = optax.tree.norm(grads)
+        if grad_clip > 0:
+            scale = jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
+            grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = TrainState(
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1,
+            consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1),
+            skipped=state.skipped + jnp.where(finite, 0, 1),
+            rng=state.rng,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "level_finite": level_finite,
+            **memory,
+        }
+        for name, applied in level_stats(new_state.opt_state).items():
+            metrics[f"applied/{name}"] = applied
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def build_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """The jitted `eval_step(params, rest, inputs, targets) -> mean loss (nats per token)`."""
+    return jax.jit(
+        lambda params, rest, inputs, targets: _loss(graphdef, params, rest, inputs, targets)[0]
+    )

@@ -1,0 +1,457 @@
+"""`train_and_evaluate(config, workdir)`: the whole pipeline of one experiment.
+
+Data (split by document, tokenized, a checkpointable batch iterator) → model
+(`nestlearn.models.build`) → levels (backbone AdamW + scheduled CMS levels) → a jitted train step
+→ loop with metrics (JSONL, TensorBoard, tqdm), periodic evaluation and orbax checkpoints → final
+evaluation on the validation and test splits, samples, and `workdir/report.md`.
+
+Resume is automatic: the newest usable checkpoint in `workdir/checkpoints` restores params, every
+level's optimizer state, the model's other variables, the step, the RNG and the iterator state,
+and the metrics file is cut back to that step, so a run killed at any moment and restarted logs
+exactly the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from nestlearn.data.dataset import Dataset, load_dataset
+from nestlearn.data.iterator import Batch, BatchIterator, eval_batches
+from nestlearn.eval.perplexity import bits_per_char, perplexity
+from nestlearn.eval.report import write_report
+from nestlearn.optim.scheduler import NestedState, nested
+from nestlearn.train.checkpoint import Checkpointer, dump_config
+from nestlearn.train.config import validate_config
+from nestlearn.train.levels import build_levels, learning_rate_schedule
+from nestlearn.train.metrics import MetricWriter, read_metrics
+from nestlearn.train.progress import Progress
+from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
+
+__all__ = [
+    "NonFiniteError",
+    "Run",
+    "build_run",
+    "evaluate_split",
+    "evaluate_workdir",
+    "sample_texts",
+    "train_and_evaluate",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped after `train.max_consecutive_nonfinite` skipped steps in a row."""
+
+
+class Run(NamedTuple):
+    """Everything built from a config before the first step."""
+
+    config: ml_collections.ConfigDict  # the experiment config, model.vocab_size resolved
+    data: Dataset  # tokenized splits and the tokenizer
+    graphdef: nnx.GraphDef  # the model's structure
+    rest: Any  # nnx.State of the model's variables other than nnx.Param
+    levels: tuple  # the training-step levels (nestlearn.core.Level)
+    state: TrainState  # the freshly initialised train state
+    checkpointer: Checkpointer  # over workdir/checkpoints
+
+
+def _resolve(config: ml_collections.ConfigDict, data: Dataset) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy; the caller's stays
+    vocab = data.tokenizer.vocab_size
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = vocab
+    elif config.model.vocab_size < vocab:
+        raise ValueError(
+            f"config key 'model.vocab_size'={config.model.vocab_size} is smaller "
+            f"than the {config.data.tokenizer} tokenizer's vocabulary ({vocab})"
+        )
+    if config.data.seq_len > config.model.max_len:
+        raise ValueError(
+            f"config key 'data.seq_len'={config.data.seq_len} exceeds "
+            f"'model.max_len'={config.model.max_len}"
+        )
+    return config
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+    """Validates `config`, loads the data, builds model, levels and checkpointer (no restore)."""
+    from nestlearn import models
+
+    validate_config(config)
+    data = load_dataset(config.data)
+    config = _resolve(config, data)
+    model = models.build(config.model, rngs=nnx.Rngs(config.seed))
+    graphdef, params, rest = split_model(model)
+    levels = build_levels(config)
+    state = TrainState(
+        params=params,
+        opt_state=nested(levels).init(params),
+        step=jnp.zeros((), jnp.int32),
+        consecutive_nonfinite=jnp.zeros((), jnp.int32),
+        skipped=jnp.zeros((), jnp.int32),
+        rng=jax.random.PRNGKey(config.seed),
+    )
+    checkpointer = Checkpointer(
+        Path(workdir) / "checkpoints",
+        level_names=tuple(level.name for level in levels),
+        max_to_keep=config.train.keep_checkpoints,
+    )
+    return Run(config, data, graphdef, rest, levels, state, checkpointer)
+
+
+def _trees(state: TrainState, rest: Any) -> dict[str, Any]:
+    trees = {
+        "params": state.params,
+        "model_state": rest,
+        "train": {
+            "step": state.step,
+            "consecutive_nonfinite": state.consecutive_nonfinite,
+            "skipped": state.skipped,
+            "rng": state.rng,
+        },
+    }
+    for name, level_state in state.opt_state.levels.items():
+        trees[f"opt_{name}"] = level_state
+    return trees
+
+
+#: Config fields a run cannot change when it resumes: they fix the shapes of what is restored
+#: (model, levels) or the meaning of the saved iterator position (data).
+_FIXED_ON_RESUME = (
+    "seed",
+    "model",
+    "data.corpus",
+    "data.path",
+    "data.tokenizer",
+    "data.seq_len",
+    "data.split_seed",
+    "data.val_fraction",
+    "data.test_fraction",
+    "data.synthetic",
+    "optim.cms_rule",
+)
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree
+
+
+def _check_resumable(run: Run) -> None:
+    saved = run.checkpointer.read_config()
+    if saved is None:
+        return
+    now = dump_config(run.config)
+    changed = [k for k in _FIXED_ON_RESUME if _lookup(now, k) != _lookup(saved, k)]
+    if changed:
+        raise ValueError(
+            f"workdir {run.checkpointer.directory.parent} holds checkpoints of a run whose config "
+            f"differs in {changed}, which cannot change on resume; use a new --workdir"
+        )
+
+
+def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
+    """`(state, rest, iterator state)` from the newest usable checkpoint, or the fresh ones.
+
+    Raises:
+      ValueError: the checkpoints were written with a config that differs in a field that
+        fixes the restored shapes or the data order (`_FIXED_ON_RESUME`).
+    """
+    _check_resumable(run)
+    restored = run.checkpointer.restore(_trees(run.state, run.rest))
+    if restored is None:
+        return run.state, run.rest, None
+    trees = restored.trees
+    opt = NestedState({level.name: trees[f"opt_{level.name}"] for level in run.levels})
+    t = trees["train"]
+    state = TrainState(
+        trees["params"], opt, t["step"], t["consecutive_nonfinite"], t["skipped"], t["rng"]
+    )
+    return state, trees["model_state"], restored.data
+
+
+def evaluate_split(
+    eval_step, params, rest, batches: list[Batch], chars_per_token: float, prefix: str
+) -> dict[str, float]:
+    """Mean loss over `batches` (nats/token), perplexity and bits per character."""
+    losses = [float(eval_step(params, rest, b.inputs, b.targets)) for b in batches]
+    loss = float(np.mean(losses))
+    return {
+        f"{prefix}_loss": loss,
+        f"{prefix}_perplexity": perplexity(loss),
+        f"{prefix}_bpc": bits_per_char(loss, chars_per_token),
+    }
+
+
+def sample_texts(run: Run, params, rest, rng: jax.Array) -> list[str]:
+    """`config.sample.num_samples` continuations of `config.sample.prompt`, decoded."""
+    from nestlearn import models
+
+    s = run.config.sample
+    if s.num_samples == 0:
+        return []
+    tok = run.data.tokenizer
+    prompt = tok.encode(s.prompt) if s.prompt else run.data.val[:1]
+    prompt = np.asarray(prompt[: run.config.model.max_len - 1], np.int32)
+    new = min(s.max_new_tokens, run.config.model.max_len - len(prompt))
+    model = nnx.merge(run.graphdef, params, rest)
+    tokens = models.generate(
+        model,
+        jnp.tile(jnp.asarray(prompt)[None], (s.num_samples, 1)),
+        max_new_tokens=new,
+        rng=rng,
+        temperature=s.temperature,
+        top_k=s.top_k or None,
+    )
+    return [tok.decode(np.asarray(row)) for row in tokens]
+
+
+def _check_finite(metrics: dict[str, Any], state: TrainState, run: Run, step: int) -> None:
+    if bool(metrics["finite"]):
+        return
+    bad = [lv.name for lv, ok in zip(run.levels, metrics["level_finite"]) if not ok]
+    what = (
+        f"non-finite gradients in level(s) {bad}"
+        if bad
+        else f"a non-finite loss ({metrics['loss']}) with finite gradients"
+    )
+    consecutive = int(state.consecutive_nonfinite)
+    log.warning("step %d: %s; update skipped (%d in a row)", step, what, consecutive)
+    limit = run.config.train.max_consecutive_nonfinite
+    if consecutive >= limit:
+        raise NonFiniteError(
+            f"stopping at step {step}: {limit} consecutive steps with "
+            f"non-finite loss or gradients; last one had {what}"
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains and evaluates the experiment `config`, writing everything under `workdir`.
+
+    Writes `checkpoints/`, `metrics.jsonl`, `tensorboard/`, `report.md` and `loss.png`. Resumes
+    from the newest usable checkpoint in `workdir` if there is one.
+
+    Returns:
+      The final metrics (validation and test loss, perplexity, bits per character, ...).
+
+    Raises:
+      ValueError: an invalid config (naming the key).
+      NonFiniteError: `train.max_consecutive_nonfinite` non-finite steps in a row.
+      nestlearn.data.fetch.DataError: the corpus could not be fetched or is malformed.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = build_run(config, workdir)
+    cfg = run.config
+    state, rest, data_state = restore(run)
+    start = int(state.step)
+    log.info(
+        "%s: %d parameters, levels %s, starting at step %d",
+        cfg.model.name,
+        sum(x.size for x in jax.tree.leaves(state.params)),
+        [(lv.name, lv.period) for lv in run.levels],
+        start,
+    )
+
+    iterator = BatchIterator(
+        run.data.train, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, seed=cfg.seed
+    )
+    if data_state is not None:
+        iterator.restore(data_state)
+    val_batches = eval_batches(
+        run.data.val,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        max_batches=cfg.train.eval_batches,
+    )
+    train_step = build_train_step(
+        run.levels, params=state.params, grad_clip=cfg.optim.grad_clip, graphdef=run.graphdef
+    )
+    eval_step = build_eval_step(run.graphdef)
+    schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    writer = MetricWriter(workdir, resume_step=start)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    progress = Progress(
+        total=cfg.train.num_steps,
+        initial=start,
+        tokens_per_step=tokens_per_step,
+        enabled=cfg.train.progress_bar,
+    )
+    config_json = dump_config(cfg)
+    t_start, t_log, step_log = time.perf_counter(), time.perf_counter(), start
+    tr = cfg.train
+    try:
+        for step in range(start + 1, tr.num_steps + 1):
+            batch = next(iterator)
+            state, metrics = train_step(state, rest, batch.inputs, batch.targets)
+            metrics = jax.device_get(metrics)
+            progress.update(step, float(metrics["loss"]))
+            last = step == tr.num_steps
+            if step % tr.log_every == 0 or last or not metrics["finite"]:
+                now = time.perf_counter()
+                record = {k: v for k, v in metrics.items() if k not in ("finite", "level_finite")}
+                record.update(
+                    lr=float(schedule(step - 1)),
+                    skipped=int(state.skipped),
+                    tokens_per_sec=(step - step_log) * tokens_per_step / (now - t_log),
+                    elapsed_s=now - t_start,
+                )
+                writer.write(step, "train", record)
+                t_log, step_log = now, step
+            _check_finite(metrics, state, run, step)
+            if step % tr.eval_every == 0 or last:
+                writer.write(
+                    step,
+                    "eval",
+                    evaluate_split(
+                        eval_step,
+                        state.params,
+                        rest,
+                        val_batches,
+                        run.data.chars_per_token["val"],
+                        "val",
+                    ),
+                )
+            if step % tr.checkpoint_every == 0 or last:
+                run.checkpointer.save(
+                    step,
+                    trees=_trees(state, rest),
+                    data=dict(iterator.state._asdict()),
+                    config=config_json,
+                )
+        return _finish(run, state, rest, eval_step, writer, workdir, val_batches, config_json)
+    finally:
+        progress.close()
+        writer.close()
+        run.checkpointer.close()
+
+
+def _finish(
+    run: Run,
+    state: TrainState,
+    rest,
+    eval_step,
+    writer: MetricWriter,
+    workdir: Path,
+    val_batches: list[Batch],
+    config_json: dict[str, Any],
+) -> dict[str, Any]:
+    cfg = run.config
+    test_batches = eval_batches(
+        run.data.test,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        max_batches=cfg.train.eval_batches,
+    )
+    final = {"step": int(state.step), "skipped_steps": int(state.skipped)}
+    final.update(
+        evaluate_split(
+            eval_step, state.params, rest, val_batches, run.data.chars_per_token["val"], "val"
+        )
+    )
+    final.update(
+        evaluate_split(
+            eval_step, state.params, rest, test_batches, run.data.chars_per_token["test"], "test"
+        )
+    )
+    records = read_metrics(writer.path)
+    train_losses = [r["loss"] for r in records if r.get("kind") == "train"]
+    if train_losses:
+        final["final_train_loss"] = train_losses[-1]
+    final["parameters"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    last_train = next((r for r in reversed(records) if r.get("kind") == "train"), {})
+    final.update({k: v for k, v in last_train.items() if k.startswith(("applied/", "memory_rms/"))})
+    writer.write(int(state.step), "final", final)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step))
+    samples = sample_texts(run, state.params, rest, rng)
+    write_report(
+        workdir,
+        config_json=config_json,
+        final=final,
+        records=read_metrics(writer.path),
+        samples=samples,
+    )
+    return final
+
+
+def _tuples(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _tuples(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return tuple(_tuples(v) for v in node)
+    return node
+
+
+def evaluate_workdir(
+    workdir: str | Path,
+    *,
+    split: str = "test",
+    num_samples: int | None = None,
+    prompt: str | None = None,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """Evaluates the newest checkpoint of `workdir` on `split` and samples from it.
+
+    Args:
+      workdir: a run directory written by `train_and_evaluate`.
+      split: "val" or "test".
+      num_samples: samples to draw (default: the run's `sample.num_samples`).
+      prompt: the samples' prompt (default: the run's `sample.prompt`).
+      max_batches: evaluation batches (default: the run's `train.eval_batches`).
+
+    Returns:
+      `{"step", "<split>_loss", "<split>_perplexity", "<split>_bpc", "samples"}`.
+
+    Raises:
+      ValueError: an unknown split, or no usable checkpoint in `workdir`.
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r} must be 'val' or 'test'")
+    workdir = Path(workdir)
+    saved = Checkpointer(workdir / "checkpoints", level_names=(), max_to_keep=1000).read_config()
+    if saved is None:
+        raise ValueError(f"workdir={str(workdir)!r} holds no usable checkpoint")
+    config = ml_collections.ConfigDict(_tuples(saved))
+    if num_samples is not None:
+        config.sample.num_samples = num_samples
+    if prompt is not None:
+        config.sample.prompt = prompt
+    if max_batches is not None:
+        config.train.eval_batches = max_batches
+    run = build_run(config, workdir)
+    try:
+        state, rest, _ = restore(run)
+    finally:
+        run.checkpointer.close()
+    cfg = run.config
+    batches = eval_batches(
+        getattr(run.data, split),
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        max_batches=cfg.train.eval_batches,
+    )
+    result: dict[str, Any] = {"step": int(state.step)}
+    result.update(
+        evaluate_split(
+            build_eval_step(run.graphdef),
+            state.params,
+            rest,
+            batches,
+            run.data.chars_per_token[split],
+            split,
+        )
+    )
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step) + 1)
+    result["samples"] = sample_texts(run, state.params, rest, rng)
+    return result
