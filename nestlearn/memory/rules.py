@@ -3,9 +3,11 @@
 Every rule is an ``optax.GradientTransformationExtraArgs`` whose ``update_fn`` advances a memory
 over a chunk of c tokens (c = 1 for a token-by-token step):
 
-- ``updates``: per-token gradients of the attentional bias, every leaf ``[c, *param_shape]``
-  (``[c, w, *param_shape]`` for ``omega``), all taken at the chunk-start weights ``params`` — the
-  chunk-wise parallel form of Titans Eq. 16–18 (exact token-by-token recurrence when c = 1);
+- ``updates``: per-token gradients of the attentional bias, all taken at the chunk-start weights
+  ``params`` — the chunk-wise parallel form of Titans Eq. 16–18 (exact token-by-token recurrence
+  when c = 1). Either materialized, every leaf ``[c, *param_shape]`` (``[c, w, *param_shape]`` for
+  ``omega``), or a ``TokenGradients`` that yields coefficient-weighted sums Σ_i coef_i u_i without
+  ever forming the u_i (the factored form ``nestlearn.memory.scan`` hands over);
 - ``params``: the chunk-start weights M_{t'};
 - per-token, data-dependent hyperparameters as extra keyword arguments, each with leading axis c:
   ``step_size`` (η_t; Titans' θ_t), ``retention`` (the gate α_t read by the rule's ``Retention``),
@@ -16,15 +18,24 @@ over a chunk of c tokens (c = 1 for a token-by-token step):
   rules).
 
 It returns ``updates = M_end − M_start`` (apply with ``optax.apply_updates``) and the rule state at
-the end of the chunk. Decay and momentum are combined in closed form: cumulative products of the
-decays, and a reverse ``lax.associative_scan`` over the 2×2 transitions of (S, M) for momentum;
-the erase rules compose the affine maps W ↦ W A_t + B_t with ``lax.associative_scan``.
+the end of the chunk. Decay and momentum are combined in closed form: products of the decays and
+the momentum recurrence come from a recursive-doubling scan over the chunk's scalars
+(``_affine_scan``); the erase rules compose the affine maps W ↦ W A_t + B_t with
+``lax.associative_scan``.
+
+With a scalar gate per token (``none``, ``scalar``, ``forget_gate``), ``gd`` and ``momentum`` /
+``titans`` reach the gradients only through sums Σ_i coef_i u_i with one scalar coef_i per token
+and leaf-independent coefficients: for a ``TokenGradients`` these are the gradient of the
+coefficient-weighted chunk loss Σ_i coef_i L̃_i(M_{t'}), i.e. for an MLP one matmul (δ ⊙ coef)ᵀ H
+per layer. Per-channel retention and the erase rules need the per-token gradients themselves
+(``TokenGradients.per_token``).
 
 Weights are dicts of arrays (as built by ``nestlearn.memory.architectures``); matrices use the
 column convention of PAPER §0.3 (W ∈ R^{d_out×d_in}, the erase factor multiplies on the right).
 Shapes: c tokens in the chunk, d_in input width, w window length.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -44,7 +55,33 @@ class MomentumState(NamedTuple):
     momentum: Any  # pytree like params (same shapes, dtypes): momentum S_t of Titans Eq. 10
 
 
-def _chunk(grads: Params) -> int:
+class TokenGradients(NamedTuple):
+    """The per-token gradients u_i = ∇L̃(M_{t'}; k_i, v_i) of a chunk, in factored form.
+
+    Attributes:
+      chunk: the number of tokens c.
+      weighted: ``weighted(coef [m, c]) -> pytree like params with leaves [m, ...]`` holding
+        Σ_i coef[j, i] u_i for every row j, computed without forming the u_i.
+      per_token: ``per_token() -> pytree like params with leaves [c, ...]``, the u_i themselves.
+    """
+
+    chunk: int
+    weighted: Callable[[jax.Array], Params]
+    per_token: Callable[[], Params]
+
+
+def token_gradients(updates: Params | TokenGradients) -> TokenGradients:
+    """``updates`` as a ``TokenGradients`` (materialized leaves [c, ...] are wrapped)."""
+    if isinstance(updates, TokenGradients):
+        return updates
+    c = jax.tree.leaves(updates)[0].shape[0]
+    weighted = lambda coef: jax.tree.map(lambda u: jnp.tensordot(coef, u, axes=(1, 0)), updates)
+    return TokenGradients(c, weighted, lambda: updates)
+
+
+def _chunk(grads: Params | TokenGradients) -> int:
+    if isinstance(grads, TokenGradients):
+        return grads.chunk
     return jax.tree.leaves(grads)[0].shape[0]
 
 
@@ -93,13 +130,6 @@ def _leaf_decays(
     return {name: decay if name == input_weight else ones for name in params}
 
 
-def _reverse_cumprod(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For a [c, ...]: (Π_{j=1..c} a_j, [Π_{j>i} a_j]_i) over the leading axis."""
-    inclusive = jnp.flip(jnp.cumprod(jnp.flip(a, 0), axis=0), 0)  # Π_{j≥i} a_j
-    exclusive = jnp.concatenate([inclusive[1:], jnp.ones_like(a[:1])], axis=0)
-    return inclusive[0], exclusive
-
-
 def _times(step: jax.Array, coef: jax.Array) -> jax.Array:
     """η_t · coef_t for step [c] and coef [c] or [c, d_in]."""
     return step.reshape(step.shape + (1,) * (coef.ndim - 1)) * coef
@@ -118,8 +148,8 @@ def _weighted_sum(coef: jax.Array, u: jax.Array) -> jax.Array:
 
 def _decayed_sum(w0: jax.Array, u: jax.Array, decay: jax.Array, step: jax.Array) -> jax.Array:
     """End of W_t = a_t W_{t−1} − η_t u_t over a chunk: (Π a) W_0 − Σ_i η_i (Π_{j>i} a_j) u_i."""
-    total, suffix = _reverse_cumprod(decay)
-    return total * w0 - _weighted_sum(_times(step, suffix), u)
+    suffix = _suffix_products(decay)  # [c+1, ...]
+    return suffix[0] * w0 - _weighted_sum(_times(step, suffix[1:]), u)
 
 
 def _retention_factor(retention: Retention, gate, mask) -> jax.Array:
@@ -150,47 +180,83 @@ def gd(retention: Retention | None = None) -> optax.GradientTransformationExtraA
         mask = _mask(mask, c, dtype)
         step = _per_token("step_size", step_size, c, mask)
         decay = _retention_factor(retention, extra.get("retention"), mask).astype(dtype)
-        decays = _leaf_decays(params, decay, retention, input_weight)
-        new = {n: _decayed_sum(params[n], updates[n], decays[n], step) for n in params}
+        grads = token_gradients(updates)
+        if retention.per_channel:
+            u = grads.per_token()
+            decays = _leaf_decays(params, decay, retention, input_weight)
+            new = {n: _decayed_sum(params[n], u[n], decays[n], step) for n in params}
+        else:
+            row = _suffix_products(decay)  # [c+1]: Π_{j>i} a_j for i = 0..c
+            sums = grads.weighted((step * row[1:])[None])  # leaves [1, ...]
+            new = {n: row[0] * params[n] - sums[n][0] for n in params}
         return jax.tree.map(jnp.subtract, new, params), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _matmul2(x, y):
-    """Product x @ y of 2×2 matrices stored as tuples (m00, m01, m10, m11) of arrays."""
-    return (
-        x[0] * y[0] + x[1] * y[2],
-        x[0] * y[1] + x[1] * y[3],
-        x[2] * y[0] + x[3] * y[2],
-        x[2] * y[1] + x[3] * y[3],
-    )
+def _affine_scan(d: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """h_t = d_t h_{t−1} + x_t along the last axis (h before the first entry is 0).
 
+    Recursive doubling (Hillis–Steele): ⌈log₂ n⌉ steps of shift-multiply-add, each one fused
+    elementwise operation forward and backward. Inside a chunk loop this replaces a cumulative
+    product or an associative scan, whose many small operations per chunk dominate the run time on
+    CPU. Every product is formed factor by factor, so zero or negative d_t are exact.
 
-def _momentum_chunk(w0, s0, u, decay, momentum_decay, step, mask):
-    """End of S_t = b_t S_{t−1} − η_t u_t, W_t = a_t W_{t−1} + S_t over a chunk (Titans Eq. 18).
-
-    Per token, (S, W) ↦ T_t (S, W) − η_t u_t (1, 1) with T_t = [[b_t, 0], [b_t, a_t]] (the
-    identity at padded tokens, mask 0); the suffix products T_c ⋯ T_{i+1} come from one reverse
-    associative scan over the c transitions.
+    Returns:
+      ``(h, prefix)``: h like x, and prefix[..., t] = Π_{j≤t} d_j.
     """
-    b = momentum_decay.reshape(momentum_decay.shape + (1,) * (decay.ndim - 1))
-    b = jnp.broadcast_to(b, decay.shape)
-    zeros = jnp.zeros_like(decay)
-    mats = (b, zeros, b * _bcast(mask, decay.ndim), decay)
-    # Scanning the reversed sequence with x @ y gives R_i = T_c ⋯ T_i at position i.
-    flipped = lax.associative_scan(_matmul2, tuple(jnp.flip(m, 0) for m in mats), axis=0)
-    inclusive = tuple(jnp.flip(m, 0) for m in flipped)
-    one, zero = jnp.ones_like(decay[:1]), jnp.zeros_like(decay[:1])
-    exclusive = tuple(
-        jnp.concatenate([m[1:], fill], axis=0) for m, fill in zip(inclusive, (one, zero, zero, one))
+    n = x.shape[-1]
+    shift = 1
+    while shift < n:
+        pad = [(0, 0)] * (x.ndim - 1) + [(shift, 0)]
+        x = x + d * jnp.pad(x[..., :-shift], pad)
+        d = d * jnp.pad(d[..., :-shift], pad, constant_values=1)
+        shift *= 2
+    return x, d
+
+
+def _suffix_products(decay: jax.Array) -> jax.Array:
+    """[Π_{j=i+1}^{c} a_j]_{i=0..c} ([c+1], token axis first) for decay a [c] or [c, d_in]."""
+    flipped = jnp.moveaxis(jnp.flip(decay, 0), 0, -1)  # [..., c]: a_c, ..., a_1
+    factors = jnp.concatenate([jnp.ones_like(flipped[..., :1]), flipped], -1)  # [..., c+1]
+    _, prefix = _affine_scan(factors, jnp.zeros_like(factors))
+    return jnp.flip(jnp.moveaxis(prefix, -1, 0), 0)
+
+
+def _momentum_coefficients(decay, momentum_decay, step, mask):
+    """Chunk form of S_t = b_t S_{t−1} − η_t u_t, W_t = a_t W_{t−1} + S_t (Titans Eqs. 13–14, 18).
+
+    With B_i = Π_{j=i+1}^c b_j, A_i = Π_{j=i+1}^c a_j, B[t, i] = Π_{j=i+1}^t b_j, and padded tokens
+    (mask 0, b = a = 1, η = 0) leaving W untouched,
+      S_c = B_0 S_0 − Σ_i η_i B_i u_i,   W_c = A_0 W_0 + G_0 S_0 − Σ_i η_i G_i u_i,
+    with G_i = Σ_{t≥max(i,1)} A_t m_t B[t, i], i.e. the reverse recurrence
+    G_i = A_i m_i + b_{i+1} G_{i+1} (m_0 = 0, G_c = m_c). All three come from one ``_affine_scan``
+    over the reversed chunk.
+
+    Args:
+      decay: a_t, [c] or [c, d_in].
+      momentum_decay: b_t, [c] (1 at padded tokens).
+      step: η_t, [c] (0 at padded tokens).
+      mask: [c].
+
+    Returns:
+      ``(carry, coef_s, coef_w)``: carry = (B_0, G_0, A_0), each shaped like ``decay[0]``;
+      coef_s = η_i B_i and coef_w = η_i G_i, shaped like ``decay``.
+    """
+    # Reversed order k = c − i over k = 0..c, channels first: [..., c+1].
+    rev = lambda x: jnp.moveaxis(
+        jnp.flip(jnp.broadcast_to(_bcast(x, decay.ndim), decay.shape), 0), 0, -1
     )
-    total = tuple(m[0] for m in inclusive)
-    coef_s = _times(step, exclusive[0] + exclusive[1])
-    coef_w = _times(step, exclusive[2] + exclusive[3])
-    s_end = total[0] * s0 + total[1] * w0 - _weighted_sum(coef_s, u)
-    w_end = total[2] * s0 + total[3] * w0 - _weighted_sum(coef_w, u)
-    return w_end, s_end
+    ones = jnp.ones_like(rev(decay)[..., :1])
+    b_rev = jnp.concatenate([ones, rev(momentum_decay)], -1)  # k ↦ b_{c−k+1}
+    a_rev = jnp.concatenate([ones, rev(decay)], -1)
+    _, a_suffix = _affine_scan(a_rev, jnp.zeros_like(a_rev))  # k ↦ A_{c−k}
+    m_rev = jnp.concatenate([rev(mask), jnp.zeros_like(ones)], -1)  # k ↦ m_{c−k}, m_0 = 0
+    g, b_suffix = _affine_scan(b_rev, a_suffix * m_rev)  # k ↦ G_{c−k}, B_{c−k}
+    back = lambda x: jnp.flip(jnp.moveaxis(x, -1, 0), 0)  # [c+1, ...] in order i = 0..c
+    b_suffix, g, a_suffix = back(b_suffix), back(g), back(a_suffix)
+    carry = (b_suffix[0], g[0], a_suffix[0])
+    return carry, _times(step, b_suffix[1:]), _times(step, g[1:])
 
 
 def momentum(retention: Retention | None = None) -> optax.GradientTransformationExtraArgs:
@@ -229,14 +295,21 @@ def momentum(retention: Retention | None = None) -> optax.GradientTransformation
         b = _per_token("momentum_decay", momentum_decay, c, mask)
         b = jnp.where(mask.astype(bool), b, 1).astype(dtype)
         decay = _retention_factor(retention, extra.get("retention"), mask).astype(dtype)
-        decays = _leaf_decays(params, decay, retention, input_weight)
-        ends = {
-            n: _momentum_chunk(params[n], state.momentum[n], updates[n], decays[n], b, step, mask)
-            for n in params
-        }
-        new = {n: w for n, (w, _) in ends.items()}
-        new_state = MomentumState(momentum={n: s for n, (_, s) in ends.items()})
-        return jax.tree.map(jnp.subtract, new, params), new_state
+        grads = token_gradients(updates)
+        s0 = state.momentum
+        if retention.per_channel:
+            u = grads.per_token()
+            new, s_end = {}, {}
+            for n, a in _leaf_decays(params, decay, retention, input_weight).items():
+                (p_s, p_ws, p_w), coef_s, coef_w = _momentum_coefficients(a, b, step, mask)
+                s_end[n] = p_s * s0[n] - _weighted_sum(coef_s, u[n])
+                new[n] = p_ws * s0[n] + p_w * params[n] - _weighted_sum(coef_w, u[n])
+        else:
+            (p_s, p_ws, p_w), coef_s, coef_w = _momentum_coefficients(decay, b, step, mask)
+            sums = grads.weighted(jnp.stack([coef_s, coef_w]))  # leaves [2, ...]
+            s_end = {n: p_s * s0[n] - sums[n][0] for n in params}
+            new = {n: p_ws * s0[n] + p_w * params[n] - sums[n][1] for n in params}
+        return jax.tree.map(jnp.subtract, new, params), MomentumState(momentum=s_end)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -284,6 +357,7 @@ def _erase_rule(kind: str, retention: Retention) -> optax.GradientTransformation
         **extra,
     ):
         c, dtype = _chunk(updates), _dtype(params)
+        updates = token_gradients(updates).per_token()
         mask = _mask(mask, c, dtype)
         step = _per_token("step_size", step_size, c, mask)
         if input_weight not in params:
@@ -385,6 +459,11 @@ def omega(retention: Retention | None = None) -> optax.GradientTransformationExt
         return inner.init(params)
 
     def update_fn(updates, state, params=None, *, window_gate=None, mask=None, **extra):
+        if isinstance(updates, TokenGradients):
+            raise ValueError(
+                "omega needs the window gradients [c, w, ...] (scan hands them over when the "
+                "inputs hold 'window_gate'), got a TokenGradients"
+            )
         c, w = jax.tree.leaves(updates)[0].shape[:2]
         if window_gate is None or jnp.shape(window_gate) != (c, w):
             shape = None if window_gate is None else jnp.shape(window_gate)

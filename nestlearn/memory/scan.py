@@ -4,11 +4,20 @@ One machinery serves every memory: architecture (``architectures``) × attention
 (``objectives``) × inner rule with its retention (``rules``, ``retention``) × chunk size.
 
 The sequence is cut into chunks of ``chunk_size`` tokens. Inside a chunk, the per-token gradients
-of the bias are all taken at the chunk-start weights M_{t'} (``jax.vmap(jax.grad(...))``), and the
+u_i = ∇L̃(M_{t'}; k_i, v_i) of the bias are all taken at the chunk-start weights M_{t'}, and the
 rule combines them with the per-token decays and momentum in closed form (Titans Eqs. 16–18;
 Eq. 90 and Eqs. 92–93 of arXiv 2512.24695); ``lax.scan`` carries the state from chunk to chunk,
 optionally under ``jax.checkpoint``. ``chunk_size=1`` is the token-by-token recurrence, the
 reference that every chunk size reduces to.
+
+Factored gradients. The rule receives the u_i as a ``rules.TokenGradients``: a weighted sum
+Σ_i coef_i u_i is the gradient of the weighted chunk loss Σ_i coef_i L̃(M_{t'}; k_i, v_i), one
+``jax.vjp`` of the batched memory with the coefficients as cotangent. For an MLP every layer's u_i
+is an outer product δ_i h_iᵀ, so the sum is the matmul (coef ⊙ δ)ᵀ H and the [c, *weight_shape]
+stack of per-token gradients never exists, forward or backward. Rules whose coefficients are one
+scalar per token (``gd``, ``momentum``, ``titans`` with a scalar gate; any architecture and
+objective) take this path; the others (per-channel retention, the erase rules) ask for the u_i
+themselves (``jax.vmap(jax.grad(...))``), and the Omega rule's window gets them materialized.
 
 Reading convention (DESIGN §4, the causal reading of Eq. 90, PAPER §9 item 7): the outputs of
 chunk c read the weights at the end of chunk c − 1, y_t = M_{t'}(q_t). With ``chunk_size=1`` this
@@ -30,6 +39,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from nestlearn.memory import rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
 
@@ -200,12 +210,23 @@ def scan(
 
     token_grads = jax.vmap(jax.grad(token_loss), in_axes=(None, 0, 0))
 
+    def factored_grads(weights, k, v) -> rules.TokenGradients:
+        def weighted(coef):  # coef: [m, c] -> leaves [m, ...]
+            losses = lambda w: jax.vmap(objective.loss)(arch.apply(w, k), v)  # [c]
+            _, pullback = jax.vjp(losses, weights)
+            # One pullback per row (m ≤ 2), not a vmap over rows: the vmapped form's backward
+            # sums over the row axis inside the matmul fusions, which XLA:CPU runs far slower.
+            rows = [pullback(row)[0] for row in coef]
+            return jax.tree.map(lambda *r: jnp.stack(r), *rows)
+
+        return rules.TokenGradients(k.shape[0], weighted, lambda: token_grads(weights, k, v))
+
     def chunk_step(carry, xs):
         weights, rule_state, context = carry
         xs = dict(xs)
         q, k, v, mask = xs.pop("q"), xs.pop("k"), xs.pop("v"), xs["mask"]
         if context is None:
-            grads = token_grads(weights, k, v)  # leaves [c, ...]
+            grads = factored_grads(weights, k, v)
         else:
             keys = jnp.concatenate([context.keys, k])  # [w−1+c, d_in]
             values = jnp.concatenate([context.values, v])

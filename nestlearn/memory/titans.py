@@ -9,6 +9,13 @@ with ℓ(M; k, v) = ½‖M(k) − v‖² (Eq. 12, factor 2 absorbed into θ) and
 taken at its start weights M_{t'} (chunk-parallel form, Eqs. 16–18). Token t reads
 y_t = M_{t'}(q_t) (Eq. 15) from the weights at the end of the previous chunk.
 
+Fast path. The rule combines the chunk's gradients only through two weighted sums
+Σ_i coef_i ∇ℓ(M_{t'}; k_i, v_i) (one for S, one for M), so ``scan`` computes them as gradients of
+coefficient-weighted chunk losses (``rules.TokenGradients``): for an MLP memory, one matmul
+(coef ⊙ δ)ᵀ H per layer, never the [c, *weight_shape] per-token gradients. This holds for every
+architecture and objective; the decay/momentum coefficients come from a recursive-doubling scan
+over the chunk's scalars (``rules._momentum_coefficients``).
+
 Layout: b batch, t tokens, h heads, d width.
 """
 
@@ -43,7 +50,7 @@ def titans_memory(
     initial_state: TitansState | None = None,
     objective: str | Objective = "l2",
     stop_gradient_writes: bool = False,
-    remat: bool = False,
+    remat: bool = True,
 ) -> tuple[jax.Array, TitansState]:
     """Titans' memory layer: write with momentum and forgetting, read the chunk-start weights.
 
@@ -60,7 +67,9 @@ def titans_memory(
       initial_state: state to continue a stream from; None starts from ``params`` and zero momentum.
       objective: the attentional bias, ``"l2"`` (Eq. 12) by default.
       stop_gradient_writes: do not backpropagate through the writes (DESIGN §4).
-      remat: rematerialize each chunk in the backward pass.
+      remat: rematerialize each chunk in the backward pass (default: on CPU the recomputed
+        forward costs less than storing and copying the per-chunk activations; results are
+        identical either way).
 
     Returns:
       ``(o [b, t, h, d_out], TitansState)``.

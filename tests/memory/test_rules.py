@@ -174,3 +174,55 @@ def test_bad_extra_args_raise():
         _apply(rules.delta(), d, step_size=d["eta"], key=np.ones((C, D + 1)))
     with pytest.raises(ValueError, match="window_gate has shape"):
         _apply(rules.omega(), d, window_gate=np.ones((C,)), retention=d["alpha"])
+
+
+def test_zero_and_negative_gates_are_exact(x64):
+    """Recursive-doubling products: exact with a_t = 0 (α = 1), b_t = 0 and b_t < 0."""
+    d = _data(8)
+    alpha = np.array([0.2, 1.0, 0.1, 0.0, 0.3])  # forget gate; a_t = 1 − α_t hits 0 at t = 1
+    beta = np.array([0.5, 0.0, -0.4, 0.9, 0.0])
+    state = rules.MomentumState(jax.tree.map(jnp.asarray, d["s0"]))
+    got, got_state = _apply(
+        rules.titans(), d, state=state, step_size=d["eta"], momentum_decay=beta, retention=alpha
+    )
+    w = {k: v.copy() for k, v in d["w"].items()}
+    s = {k: v.copy() for k, v in d["s0"].items()}
+    for t in range(C):
+        for name in w:
+            s[name] = beta[t] * s[name] - d["eta"][t] * d["u"][name][t]
+            w[name] = (1 - alpha[t]) * w[name] + s[name]
+    _close(got, w)
+    _close(got_state.momentum, s)
+
+
+def test_token_gradients_route(x64):
+    """Scalar gates use weighted sums only; per-channel gates and erase rules ask for u_t."""
+    d = _data(9)
+    calls = []
+
+    def weighted(coef):
+        calls.append("weighted")
+        return jax.tree.map(lambda u: jnp.tensordot(coef, u, axes=(1, 0)), d["u"])
+
+    def per_token():
+        calls.append("per_token")
+        return d["u"]
+
+    grads = rules.TokenGradients(C, weighted, per_token)
+    params = jax.tree.map(jnp.asarray, d["w"])
+    extra = {"step_size": d["eta"], "input_weight": "w"}
+    for rule, gate, want in [
+        (rules.titans(), d["alpha"], "weighted"),
+        (rules.gd(retention.per_channel()), d["alpha_vec"], "per_token"),
+        (rules.dgd(), d["alpha"], "per_token"),
+    ]:
+        calls.clear()
+        jax.eval_shape(
+            lambda rule=rule, gate=gate: rule.update(
+                grads, rule.init(params), params, retention=gate, momentum_decay=d["beta"],
+                key=d["key"], **extra,
+            )
+        )  # fmt: skip
+        assert calls == [want]
+    with pytest.raises(ValueError, match="omega needs the window gradients"):
+        rules.omega().update(grads, rules.omega().init(params), params, window_gate=None)
