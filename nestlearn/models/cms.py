@@ -93,22 +93,34 @@ def validate_cms_config(cms: ml_collections.ConfigDict) -> None:
             raise ValueError(f"cms.inner_lr must be > 0, got {cms.inner_lr}")
 
 
-def level_apply(weights: LevelWeights, x: jax.Array, *, ffn: str, act: str) -> jax.Array:
-    """MLP_ℓ(RMSNorm_ℓ(x)) of one level (no residual, no mix); weights shared or per sequence."""
-    h = rms_norm(x, weights["norm"])
+def level_apply(
+    weights: LevelWeights, x: jax.Array, *, ffn: str, act: str, eps: float = 1e-6
+) -> jax.Array:
+    """MLP_ℓ(RMSNorm_ℓ(x)) of one level (no residual, no mix); weights shared or per sequence.
+
+    `eps` is the RMSNorm epsilon (1e-6 by default; a converted pretrained model passes its own).
+    """
+    h = rms_norm(x, weights["norm"], eps=eps)
     if ffn == "swiglu":
         return swiglu_apply(weights, h)
     return mlp_apply(weights, h, act=act)
 
 
 def cms_apply(
-    levels: Sequence[LevelWeights], x: jax.Array, *, variant: str, ffn: str, act: str
+    levels: Sequence[LevelWeights],
+    x: jax.Array,
+    *,
+    variant: str,
+    ffn: str,
+    act: str,
+    eps: float = 1e-6,
 ) -> jax.Array:
     """The CMS forward pass, Eq. 70 (sequential, nested) or Eq. 74 (independent).
 
     Args:
       levels: one weight dict per level; leaves [...] (shared) or [b, ...] (per sequence).
       x: [b, t, d].
+      eps: the RMSNorm epsilon of every level.
 
     Returns:
       y: [b, t, d].
@@ -118,11 +130,11 @@ def cms_apply(
         for w in levels:
             mix = w["mix"].astype(x.dtype)
             mix = mix.reshape(mix.shape + (1,) * (x.ndim - mix.ndim))
-            y = y + mix * level_apply(w, x, ffn=ffn, act=act)
+            y = y + mix * level_apply(w, x, ffn=ffn, act=act, eps=eps)
         return y
     h = x
     for w in levels:
-        h = h + level_apply(w, h, ffn=ffn, act=act)
+        h = h + level_apply(w, h, ffn=ffn, act=act, eps=eps)
     return h
 
 
@@ -223,6 +235,7 @@ class CMS(nnx.Module):
         act: str = "gelu",
         dtype: str = "float32",
         zero_out_levels: Sequence[int] = (),
+        norm_eps: float = 1e-6,
         rngs: nnx.Rngs,
     ):
         cfg = ml_collections.ConfigDict(
@@ -245,6 +258,7 @@ class CMS(nnx.Module):
         self.ffn = ffn
         self.act = act
         self.dtype = compute_dtype(dtype)
+        self.norm_eps = norm_eps
         self.levels = nnx.List(
             [
                 CMSLevel(
@@ -292,6 +306,7 @@ class CMS(nnx.Module):
         With one `mlp` (and its pre-norm `norm`), level 0 copies it and every other level starts
         with a zero output projection, so the CMS initially computes x + mlp(norm(x)), the
         pretrained residual MLP sub-layer. With a sequence of MLPs, level i copies `mlp[i]`.
+        Unless `norm_eps` is given, the levels use the epsilon of the first `norm` (if any).
 
         Args:
           mlp: a `SwiGLU` or `MLP`, or one per level.
@@ -314,6 +329,8 @@ class CMS(nnx.Module):
         d_model, hidden = mlps[0].w_in.kernel.shape
         if ffn == "mlp":
             kwargs.setdefault("act", mlps[0].act)
+        if norms[0] is not None:
+            kwargs.setdefault("norm_eps", norms[0].eps)
         zero_out = tuple(range(len(mlps), len(periods)))
         cms = cls(
             d_model, hidden, periods=periods, ffn=ffn, zero_out_levels=zero_out, rngs=rngs, **kwargs
@@ -356,7 +373,12 @@ class CMS(nnx.Module):
             state = self.init_state(x.shape[0])
         levels = self.level_weights() if state is None else state.weights
         y = cms_apply(
-            levels, x.astype(self.dtype), variant=self.variant, ffn=self.ffn, act=self.act
+            levels,
+            x.astype(self.dtype),
+            variant=self.variant,
+            ffn=self.ffn,
+            act=self.act,
+            eps=self.norm_eps,
         )
         return y, state
 
