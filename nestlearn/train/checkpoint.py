@@ -14,8 +14,14 @@ One checkpoint per saved step, with `Composite` items from the first save on:
 
 Array items are stored as flat `{index: array}` dicts (the tree structure comes from a freshly
 initialised target on restore, the readable leaf paths are in `meta`), so any pytree —
-NamedTuples, `optax.MaskedNode`s, `nnx.State` — round-trips. Saves are asynchronous; arrays are
-copied to host memory before `save` returns, so the caller may donate its buffers right after.
+NamedTuples, `optax.MaskedNode`s, `nnx.State` — round-trips. Saves are asynchronous; orbax copies
+the arrays to host memory before `save` returns, so the caller may donate its buffers right after.
+
+Sharded arrays: `jax.Array`s are handed to orbax as they are, so each process writes the shards
+it holds (multi-host runs included), and restore reads every array straight into the sharding of
+the target leaf — a checkpoint written on one mesh restores onto any other mesh shape. The
+fingerprint of an array is computed on the devices (`_array_hash`: exact uint32 sums, which do
+not depend on the sharding or the reduction order), so no process ever gathers a whole array.
 
 Restoring walks the steps from the newest down. A checkpoint that fails to load, or whose arrays
 do not match their fingerprints (a truncated or overwritten file, a half-written directory), is
@@ -53,26 +59,67 @@ class Restored(NamedTuple):
     config: dict[str, Any]  # the config the checkpoint was written with (JSON)
 
 
-def _to_host(tree: Any) -> tuple[dict[str, np.ndarray], Any]:
-    """Flat `{index: numpy array}` copy of a pytree (PRNG keys as raw key data)."""
+def _to_host(tree: Any) -> tuple[dict[str, Any], Any]:
+    """Flat `{index: array}` view of a pytree (PRNG keys as raw key data).
+
+    `jax.Array` leaves stay on their devices with their sharding (orbax writes each shard from
+    the process that holds it); other leaves become numpy arrays.
+    """
     leaves = []
     for leaf in jax.tree.leaves(tree):
         if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        leaves.append(np.array(leaf))  # a copy: the caller may donate its buffers afterwards
+        leaves.append(leaf if isinstance(leaf, jax.Array) else np.array(leaf))
     return {f"{i:05d}": x for i, x in enumerate(leaves)}, jax.tree.structure(tree)
 
 
-def _fingerprint(flat: dict[str, np.ndarray]) -> str:
+@jax.jit
+def _array_hash(x: jax.Array) -> jax.Array:
+    """Two uint32 checksums of the bits of `x`, independent of its sharding.
+
+    Each element's bits (as uint32 words) are multiplied by an odd weight derived from its flat
+    index and summed modulo 2**32, so changing any single element always changes the first sum;
+    integer sums are exact, so the result does not depend on the reduction order.
+    """
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    elif x.dtype.itemsize >= 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8-byte items: a trailing axis of 2
+    else:
+        word = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
+        bits = jax.lax.bitcast_convert_type(x, word).astype(jnp.uint32)
+    bits = bits.reshape(-1)
+    index = jax.lax.iota(jnp.uint32, bits.size)
+    w1 = (index * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)
+    w2 = (index * jnp.uint32(0x85EBCA6B) + jnp.uint32(0xC2B2AE35)) | jnp.uint32(1)
+    h1 = jnp.sum(bits * w1, dtype=jnp.uint32)
+    h2 = jnp.sum((bits ^ (index * jnp.uint32(0x27D4EB2F))) * w2, dtype=jnp.uint32)
+    return jnp.stack([h1, h2])
+
+
+def _leaf_digest(x: Any) -> str:
+    if isinstance(x, jax.Array):
+        return bytes(np.asarray(_array_hash(x)).tobytes()).hex()
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def _fingerprint(flat: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for key in sorted(flat):
-        x = np.ascontiguousarray(flat[key])
-        digest.update(f"{key}:{x.dtype.str}:{x.shape}".encode())
-        digest.update(x.tobytes())
+        x = flat[key]
+        digest.update(f"{key}:{np.dtype(x.dtype).str}:{tuple(x.shape)}".encode())
+        digest.update(_leaf_digest(x).encode())
     return digest.hexdigest()
 
 
-def _from_host(flat: dict[str, np.ndarray], target: Any) -> Any:
+def _restore_target(x: Any) -> Any:
+    """What orbax restores a leaf as: a `jax.Array` in the target's sharding, or numpy."""
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+
+
+def _from_host(flat: dict[str, Any], target: Any) -> Any:
     leaves, treedef = jax.tree.flatten(target)
     if len(flat) != len(leaves):
         raise ValueError(f"checkpoint holds {len(flat)} arrays, the target {len(leaves)}")
@@ -80,14 +127,15 @@ def _from_host(flat: dict[str, np.ndarray], target: Any) -> Any:
     for i, leaf in enumerate(leaves):
         x = flat[f"{i:05d}"]
         if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            out.append(jax.random.wrap_key_data(jnp.asarray(x), impl=jax.random.key_impl(leaf)))
+            out.append(jax.random.wrap_key_data(x, impl=jax.random.key_impl(leaf)))
             continue
-        if tuple(x.shape) != tuple(np.shape(leaf)) or x.dtype != np.asarray(leaf).dtype:
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if tuple(x.shape) != tuple(np.shape(leaf)) or x.dtype != dtype:
             raise ValueError(
-                f"array {i} is {x.dtype}{x.shape}, the target expects "
-                f"{np.asarray(leaf).dtype}{np.shape(leaf)}"
+                f"array {i} is {x.dtype}{tuple(x.shape)}, the target expects "
+                f"{dtype}{np.shape(leaf)}"
             )
-        out.append(jnp.asarray(x))
+        out.append(x if isinstance(x, jax.Array) else jnp.asarray(x))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -150,13 +198,17 @@ class Checkpointer:
         args = {}
         for name in self.array_items:
             flat_target, _ = _to_host(targets[name])
-            args[name] = ocp.args.StandardRestore(_nonempty(flat_target))
+            target = {k: _restore_target(v) for k, v in _nonempty(flat_target).items()}
+            args[name] = ocp.args.StandardRestore(target)
         args["data"] = ocp.args.JsonRestore()
         args["config"] = ocp.args.JsonRestore()
         got = self._manager.restore(step, args=ocp.args.Composite(**args))
         trees = {}
         for name in self.array_items:
-            flat = {k: np.asarray(v) for k, v in dict(got[name] or {}).items()}
+            flat = {
+                k: v if isinstance(v, jax.Array) else np.asarray(v)
+                for k, v in dict(got[name] or {}).items()
+            }
             if _fingerprint(flat) != fingerprints[name]:
                 raise ValueError(f"item {name!r} does not match its fingerprint")
             full, _ = _to_host(targets[name])

@@ -59,6 +59,16 @@ def _sections() -> ml_collections.ConfigDict:
     c.train.max_consecutive_nonfinite = 5  # stop after this many skipped steps in a row
     c.train.progress_bar = True  # tqdm bar with step, loss, tokens/s and ETA
 
+    c.mesh = ml_collections.ConfigDict()  # devices of the run (nestlearn.parallel, docs/scaling.md)
+    c.mesh.data = 1  # data-parallel ways; -1 = the devices the other axes leave
+    c.mesh.fsdp = 1  # fully-sharded data-parallel ways (batch and weight width); -1 as above
+    c.mesh.tensor = 1  # tensor-parallel ways (heads, hidden units, vocabulary); -1 as above
+    c.mesh.distributed = ml_collections.ConfigDict()  # multi-host: jax.distributed.initialize
+    c.mesh.distributed.enabled = False  # also started when JAX_COORDINATOR_ADDRESS etc. are set
+    c.mesh.distributed.coordinator_address = ""  # host:port; "" = environment or auto-detection
+    c.mesh.distributed.num_processes = 0  # 0 = environment or auto-detection
+    c.mesh.distributed.process_id = -1  # -1 = environment or auto-detection
+
     c.sample = ml_collections.ConfigDict()
     c.sample.num_samples = 2  # samples in the report
     c.sample.prompt = "ROMEO.\n"  # prompt of every sample
@@ -206,6 +216,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         validate_model_config(model)
     except ValueError as e:
         raise ValueError(f"config section 'model' is invalid: {e}") from e
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        if size < 1 and size != -1:
+            raise ValueError(f"config key 'mesh.{axis}'={size} must be >= 1, or -1 (the rest)")
+    if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+        raise ValueError("config keys 'mesh.data/fsdp/tensor': at most one may be -1")
+    if config.mesh.distributed.num_processes < 0:
+        raise ValueError(
+            f"config key 'mesh.distributed.num_processes'="
+            f"{config.mesh.distributed.num_processes} must be >= 0"
+        )
+    if config.mesh.distributed.process_id < -1:
+        raise ValueError(
+            f"config key 'mesh.distributed.process_id'={config.mesh.distributed.process_id} "
+            "must be >= -1"
+        )
     if config.optim.min_lr_ratio > 1:
         raise ValueError(
             f"config key 'optim.min_lr_ratio'={config.optim.min_lr_ratio} must be <= 1"

@@ -8,6 +8,12 @@ One train step: loss and gradients; global-norm clipping; the nested levels' upd
 (`nestlearn.optim.scheduler.nested`); and a guard: when the loss or any gradient is non-finite,
 params and optimizer state are kept as they were (`jnp.where`, no host round trip), the step is
 counted as skipped, and which levels had non-finite gradients is reported.
+
+Sharding (`mesh=`, see `nestlearn.parallel`): the steps are compiled with in/out shardings —
+params and optimizer state by the logical partitioning rules, the batch split over the data axes
+(so each sequence's in-context memory state lives, and is updated, where its sequence is), the
+metrics replicated — and the train state is donated. GSPMD inserts the gradient all-reduce; the
+result equals the single-device step up to the order of floating-point reductions.
 """
 
 from __future__ import annotations
@@ -20,11 +26,20 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from nestlearn.core import Level, assign_levels
 from nestlearn.optim.scheduler import level_stats, nested
+from nestlearn.parallel import batch_sharding, param_shardings, replicated, tree_shardings
 
-__all__ = ["TrainState", "build_eval_step", "build_train_step", "cross_entropy", "split_model"]
+__all__ = [
+    "TrainState",
+    "build_eval_step",
+    "build_train_step",
+    "cross_entropy",
+    "split_model",
+    "state_shardings",
+]
 
 
 class TrainState(NamedTuple):
@@ -36,6 +51,15 @@ class TrainState(NamedTuple):
     consecutive_nonfinite: jax.Array  # shape=(), int32: skipped steps in a row up to `step`
     skipped: jax.Array  # shape=(), int32: skipped steps in total
     rng: jax.Array  # shape=(2,), uint32: raw key data of the run's base PRNG key
+
+
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """A `NamedSharding` per leaf of `state` (arrays or `jax.ShapeDtypeStruct`s) on `mesh`.
+
+    Params follow `nestlearn.parallel.PARAM_RULES`; optimizer-state leaves follow the parameter
+    they mirror; counters and the PRNG key are replicated.
+    """
+    return tree_shardings(state, state.params, mesh)
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -80,14 +104,22 @@ def _loss(graphdef, params, rest, inputs, targets):
 
 
 def build_train_step(
-    levels: tuple[Level, ...], *, params: nnx.State, grad_clip: float, graphdef: nnx.GraphDef
+    levels: tuple[Level, ...],
+    *,
+    params: nnx.State,
+    grad_clip: float,
+    graphdef: nnx.GraphDef,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """The jitted `train_step(state, rest, inputs, targets) -> (state, metrics)`.
 
     `state` (a `TrainState` whose `opt_state` is `nested(levels).init(params)`) is donated;
-    `rest` is the model's non-`nnx.Param` state. `metrics` holds `loss`, `grad_norm`, `finite`
-    (bool), `level_finite` ([num_levels] bool, in the order of `levels`), `applied/<level>`
-    (updates each level has applied) and `memory_rms/layer_<i>` for layers with in-context memory.
+    `rest` is the model's non-`nnx.Param` state. With `mesh`, the step is compiled with the
+    shardings of `state_shardings` for the state (in and out), the batch split over
+    `nestlearn.parallel.BATCH_AXES`, and `rest` and the metrics replicated.
+    `metrics` holds `loss`, `grad_norm`, `finite` (bool), `level_finite` ([num_levels] bool, in
+    the order of `levels`), `applied/<level>` (updates each level has applied) and
+    `memory_rms/layer_<i>` for layers with in-context memory.
     """
     tx = nested(levels)
     owners = assign_levels(levels, params)
@@ -130,11 +162,45 @@ def build_train_step(
             metrics[f"applied/{name}"] = applied
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
-
-
-def build_eval_step(graphdef: nnx.GraphDef) -> Callable:
-    """The jitted `eval_step(params, rest, inputs, targets) -> mean loss (nats per token)`."""
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    shapes = TrainState(
+        params=params,
+        opt_state=jax.eval_shape(tx.init, params),
+        step=scalar,
+        consecutive_nonfinite=scalar,
+        skipped=scalar,
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    state_sh, batch_sh, rep = state_shardings(shapes, mesh), batch_sharding(mesh), replicated(mesh)
     return jax.jit(
-        lambda params, rest, inputs, targets: _loss(graphdef, params, rest, inputs, targets)[0]
+        train_step,
+        in_shardings=(state_sh, rep, batch_sh, batch_sh),
+        out_shardings=(state_sh, rep),
+        donate_argnums=(0,),
+    )
+
+
+def build_eval_step(
+    graphdef: nnx.GraphDef, *, params: nnx.State | None = None, mesh: Mesh | None = None
+) -> Callable:
+    """The jitted `eval_step(params, rest, inputs, targets) -> mean loss (nats per token)`.
+
+    With `mesh` (which needs `params`, arrays or shapes), params are sharded by the partitioning
+    rules and the batch over `nestlearn.parallel.BATCH_AXES`.
+
+    Raises:
+      ValueError: `mesh` without `params`.
+    """
+    step = lambda params, rest, inputs, targets: _loss(graphdef, params, rest, inputs, targets)[0]
+    if mesh is None:
+        return jax.jit(step)
+    if params is None:
+        raise ValueError("build_eval_step: mesh= needs params= (for the parameter shardings)")
+    batch_sh, rep = batch_sharding(mesh), replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(param_shardings(params, mesh), rep, batch_sh, batch_sh),
+        out_shardings=rep,
     )

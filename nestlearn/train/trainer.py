@@ -9,6 +9,11 @@ Resume is automatic: the newest usable checkpoint in `workdir/checkpoints` resto
 level's optimizer state, the model's other variables, the step, the RNG and the iterator state,
 and the metrics file is cut back to that step, so a run killed at any moment and restarted logs
 exactly the losses of an uninterrupted run.
+
+Scale-out (`config.mesh`, `nestlearn.parallel`, docs/scaling.md): `jax.distributed` starts first
+when the config or the environment asks for it; the train state is placed on the mesh by the
+logical partitioning rules, every batch is split over the data axes, the steps are compiled with
+in/out shardings, and checkpoints restore onto whatever mesh the resumed run has.
 """
 
 from __future__ import annotations
@@ -23,18 +28,33 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from nestlearn.data.dataset import Dataset, load_dataset
 from nestlearn.data.iterator import Batch, BatchIterator, eval_batches
 from nestlearn.eval.perplexity import bits_per_char, perplexity
 from nestlearn.eval.report import write_report
 from nestlearn.optim.scheduler import NestedState, nested
+from nestlearn.parallel import (
+    batch_divisor,
+    batch_sharding,
+    global_batch,
+    initialize,
+    make_mesh,
+    replicated,
+)
 from nestlearn.train.checkpoint import Checkpointer, dump_config
 from nestlearn.train.config import validate_config
 from nestlearn.train.levels import build_levels, learning_rate_schedule
 from nestlearn.train.metrics import MetricWriter, read_metrics
 from nestlearn.train.progress import Progress
-from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
+from nestlearn.train.step import (
+    TrainState,
+    build_eval_step,
+    build_train_step,
+    split_model,
+    state_shardings,
+)
 
 __all__ = [
     "NonFiniteError",
@@ -42,6 +62,7 @@ __all__ = [
     "build_run",
     "evaluate_split",
     "evaluate_workdir",
+    "on_mesh",
     "sample_texts",
     "train_and_evaluate",
 ]
@@ -63,6 +84,7 @@ class Run(NamedTuple):
     levels: tuple  # the training-step levels (nestlearn.core.Level)
     state: TrainState  # the freshly initialised train state
     checkpointer: Checkpointer  # over workdir/checkpoints
+    mesh: Mesh  # the devices of the run (config.mesh); state and batches live on it
 
 
 def _resolve(config: ml_collections.ConfigDict, data: Dataset) -> ml_collections.ConfigDict:
@@ -83,11 +105,35 @@ def _resolve(config: ml_collections.ConfigDict, data: Dataset) -> ml_collections
     return config
 
 
+def _make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+    initialize(config.mesh.distributed)
+    try:
+        mesh = make_mesh(config.mesh)
+    except ValueError as e:
+        raise ValueError(f"config section 'mesh' is invalid: {e}") from e
+    shards = batch_divisor(mesh)
+    if config.data.batch_size % shards:
+        raise ValueError(
+            f"config key 'data.batch_size'={config.data.batch_size} must be divisible by the "
+            f"batch shards mesh.data x mesh.fsdp = {shards}"
+        )
+    return mesh
+
+
+def on_mesh(batch: Batch, mesh: Mesh) -> Batch:
+    """`batch` (the same global batch on every process) as arrays split over the data axes."""
+    sharding = batch_sharding(mesh)
+    return Batch(global_batch(batch.inputs, sharding), global_batch(batch.targets, sharding))
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
-    """Validates `config`, loads the data, builds model, levels and checkpointer (no restore)."""
+    """Validates `config`, starts `jax.distributed` if asked, builds the mesh, loads the data,
+    builds model, levels and checkpointer, and places the fresh state on the mesh (no restore).
+    """
     from nestlearn import models
 
     validate_config(config)
+    mesh = _make_mesh(config)
     data = load_dataset(config.data)
     config = _resolve(config, data)
     model = models.build(config.model, rngs=nnx.Rngs(config.seed))
@@ -101,12 +147,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
         skipped=jnp.zeros((), jnp.int32),
         rng=jax.random.PRNGKey(config.seed),
     )
+    state = jax.device_put(state, state_shardings(state, mesh))
+    rest = jax.device_put(rest, replicated(mesh))
     checkpointer = Checkpointer(
         Path(workdir) / "checkpoints",
         level_names=tuple(level.name for level in levels),
         max_to_keep=config.train.keep_checkpoints,
     )
-    return Run(config, data, graphdef, rest, levels, state, checkpointer)
+    return Run(config, data, graphdef, rest, levels, state, checkpointer, mesh)
 
 
 def _trees(state: TrainState, rest: Any) -> dict[str, Any]:
@@ -269,16 +317,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     if data_state is not None:
         iterator.restore(data_state)
-    val_batches = eval_batches(
-        run.data.val,
-        batch_size=cfg.data.batch_size,
-        seq_len=cfg.data.seq_len,
-        max_batches=cfg.train.eval_batches,
-    )
+    val_batches = [
+        on_mesh(b, run.mesh)
+        for b in eval_batches(
+            run.data.val,
+            batch_size=cfg.data.batch_size,
+            seq_len=cfg.data.seq_len,
+            max_batches=cfg.train.eval_batches,
+        )
+    ]
     train_step = build_train_step(
-        run.levels, params=state.params, grad_clip=cfg.optim.grad_clip, graphdef=run.graphdef
+        run.levels,
+        params=state.params,
+        grad_clip=cfg.optim.grad_clip,
+        graphdef=run.graphdef,
+        mesh=run.mesh,
     )
-    eval_step = build_eval_step(run.graphdef)
+    eval_step = build_eval_step(run.graphdef, params=state.params, mesh=run.mesh)
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     writer = MetricWriter(workdir, resume_step=start)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -293,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tr = cfg.train
     try:
         for step in range(start + 1, tr.num_steps + 1):
-            batch = next(iterator)
+            batch = on_mesh(next(iterator), run.mesh)
             state, metrics = train_step(state, rest, batch.inputs, batch.targets)
             metrics = jax.device_get(metrics)
             progress.update(step, float(metrics["loss"]))
@@ -348,12 +403,15 @@ def _finish(
     config_json: dict[str, Any],
 ) -> dict[str, Any]:
     cfg = run.config
-    test_batches = eval_batches(
-        run.data.test,
-        batch_size=cfg.data.batch_size,
-        seq_len=cfg.data.seq_len,
-        max_batches=cfg.train.eval_batches,
-    )
+    test_batches = [
+        on_mesh(b, run.mesh)
+        for b in eval_batches(
+            run.data.test,
+            batch_size=cfg.data.batch_size,
+            seq_len=cfg.data.seq_len,
+            max_batches=cfg.train.eval_batches,
+        )
+    ]
     final = {"step": int(state.step), "skipped_steps": int(state.skipped)}
     final.update(
         evaluate_split(
@@ -435,16 +493,19 @@ def evaluate_workdir(
     finally:
         run.checkpointer.close()
     cfg = run.config
-    batches = eval_batches(
-        getattr(run.data, split),
-        batch_size=cfg.data.batch_size,
-        seq_len=cfg.data.seq_len,
-        max_batches=cfg.train.eval_batches,
-    )
+    batches = [
+        on_mesh(b, run.mesh)
+        for b in eval_batches(
+            getattr(run.data, split),
+            batch_size=cfg.data.batch_size,
+            seq_len=cfg.data.seq_len,
+            max_batches=cfg.train.eval_batches,
+        )
+    ]
     result: dict[str, Any] = {"step": int(state.step)}
     result.update(
         evaluate_split(
-            build_eval_step(run.graphdef),
+            build_eval_step(run.graphdef, params=state.params, mesh=run.mesh),
             state.params,
             rest,
             batches,
