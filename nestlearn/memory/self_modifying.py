@@ -13,7 +13,10 @@ and every memory takes one DGD step with weight decay and Titans-style momentum 
     W₂_t = W₂_{t−1} (α_t I − η_t k_t k_tᵀ) + S₂_t     (Eq. 88 on the input-side weight)
     W₁_t = α_t W₁_{t−1} + S₁_t                         (α decays the output-side weight)
 
-with β = ``momentum`` (β = 0 gives Eq. 88 as printed). Causal chunking (§8.2, Eq. 90, PAPER §9
+with β = ``momentum`` (β = 0 gives Eq. 88 as printed). By default x is ℓ2-normalised per head
+before generation and k, q, v after it, so the self-generated targets v̂ = M(v) have the scale of
+the keys (unnormalised v lets the target outrun the prediction and the memories diverge; see
+docs/SEMANTICS.md §1.3). Causal chunking (§8.2, Eq. 90, PAPER §9
 item 7): the sequence is cut into chunks; inside a chunk, every generated quantity (k, v, q, η, α,
 v̂) and every gradient comes from the states at the end of the previous chunk, index C⌊(t−1)/C⌋,
 while α, the DGD erase factor and the momentum act token by token. The generator memories (k, v,
@@ -73,7 +76,7 @@ class SelfModifyingConfig:
       adaptive_q: q_t = M_q(x_t) is a self-modifying memory; False uses the static query input
         (Eq. 83).
       momentum: constant momentum decay β ∈ [0, 1) on every memory; 0 is Eq. 88 as printed
-        (the "w/o momentum" ablation).
+        (the "w/o momentum" ablation). It scales a chunk's gradient step by up to 1/(1 − β).
       use_dgd: apply the DGD erase factor (α_t I − η_t k_t k_tᵀ) of Eq. 88 to the input-side weight
         W₂; False is plain GD with weight decay (the "w/o DGD" ablation).
       use_decay: α_t from M_α; False fixes α ≡ 1 (the "w/o weight decay" ablation).
@@ -90,6 +93,11 @@ class SelfModifyingConfig:
         sigmoid(alpha_bias_init) (near full retention).
       eta_alpha_per_channel: η and α per channel (e = d) instead of per head (e = 1).
       normalize_qk: ℓ2-normalise q_t and k_t (§8.3).
+      normalize_v: ℓ2-normalise v_t after generation (targets v̂ = M(v) at the keys' scale).
+      normalize_x: ℓ2-normalise the per-head input x_t before generation.
+      kv_init_scale: W₁ of the initial M_k and M_v is normal with std kv_init_scale/√n, so that
+        k ≠ v from the start; 0 makes them the identity (then k = v and, with normalised v, every
+        inner gradient is zero until the outer loop separates M_k from M_v).
       activation: σ of the residual MLPs, a key of ``architectures.ACTIVATIONS``.
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
@@ -101,7 +109,7 @@ class SelfModifyingConfig:
     chunk_size: int = 8
     memory_chunk_size: int = 64
     adaptive_q: bool = False
-    momentum: float = 0.9
+    momentum: float = 0.5
     use_dgd: bool = True
     use_decay: bool = True
     adaptive_k: bool = True
@@ -113,6 +121,9 @@ class SelfModifyingConfig:
     alpha_bias_init: float = 4.0
     eta_alpha_per_channel: bool = False
     normalize_qk: bool = True
+    normalize_v: bool = True
+    normalize_x: bool = True
+    kv_init_scale: float = 1.0
     activation: str = "silu"
     hidden_expansion: float = 1.0
     dgd_step: str = "printed"
@@ -139,11 +150,20 @@ class SelfModifyingConfig:
             "stop_gradient_writes",
             "eta_alpha_per_channel",
             "normalize_qk",
+            "normalize_v",
+            "normalize_x",
             "remat",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("momentum", "eta_max", "eta_bias_init", "alpha_bias_init", "hidden_expansion"):
+        for name in (
+            "momentum",
+            "eta_max",
+            "eta_bias_init",
+            "alpha_bias_init",
+            "kv_init_scale",
+            "hidden_expansion",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a real number, got {value!r}")
@@ -153,6 +173,8 @@ class SelfModifyingConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.eta_max <= 0.0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max!r}")
+        if self.kv_init_scale < 0.0:
+            raise ValueError(f"kv_init_scale must be >= 0, got {self.kv_init_scale!r}")
         if self.hidden_expansion <= 0.0:
             raise ValueError(f"hidden_expansion must be > 0, got {self.hidden_expansion!r}")
         if self.activation not in architectures.ACTIVATIONS:
@@ -216,9 +238,10 @@ def self_modifying_init(
       dtype: parameter dtype.
 
     Returns:
-      A dict with the residual-MLP initial states {"w1": [h, d, n], "w2": [h, n, d]} (W₁ = 0, so
-      each memory starts as the identity) under "k", "v", "eta", "alpha", "memory" and, when
-      ``config.adaptive_q``, "q"; a static k or v is a linear projection {"w": [h, d, d]}
+      A dict with the residual-MLP initial states {"w1": [h, d, n], "w2": [h, n, d]} under "k",
+      "v", "eta", "alpha", "memory" and, when ``config.adaptive_q``, "q" (W₂ LeCun-normal; W₁ = 0,
+      the identity map, except for M_k and M_v, whose W₁ has std ``kv_init_scale``/√n);
+      a static k or v is a linear projection {"w": [h, d, d]}
       initialised to the identity; "eta_bias" and "alpha_bias" ([h] per head, [h, d] per channel)
       are the learned biases of the η and α readouts.
     """
@@ -235,6 +258,11 @@ def self_modifying_init(
     params: Params = {
         name: arch.init(keys[name], heads=heads, d_in=dim, d_out=dim, dtype=dtype) for name in names
     }
+    for name in ("k", "v"):
+        if name in params and config.kv_init_scale:
+            key_w1 = jax.random.fold_in(keys[name], 1)
+            w1 = jax.random.normal(key_w1, (heads, dim, hidden), jnp.float32) / math.sqrt(hidden)
+            params[name]["w1"] = (config.kv_init_scale * w1).astype(dtype)
     identity = jnp.broadcast_to(jnp.eye(dim, dtype=dtype), (heads, dim, dim))
     for name, adaptive in (("k", config.adaptive_k), ("v", config.adaptive_v)):
         if not adaptive:
@@ -290,6 +318,8 @@ def _generate(
     q = _mlp(gen["q"], x, sigma) if "q" in gen else q_in
     if config.normalize_qk:
         k, q = _l2_normalize(k), _l2_normalize(q)
+    if config.normalize_v:
+        v = _l2_normalize(v)
     eta = config.eta_max * jax.nn.sigmoid(readout(_mlp(gen["eta"], x, sigma), static["eta_bias"]))
     if config.use_decay:
         log_alpha = jax.nn.log_sigmoid(readout(_mlp(gen["alpha"], x, sigma), static["alpha_bias"]))
@@ -599,7 +629,10 @@ def _run(one, x, q, params, config, initial_state):
         jax.vmap(lambda *a: one(*a, config=config), in_axes=(1, 1, 0, 0, 0), out_axes=(1, 0, 0)),
         in_axes=(0, 0, 0, 0, None),
     )
-    o, new_w, new_s = fn(x.astype(dtype), q.astype(dtype), weights, momentum, static)
+    x_in = x.astype(dtype)
+    if config.normalize_x:
+        x_in = _l2_normalize(x_in)
+    o, new_w, new_s = fn(x_in, q.astype(dtype), weights, momentum, static)
     return o.astype(x.dtype), SelfModifyingState(new_w, new_s)
 
 

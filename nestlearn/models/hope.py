@@ -36,8 +36,6 @@ from nestlearn.models.mixers import (
 from nestlearn.models.registry import base_config, cms_config, register
 
 GENERATOR_CHUNK = 32
-ETA_MAX = 0.1
-MOMENTUM = 0.5
 
 
 class HopeBlock(nnx.Module):
@@ -80,19 +78,16 @@ class HopeBlock(nnx.Module):
 def default_hope_config() -> ml_collections.ConfigDict:
     """Default model config of `hope`: 3-level scheduled sequential CMS, output-memory chunk 64.
 
-    Three choices differ from the `SelfModifyingConfig` defaults: the generator memories write
-    every `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk steps; 8 trains about 3× slower on
-    the CPU), η_max = `ETA_MAX` = 0.1 and momentum `MOMENTUM` = 0.5. With the defaults
-    (η_max 0.5, momentum 0.9) training goes to NaN within one Adam step at lr 1e-2 on the contract
-    suite's copy task; with momentum 0.9 it still goes to NaN within 9 AdamW steps at d 128,
-    T 256 even at η_max 0.05, while momentum 0.5 with η_max 0.1 stays finite.
+    One choice differs from the `SelfModifyingConfig` defaults: the generator memories write every
+    `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk steps; 8 trains about 3× slower on the
+    CPU). The layer's stability defaults (normalised x and v, η_max 0.1, momentum 0.5) keep
+    training finite: before them, η_max 0.5 with momentum 0.9 went to NaN within one Adam step
+    at lr 1e-2 on the contract suite's copy task (docs/SEMANTICS.md §1.3).
     """
     config = base_config("hope")
     config.cms = cms_config()
     config.self_modifying = default_self_modifying_config()
     config.self_modifying.chunk_size = GENERATOR_CHUNK
-    config.self_modifying.eta_max = ETA_MAX
-    config.self_modifying.momentum = MOMENTUM
     return config
 
 

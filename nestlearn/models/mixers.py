@@ -8,8 +8,10 @@ Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (PAPER §4.7,
 
 Data-dependent gates are linear projections of x with a learned bias, one scalar per token and
 head (DESIGN §4): β = sigmoid(·) (delta rules), α = sigmoid(·) with a bias that starts near full
-retention (Gated DeltaNet), and for Titans θ = θ_max·sigmoid(·), the forget gate α = sigmoid(·)
-starting near zero forgetting, and the momentum decay η = sigmoid(·) (Titans Eqs. 13–14).
+retention (Gated DeltaNet), and for Titans θ = (chunk_step_max/C)·sigmoid(·) (a chunk's steps sum
+to at most chunk_step_max), the forget gate α = sigmoid(·) starting near zero forgetting, and the
+momentum decay η = momentum_max·sigmoid(·) (Titans Eqs. 13–14); Titans' v is ℓ2-normalised like q
+and k (`titans_inputs`, docs/SEMANTICS.md §2).
 
 The running memory is per sequence and lives in the mixer state (`MixerState`). Matrix memories
 (linear attention, DeltaNet, Gated DeltaNet) are exact per token (o_t = S_t q_t), so their state is
@@ -348,7 +350,9 @@ def titans_memory_config() -> ml_collections.ConfigDict:
             "depth": 2,  # MLP layers L_M of the memory (Titans §3.1); 1 is a linear memory
             "expansion": 2.0,  # hidden width of the memory MLP / head width
             "activation": "silu",  # σ of the memory MLP
-            "theta_max": 0.5,  # step size θ_t = theta_max · sigmoid(·)
+            "chunk_step_max": 1.0,  # Σ θ_t over one chunk: θ_t = chunk_step_max/C · sigmoid(·)
+            "momentum_max": 0.5,  # momentum decay η_t = momentum_max · sigmoid(·)
+            "normalize_v": True,  # ℓ2-normalise v per head, like q and k
             "stop_gradient_writes": False,  # no backprop through the inner writes (DESIGN §4)
         }
     )
@@ -362,9 +366,11 @@ def titans_arch(memory: ml_collections.ConfigDict, head_dim: int) -> architectur
                          f"{sorted(titans_memory_config().keys())}")
     if not isinstance(memory.depth, int) or memory.depth < 1:
         raise ValueError(f"memory.depth must be an int >= 1, got {memory.depth!r}")
-    if not memory.expansion > 0 or not memory.theta_max > 0:
-        raise ValueError(f"memory.expansion and memory.theta_max must be > 0, got "
-                         f"{memory.expansion!r}, {memory.theta_max!r}")
+    for key in ("expansion", "chunk_step_max"):
+        if not memory[key] > 0:
+            raise ValueError(f"memory.{key} must be > 0, got {memory[key]!r}")
+    if not 0 <= memory.momentum_max < 1:
+        raise ValueError(f"memory.momentum_max must be in [0, 1), got {memory.momentum_max!r}")
     if memory.depth == 1:
         return architectures.matrix()
     hidden = max(1, round(memory.expansion * head_dim))
@@ -376,16 +382,39 @@ class TitansInputs(NamedTuple):
 
     q: jax.Array  # [b, t, h, d_h] queries, ℓ2-normalised
     k: jax.Array  # [b, t, h, d_h] keys, ℓ2-normalised
-    v: jax.Array  # [b, t, h, d_h] values
+    v: jax.Array  # [b, t, h, d_h] values, ℓ2-normalised when the gating says so
     theta: jax.Array  # [b, t, h] step sizes θ_t
     alpha: jax.Array  # [b, t, h] forget gates α_t
     eta: jax.Array  # [b, t, h] momentum decays η_t
 
 
-def titans_gates(gates: jax.Array, theta_max: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """θ = theta_max·sigmoid, α = sigmoid, η = sigmoid of raw gates [b, t, 3, h] (Eqs. 13–14)."""
-    return (theta_max * jax.nn.sigmoid(gates[:, :, 0]), jax.nn.sigmoid(gates[:, :, 1]),
-            jax.nn.sigmoid(gates[:, :, 2]))
+class TitansGating(NamedTuple):
+    """How raw gates and per-head streams become Titans' memory inputs (`titans_inputs`)."""
+
+    theta_max: float  # largest step size θ_t: chunk_step_max / C
+    momentum_max: float  # largest momentum decay η_t, < 1
+    normalize_v: bool  # ℓ2-normalise v per head
+
+    @classmethod
+    def from_config(cls, memory: ml_collections.ConfigDict, chunk_size: int) -> TitansGating:
+        """The gating of a `memory` sub-config for chunks of `chunk_size` tokens."""
+        return cls(float(memory.chunk_step_max) / chunk_size, float(memory.momentum_max),
+                   bool(memory.normalize_v))
+
+
+def titans_inputs(
+    q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, gating: TitansGating
+) -> TitansInputs:
+    """Titans' memory inputs from per-head streams [b, t, h, d_h] and raw gates [b, t, 3, h].
+
+    q and k are ℓ2-normalised (Titans §4.4), v too when `gating.normalize_v`;
+    θ = theta_max·sigmoid, α = sigmoid (forget gate), η = momentum_max·sigmoid (Eqs. 13–14).
+    """
+    return TitansInputs(
+        l2_normalize(q), l2_normalize(k), l2_normalize(v) if gating.normalize_v else v,
+        gating.theta_max * jax.nn.sigmoid(gates[:, :, 0]), jax.nn.sigmoid(gates[:, :, 1]),
+        gating.momentum_max * jax.nn.sigmoid(gates[:, :, 2]),
+    )
 
 
 class TitansMemory(Mixer):
@@ -414,7 +443,7 @@ class TitansMemory(Mixer):
         super().__init__(d_model, rngs=rngs, **kwargs)
         memory = titans_memory_config() if memory is None else memory
         self.arch = titans_arch(memory, self.head_dim)
-        self.theta_max = float(memory.theta_max)
+        self.gating = TitansGating.from_config(memory, self.chunk_size)
         self.stop_gradient_writes = bool(memory.stop_gradient_writes)
         params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
                                 d_out=self.head_dim)
@@ -441,8 +470,7 @@ class TitansMemory(Mixer):
 
     def memory(self, inputs, gates, state):
         q, k, v = inputs
-        xs = TitansInputs(l2_normalize(q), l2_normalize(k), v,
-                          *titans_gates(gates, self.theta_max))
+        xs = titans_inputs(q, k, v, gates, self.gating)
         initial = self.initial_memory(q.shape[0]) if state is None else None
         return chunk_aligned(self.run, xs, state, chunk=self.chunk_size, initial=initial)
 

@@ -53,7 +53,7 @@ from nestlearn.models.mixers import (
     GatedDeltaNet,
     Mixer,
     MixerState,
-    TitansInputs,
+    TitansGating,
     TitansMemory,
     broadcast_batch,
     chunk_aligned,
@@ -61,7 +61,7 @@ from nestlearn.models.mixers import (
     param_tree,
     param_values,
     titans_arch,
-    titans_gates,
+    titans_inputs,
     titans_memory_config,
 )
 from nestlearn.models.registry import attention_config, base_config, register
@@ -233,7 +233,7 @@ class MACBlock(nnx.Module):
         )
         self.memory_out = nnx.Linear(inner, d, use_bias=False, rngs=rngs)
         self.arch = titans_arch(config.memory, self.head_dim)
-        self.theta_max = float(config.memory.theta_max)
+        self.gating = TitansGating.from_config(config.memory, self.segment)
         self.stop_gradient_writes = bool(config.memory.stop_gradient_writes)
         self.memory_params = param_tree(
             self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
@@ -289,8 +289,7 @@ class MACBlock(nnx.Module):
         )
         raw = matmul(y, self.write_gates.kernel[...]) + self.write_gates.bias[...].astype(y.dtype)
         gates = raw.astype(jnp.float32).reshape(b, c, 3, self.num_heads)
-        xs = TitansInputs(l2_normalize(qkv[:, :, 0]), l2_normalize(qkv[:, :, 1]), qkv[:, :, 2],
-                          *titans_gates(gates, self.theta_max))
+        xs = titans_inputs(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gates, self.gating)
         m, memory = titans_lib.titans_memory(
             xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
             params=param_values(self.memory_params), chunk_size=self.segment, initial_state=memory,

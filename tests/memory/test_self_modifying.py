@@ -30,11 +30,11 @@ _recurrent = jax.jit(
 
 
 def _silu(z):
-    return z / (1.0 + np.exp(-z))
+    return z * 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def _naive_mlp(w, z):
@@ -65,17 +65,21 @@ def _naive(x, q, params, cfg):
             weights = {n: {w: np.array(params[n][w][hi]) for w in ("w1", "w2")} for n in names}
             mom = {n: {w: np.zeros_like(v) for w, v in weights[n].items()} for n in names}
             for ti in range(t):
+                xt = x[bi, ti, hi]
+                if cfg.normalize_x:
+                    xt = xt / np.sqrt(np.sum(xt * xt) + 1e-6)
                 if ti % cfg.chunk_size == 0:  # generator states at the end of the previous chunk
                     gen = {n: {w: a.copy() for w, a in weights[n].items()} for n in gens}
                 if ti % cfg.memory_chunk_size == 0:
                     mem = {w: a.copy() for w, a in weights["memory"].items()}
-                xt = x[bi, ti, hi]
                 k = _naive_mlp(gen["k"], xt) if "k" in gen else params["k"]["w"][hi] @ xt
                 v = _naive_mlp(gen["v"], xt) if "v" in gen else params["v"]["w"][hi] @ xt
                 qt = _naive_mlp(gen["q"], xt) if "q" in gen else q[bi, ti, hi]
                 if cfg.normalize_qk:
                     k = k / np.sqrt(np.sum(k * k) + 1e-6)
                     qt = qt / np.sqrt(np.sum(qt * qt) + 1e-6)
+                if cfg.normalize_v:
+                    v = v / np.sqrt(np.sum(v * v) + 1e-6)
 
                 def gate(name, bias, xt=xt, gen=gen, hi=hi):
                     y = _naive_mlp(gen[name], xt)
@@ -140,7 +144,16 @@ NAIVE_CASES = [
     ((1, 1), {}),
     ((4, 8), {}),
     ((8, 4), {}),
-    ((4, 8), {"eta_alpha_per_channel": True, "stop_gradient_vhat": False, "normalize_qk": False}),
+    (
+        (4, 8),
+        {
+            "eta_alpha_per_channel": True,
+            "stop_gradient_vhat": False,
+            "normalize_qk": False,
+            "normalize_v": False,
+            "normalize_x": False,
+        },
+    ),
     ((3, 5), {"dgd_step": "normalized", "adaptive_q": True, "adaptive_k": False}),
     ((8, 4), {"momentum": 0.0, "use_decay": False, "use_dgd": False, "adaptive_v": False}),
 ]
@@ -324,6 +337,38 @@ def test_dtype_and_default_state():
     assert set(state.weights) == {"k", "v", "eta", "alpha", "memory"}
 
 
+def test_default_init_writes_from_the_first_chunk():
+    """k ≠ v at init (random W₁ of M_k, M_v), so the inner losses are non-zero and every memory
+    takes gradient steps (non-zero momentum); with identity M_k = M_v and normalised v, k = v and
+    every inner gradient would vanish."""
+    cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4)
+    x, q = _inputs((1, 4, 2, 4), jnp.float32)
+    for scale, writes in ((cfg.kv_init_scale, True), (0.0, False)):
+        variant = dataclasses.replace(cfg, kv_init_scale=scale)
+        params = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=4, config=variant)
+        _, state = _memory(x, q, params=params, config=variant)
+        steps = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(state.momentum))
+        assert (steps > 1e-6) == writes, (scale, steps)
+
+
+def _state_norm(x, cfg):
+    params = self_modifying_init(jax.random.PRNGKey(0), heads=1, dim=8, config=cfg)
+    _, state = _memory(x, x, params=params, config=cfg)
+    norms = [float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(state.weights)]
+    return max(norms) if all(np.isfinite(norms)) else float("inf")
+
+
+def test_unnormalised_inputs_stay_bounded_by_default():
+    """Per-head inputs with unit-variance channels (‖x‖ ≈ √d) and a large step: the normalised
+    x and v keep the self-generated targets at the keys' scale, so the memories stay bounded; the
+    same stream without the normalisations diverges (docs/SEMANTICS.md §1.3)."""
+    cfg = SelfModifyingConfig(chunk_size=8, memory_chunk_size=8, eta_max=0.5)
+    x = jax.random.normal(jax.random.PRNGKey(3), (1, 256, 1, 8))
+    assert _state_norm(x, cfg) < 10.0
+    raw = dataclasses.replace(cfg, normalize_v=False, normalize_x=False)
+    assert _state_norm(x, raw) > 1e3
+
+
 def _stream(t, piece):
     cfg = SelfModifyingConfig(chunk_size=64, memory_chunk_size=64)
     params = self_modifying_init(jax.random.PRNGKey(0), heads=1, dim=8, config=cfg)
@@ -359,6 +404,8 @@ def test_long_stream_stays_finite_and_bounded():
         ("dgd_step", "exact"),
         ("hidden_expansion", 0),
         ("use_dgd", 1),
+        ("normalize_v", 1),
+        ("kv_init_scale", -1.0),
     ],
 )
 def test_config_validation(field, value):

@@ -37,6 +37,7 @@ ABLATIONS = {
     "adaptive_k": False, "adaptive_v": False, "stop_gradient_vhat": False,
     "stop_gradient_writes": True, "eta_max": 0.25, "eta_bias_init": -1.0,
     "alpha_bias_init": 2.0, "eta_alpha_per_channel": True, "normalize_qk": False,
+    "normalize_v": False, "normalize_x": False, "kv_init_scale": 0.5,
     "activation": "gelu", "hidden_expansion": 2.0, "dgd_step": "normalized", "remat": True,
 }
 

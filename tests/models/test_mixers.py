@@ -83,9 +83,10 @@ def _by_hand(mixer, x):
     else:
         q, k, v = _l2(streams[:, :, 0]), _l2(streams[:, :, 1]), streams[:, :, 2]
         if isinstance(mixer, mixers.TitansMemory):
+            # Defaults: θ ≤ chunk_step_max / C = 1 / C, η ≤ momentum_max = 0.5, v ℓ2-normalised.
             o, _ = titans.titans_memory(
-                q, k, v, mixer.theta_max * _sigmoid(gates[:, :, 0]), _sigmoid(gates[:, :, 1]),
-                _sigmoid(gates[:, :, 2]), arch=mixer.arch,
+                q, k, _l2(v), _sigmoid(gates[:, :, 0]) / CHUNK, _sigmoid(gates[:, :, 1]),
+                0.5 * _sigmoid(gates[:, :, 2]), arch=mixer.arch,
                 params=mixers.param_values(mixer.memory_params), chunk_size=CHUNK,
             )
         elif isinstance(mixer, mixers.GatedDeltaNet):
@@ -154,6 +155,26 @@ def test_chunk_aligned_matches_a_memory_run_on_the_whole_stream():
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), whole)
     assert int(stream.count) == 14 % 3 and float(stream.start[0]) == float(xs[0, :12].sum())
+
+
+def test_titans_gates_are_bounded():
+    """Saturated raw gates reach exactly the caps: θ = chunk_step_max / C, η = momentum_max;
+    v comes out ℓ2-normalised (the chunk-parallel step stays bounded, docs/SEMANTICS.md §2)."""
+    memory = mixers.titans_memory_config()
+    memory.chunk_step_max, memory.momentum_max = 0.8, 0.6
+    gating = mixers.TitansGating.from_config(memory, chunk_size=16)
+    v = 10.0 * jax.random.normal(jax.random.key(0), (1, 2, HEADS, HEAD_DIM))
+    gates = jnp.full((1, 2, 3, HEADS), 1e4)  # [b, t, (θ, α, η), h]
+    xs = mixers.titans_inputs(v, v, v, gates, gating)
+    np.testing.assert_allclose(xs.theta, 0.8 / 16, rtol=1e-6)
+    np.testing.assert_allclose(xs.eta, 0.6, rtol=1e-6)
+    np.testing.assert_allclose(jnp.linalg.norm(xs.v, axis=-1), 1.0, rtol=1e-5)
+    memory.normalize_v = False
+    raw = mixers.titans_inputs(v, v, v, gates, mixers.TitansGating.from_config(memory, 16))
+    np.testing.assert_array_equal(raw.v, v)
+    memory.momentum_max = 1.0
+    with pytest.raises(ValueError, match="momentum_max"):
+        mixers.titans_arch(memory, HEAD_DIM)
 
 
 def test_gated_deltanet_kernel_impl_switch():
