@@ -9,12 +9,10 @@ On CPU the Pallas backends only run interpreted (``--interpret``, tiny shapes; t
 measure the interpreter, not the kernel).
 """
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
+from nestlearn.kernels import benchmarking
 from nestlearn.kernels.gated_delta.api import gated_delta
 
 
@@ -31,14 +29,6 @@ def _inputs(key, b, t, h, d, dtype, momentum):
     )
     mom = jax.random.uniform(ks[5], (b, t, h), dtype, 0.0, 0.9) if momentum else None
     return args, mom
-
-
-def _time(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeats
 
 
 def bench(*, implementation, b, t, h, d, dtype, chunk_size, momentum, interpret, repeats):
@@ -60,43 +50,27 @@ def bench(*, implementation, b, t, h, d, dtype, chunk_size, momentum, interpret,
         o, _ = forward(args, mom)
         return jnp.sum(o.astype(jnp.float32))
 
-    fwd = _time(jax.jit(forward), args, mom, repeats=repeats)
-    bwd = _time(jax.jit(jax.grad(loss)), args, mom, repeats=repeats)
+    fwd = benchmarking.seconds_per_call(jax.jit(forward), args, mom, repeats=repeats)
+    bwd = benchmarking.seconds_per_call(jax.jit(jax.grad(loss)), args, mom, repeats=repeats)
     return fwd, bwd
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--t", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--d", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--momentum", action="store_true")
-    parser.add_argument("--interpret", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--implementations", nargs="+", default=["xla", "pallas_triton"])
-    a = parser.parse_args(argv)
-    print(
-        f"device: {jax.devices()[0].device_kind}; d={a.d} heads={a.heads} batch={a.batch} "
-        f"chunk={a.chunk} dtype={a.dtype} momentum={a.momentum} interpret={a.interpret}"
+    p = benchmarking.parser(__doc__.splitlines()[0])
+    p.add_argument("--momentum", action="store_true")
+    a = p.parse_args(argv)
+    benchmarking.report(
+        a,
+        bench,
+        b=a.batch,
+        h=a.heads,
+        d=a.d,
+        dtype=jnp.dtype(a.dtype),
+        chunk_size=a.chunk,
+        interpret=a.interpret,
+        repeats=a.repeats,
+        momentum=a.momentum,
     )
-    for t in a.t:
-        for impl in a.implementations:
-            fwd, bwd = bench(
-                implementation=impl,
-                b=a.batch,
-                t=t,
-                h=a.heads,
-                d=a.d,
-                dtype=jnp.dtype(a.dtype),
-                chunk_size=a.chunk,
-                momentum=a.momentum,
-                interpret=a.interpret,
-                repeats=a.repeats,
-            )
-            print(f"T={t:6d} {impl:14s} fwd {fwd * 1e3:9.2f} ms   fwd+bwd {bwd * 1e3:9.2f} ms")
 
 
 if __name__ == "__main__":

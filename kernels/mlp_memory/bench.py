@@ -6,12 +6,10 @@
 On CPU the Pallas backends only run interpreted (``--interpret``, tiny shapes).
 """
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
+from nestlearn.kernels import benchmarking
 from nestlearn.kernels.mlp_memory.api import mlp_memory
 
 
@@ -31,14 +29,6 @@ def _inputs(key, b, t, h, d, hidden, dtype):
         "w2": normal(ks[7], (h, hidden, d), d**-0.5).astype(jnp.float32),
     }
     return args, params
-
-
-def _time(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeats
 
 
 def bench(*, implementation, b, t, h, d, hidden, dtype, chunk_size, interpret, repeats):
@@ -61,43 +51,29 @@ def bench(*, implementation, b, t, h, d, hidden, dtype, chunk_size, interpret, r
         o, _ = forward(args, params)
         return jnp.sum(o.astype(jnp.float32))
 
-    fwd = _time(jax.jit(forward), args, params, repeats=repeats)
-    bwd = _time(jax.jit(jax.grad(loss, argnums=(0, 1))), args, params, repeats=repeats)
+    fwd = benchmarking.seconds_per_call(jax.jit(forward), args, params, repeats=repeats)
+    bwd = benchmarking.seconds_per_call(
+        jax.jit(jax.grad(loss, argnums=(0, 1))), args, params, repeats=repeats
+    )
     return fwd, bwd
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--t", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--d", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--interpret", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--implementations", nargs="+", default=["xla", "pallas_triton"])
-    a = parser.parse_args(argv)
-    print(
-        f"device: {jax.devices()[0].device_kind}; d={a.d} hidden={a.hidden} heads={a.heads} "
-        f"batch={a.batch} chunk={a.chunk} dtype={a.dtype} interpret={a.interpret}"
+    p = benchmarking.parser(__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=256)
+    a = p.parse_args(argv)
+    benchmarking.report(
+        a,
+        bench,
+        b=a.batch,
+        h=a.heads,
+        d=a.d,
+        dtype=jnp.dtype(a.dtype),
+        chunk_size=a.chunk,
+        interpret=a.interpret,
+        repeats=a.repeats,
+        hidden=a.hidden,
     )
-    for t in a.t:
-        for impl in a.implementations:
-            fwd, bwd = bench(
-                implementation=impl,
-                b=a.batch,
-                t=t,
-                h=a.heads,
-                d=a.d,
-                hidden=a.hidden,
-                dtype=jnp.dtype(a.dtype),
-                chunk_size=a.chunk,
-                interpret=a.interpret,
-                repeats=a.repeats,
-            )
-            print(f"T={t:6d} {impl:14s} fwd {fwd * 1e3:9.2f} ms   fwd+bwd {bwd * 1e3:9.2f} ms")
 
 
 if __name__ == "__main__":
