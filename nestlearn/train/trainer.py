@@ -157,7 +157,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     return Run(config, data, graphdef, rest, levels, state, checkpointer, mesh)
 
 
-def _trees(state: TrainState, rest: Any) -> dict[str, Any]:
+def checkpoint_trees(state: TrainState, rest: Any) -> dict[str, Any]:
+    """The checkpoint items of a train state: params, model state, counters, one per level."""
     trees = {
         "params": state.params,
         "model_state": rest,
@@ -217,7 +218,7 @@ def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
         fixes the restored shapes or the data order (`_FIXED_ON_RESUME`).
     """
     _check_resumable(run)
-    restored = run.checkpointer.restore(_trees(run.state, run.rest))
+    restored = run.checkpointer.restore(checkpoint_trees(run.state, run.rest))
     if restored is None:
         return run.state, run.rest, None
     trees = restored.trees
@@ -381,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if step % tr.checkpoint_every == 0 or last:
                 run.checkpointer.save(
                     step,
-                    trees=_trees(state, rest),
+                    trees=checkpoint_trees(state, rest),
                     data=dict(iterator.state._asdict()),
                     config=config_json,
                 )

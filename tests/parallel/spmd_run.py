@@ -34,6 +34,7 @@ from nestlearn.parallel import (
 )
 from nestlearn.train import Checkpointer, base_config, build_levels, build_train_step
 from nestlearn.train.step import TrainState, split_model, state_shardings
+from nestlearn.train.trainer import checkpoint_trees
 
 BATCH, SEQ = 8, 16
 
@@ -148,27 +149,11 @@ def max_diff(a, b) -> float:
     return out
 
 
-def trees(state, rest):
-    out = {
-        "params": state.params,
-        "model_state": rest,
-        "train": {
-            "step": state.step,
-            "consecutive_nonfinite": state.consecutive_nonfinite,
-            "skipped": state.skipped,
-            "rng": state.rng,
-        },
-    }
-    for name, level_state in state.opt_state.levels.items():
-        out[f"opt_{name}"] = level_state
-    return out
-
-
 def checkpoint_across(config, saved, meshes, directory):
     """Saves `saved` (trained on the first mesh) and restores it onto each mesh of `meshes`."""
     names = tuple(saved["state"].opt_state.levels)
     ckpt = Checkpointer(directory, level_names=names, max_to_keep=2)
-    ckpt.save(3, trees=trees(saved["state"], saved["rest"]), data={}, config={})
+    ckpt.save(3, trees=checkpoint_trees(saved["state"], saved["rest"]), data={}, config={})
     ckpt.close()
     results = []
     for mesh in meshes:
@@ -176,16 +161,18 @@ def checkpoint_across(config, saved, meshes, directory):
         target = jax.device_put(target, state_shardings(target, mesh))
         rest = jax.device_put(rest, replicated(mesh))
         ckpt = Checkpointer(directory, level_names=names, max_to_keep=2)
-        got = ckpt.restore(trees(target, rest))
+        got = ckpt.restore(checkpoint_trees(target, rest))
         ckpt.close()
-        want = trees(saved["state"], saved["rest"])
+        want = checkpoint_trees(saved["state"], saved["rest"])
         exact = all(
             np.array_equal(np.asarray(x), np.asarray(y))
             for x, y in zip(jax.tree.leaves(got.trees), jax.tree.leaves(want))
         )
         placed = all(
             x.sharding == t.sharding
-            for x, t in zip(jax.tree.leaves(got.trees), jax.tree.leaves(trees(target, rest)))
+            for x, t in zip(
+                jax.tree.leaves(got.trees), jax.tree.leaves(checkpoint_trees(target, rest))
+            )
             if isinstance(x, jax.Array) and x.size
         )
         results.append({"mesh": dict(mesh.shape), "exact": exact, "on_target_sharding": placed})
