@@ -15,7 +15,6 @@ states [b, h, d_v, d_k] (column convention, read-out S q). Computation is in the
 input dtype with float32; outputs come back in the input dtype, states stay in the compute dtype.
 """
 
-import operator
 from typing import NamedTuple
 
 import jax
@@ -24,25 +23,14 @@ from jax import lax
 from nestlearn.kernels import chunk_scan
 from nestlearn.kernels.gated_delta import chunk
 
+from nestlearn.core.validation import check_chunk_size
+
 
 class GatedDeltaState(NamedTuple):
     """State of the gated delta rule with momentum."""
 
     memory: jax.Array  # [b, h, d_v, d_k] S, compute dtype
     momentum: jax.Array  # [b, h, d_v, d_k] Z, compute dtype
-
-
-def check_chunk_size(chunk_size) -> int:
-    """Returns ``chunk_size`` as an int ≥ 1; raises ValueError otherwise."""
-    if isinstance(chunk_size, bool):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    try:
-        size = operator.index(chunk_size)
-    except TypeError:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}") from None
-    if size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return size
 
 
 def check_inputs(q, k, v, alpha, beta, momentum, initial_state) -> None:

@@ -34,12 +34,13 @@ fast but took ~1 s to compile at chunk size 64.
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from nestlearn.core.validation import check_chunk_size
 
 __all__ = [
     "delta_rule",
@@ -66,18 +67,6 @@ class _ChunkTerms(NamedTuple):
     w: jax.Array | None  # [n, b, h, c, d_k] W = T diag(γ) K; None for linear attention
     p: jax.Array  # [n, b, h, c, c] intra-chunk read-out Q Kᵀ ⊙ Γ ⊙ M (M causal, diagonal included)
     decay: jax.Array | None  # [n, b, h] total decay of the chunk γ_c; None when there is no gate
-
-
-def _check_chunk_size(chunk_size) -> int:
-    if isinstance(chunk_size, bool):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    try:
-        size = operator.index(chunk_size)
-    except TypeError:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}") from None
-    if size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return size
 
 
 def _check_inputs(q, k, v, gates, initial_state) -> None:
@@ -379,7 +368,7 @@ def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=False):
     Raises:
       ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
     """
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {}, initial_state)
     return _chunked(q, k, v, None, None, initial_state, chunk_size, remat, "linear")
 
@@ -408,7 +397,7 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=False):
     Raises:
       ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
     """
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {"beta": beta}, initial_state)
     return _chunked(q, k, v, None, beta, initial_state, chunk_size, remat, "delta")
 
@@ -439,6 +428,6 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
     Raises:
       ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
     """
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {"alpha": alpha, "beta": beta}, initial_state)
     return _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, "gated")

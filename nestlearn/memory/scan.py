@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from nestlearn.core.validation import check_chunk_size
 from nestlearn.memory import rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
@@ -58,11 +59,6 @@ class MemoryState(NamedTuple):
     weights: Any  # pytree like params with leading [b, h, ...]: memory weights M_t
     rule: Any  # the inner rule's state with leading [b, h, ...] (e.g. rules.MomentumState)
     context: WindowContext | None  # window tokens when inputs hold "window_gate", else None
-
-
-def _check_chunk_size(chunk_size: Any) -> None:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
 def _check_inputs(
@@ -189,7 +185,7 @@ def scan(
     Returns:
       ``(outputs [b, t, h, d_out], final MemoryState)``.
     """
-    _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     if read_after_write and chunk_size != 1:
         raise ValueError(f"read_after_write needs chunk_size=1, got chunk_size={chunk_size}")
     b, t, h, d_in, d_out = _check_inputs(arch, params, inputs)
