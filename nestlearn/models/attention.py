@@ -88,25 +88,28 @@ def causal_attention(
         raise ValueError(
             f"q_pos {q_pos.shape} / k_pos {k_pos.shape} must be [{t}] / [{k.shape[1]}]"
         )
-    qg = q.reshape(b, t, g, h // g, d)
+    if g != h:  # grouped-query attention: each kv head serves h/g consecutive query heads
+        k, v = jnp.repeat(k, h // g, axis=2), jnp.repeat(v, h // g, axis=2)
     acc = accumulation_dtype(q.dtype)
-    logits = jnp.einsum("btgrd,bsgd->bgrts", qg, k, preferred_element_type=acc)
     visible = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None])  # [t, s]
     if window > 0:
         visible &= q_pos[:, None] - k_pos[None, :] < window
-    logits = jnp.where(visible, logits * d**-0.5, -jnp.inf)
+    # The mask enters as an additive [t, s] bias and the scale is applied to q: on XLA:CPU a
+    # select over the [b, h, t, s] logits costs more than the two matmuls in the backward pass.
+    bias = jnp.where(visible, 0.0, -jnp.inf).astype(acc)
+    q = q * jnp.asarray(d**-0.5, q.dtype)
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=acc) + bias
     values = v
     if persistent_k is not None:
         n_p = persistent_k.shape[0]
-        pk = jnp.broadcast_to(persistent_k.astype(k.dtype), (b, n_p, g, d))
-        p_logits = jnp.einsum("btgrd,bsgd->bgrts", qg, pk, preferred_element_type=acc)
-        logits = jnp.concatenate([p_logits * d**-0.5, logits], axis=-1)
-        pv = jnp.broadcast_to(persistent_v.astype(v.dtype), (b, n_p, g, d))
-        values = jnp.concatenate([pv, v], axis=1)
+        pk = jnp.repeat(persistent_k.astype(k.dtype), h // g, axis=1)  # [n_p, h, d]
+        p_logits = jnp.einsum("bthd,shd->bhts", q, pk, preferred_element_type=acc)
+        logits = jnp.concatenate([p_logits, logits], axis=-1)
+        pv = jnp.repeat(persistent_v.astype(v.dtype), h // g, axis=1)
+        values = jnp.concatenate([jnp.broadcast_to(pv, (b, n_p, h, d)), v], axis=1)
     # A query always sees itself, so no row is all −inf.
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bgrts,bsgd->btgrd", weights, values)
-    return o.reshape(b, t, h, d)
+    return jnp.einsum("bhts,bshd->bthd", weights, values)
 
 
 class Attention(nnx.Module):

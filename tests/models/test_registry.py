@@ -116,3 +116,40 @@ def test_top_k_sampling_stays_in_the_top_k():
         jax.random.split(jax.random.key(0), 64)
     )
     assert set(np.asarray(draws).ravel()) == {1, 3}
+
+
+_BF16_FAST = ("transformer_pp", "gated_deltanet", "hope")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in _BF16_FAST else pytest.param(n, marks=pytest.mark.slow)
+        for n in models.available()
+    ],
+)
+def test_bfloat16_compute_trains_every_model(name):
+    """dtype="bfloat16": float32 params and logits, finite float32 gradients close to float32's."""
+    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 16)
+
+    def loss_and_grad(dtype):
+        model = models.build(_tiny(name, dtype=dtype, chunk_size=4), rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            logits, _ = nnx.merge(graphdef, params, rest)(tokens)
+            logp = jax.nn.log_softmax(logits[:, :-1])
+            return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1)), logits
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (l32, _), g32 = loss_and_grad("float32")
+    (l16, logits16), g16 = loss_and_grad("bfloat16")
+    assert logits16.dtype == jnp.float32
+    np.testing.assert_allclose(l16, l32, rtol=0.02)
+    flat32 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g32)])
+    flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+    assert bool(jnp.all(jnp.isfinite(flat16)))
+    cosine = jnp.dot(flat16, flat32) / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32))
+    assert cosine > 0.98, cosine
