@@ -5,7 +5,7 @@ sum(o²) with respect to the inputs and the initial weights) of the chunk-parall
 token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
 
 (a) the matrix gated delta rule (GDN Eq. 10): ``matrix_memory.gated_delta_rule`` (WY chunk form,
-    chunk 64) vs ``gated_delta_rule_recurrent``;
+    chunk 32 and 64, default ``remat=True``) vs ``gated_delta_rule_recurrent``;
 (b) Titans' MLP memory (2 layers, hidden 64, Titans Eqs. 13–18): ``titans_memory`` with chunk 16
     and 64 vs chunk 1 (the same code token by token; both with the default ``remat=True``);
 (c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
@@ -24,6 +24,7 @@ both.
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import time
@@ -54,14 +55,14 @@ def _inputs(t, key):
     }
 
 
-def gated_delta(chunked):
+def gated_delta(chunk):
     from nestlearn.memory import matrix_memory
 
     def layer(params, x):
         del params
-        if chunked:
+        if chunk:
             o, _ = matrix_memory.gated_delta_rule(
-                x["q"], x["k"], x["v"], x["a"], x["b"], chunk_size=64
+                x["q"], x["k"], x["v"], x["a"], x["b"], chunk_size=chunk
             )
         else:
             o, _ = matrix_memory.gated_delta_rule_recurrent(x["q"], x["k"], x["v"], x["a"], x["b"])
@@ -111,8 +112,9 @@ def cases():
     out = []
     if _available("matrix_memory"):
         out += [
-            ("gated delta (matrix)", "chunk 64 (WY)", lambda: gated_delta(True)),
-            ("gated delta (matrix)", "recurrent", lambda: gated_delta(False)),
+            ("gated delta (matrix)", "chunk 32 (WY)", lambda: gated_delta(32)),
+            ("gated delta (matrix)", "chunk 64 (WY)", lambda: gated_delta(64)),
+            ("gated delta (matrix)", "recurrent", lambda: gated_delta(None)),
         ]
     out += [
         ("Titans MLP memory", "chunk 16", lambda: titans(16)),
@@ -171,11 +173,14 @@ def main():
                 x = _inputs(t, jax.random.key(t))
                 wall, cpu, first = time_fwd_bwd(layer, params, x, repeats)
                 row.update(seconds=wall, cpu_seconds=cpu, compile_and_run=first)
+                row["load_1min"] = os.getloadavg()[0]  # machine load right after the timing
                 seconds[(memory, form, t)] = wall
                 cpu_seconds[(memory, form, t)] = cpu
             rows.append(row)
             print(
-                f"{memory:24s} {form:14s} T={t:5d} {row['seconds'] or row['skipped']}", flush=True
+                f"{memory:24s} {form:14s} T={t:5d} {row['seconds'] or row['skipped']} "
+                f"load {row.get('load_1min', '—')}",
+                flush=True,
             )
 
     for row in rows:
@@ -185,8 +190,8 @@ def main():
             row["cpu_speedup_vs_recurrent"] = cpu_seconds[key] / row["cpu_seconds"]
 
     fmt = lambda x, unit: f"{x:.1f}{unit}" if x else "—"
-    print("\n| memory | form | T | wall (ms) | CPU (ms) | speedup, wall | speedup, CPU |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| memory | form | T | wall (ms) | CPU (ms) | speedup, wall | speedup, CPU | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row["seconds"]:
             times = f"{1e3 * row['seconds']:.1f} | {1e3 * row['cpu_seconds']:.1f}"
@@ -195,7 +200,8 @@ def main():
         speedups = " | ".join(
             fmt(row.get(k), "×") for k in ("speedup_vs_recurrent", "cpu_speedup_vs_recurrent")
         )
-        print(f"| {row['memory']} | {row['form']} | {row['T']} | {times} | {speedups} |")
+        load = f"{row['load_1min']:.1f}" if "load_1min" in row else "—"
+        print(f"| {row['memory']} | {row['form']} | {row['T']} | {times} | {speedups} | {load} |")
 
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +215,7 @@ def main():
         "device": str(jax.devices()[0]),
         "machine": platform.processor() or platform.machine(),
         "command": "python experiments/memory_benchmark.py" + (" --quick" if args.quick else ""),
+        "load_1min_at_end": os.getloadavg()[0],
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")

@@ -6,9 +6,11 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
 * ``*_recurrent``: a token-by-token ``lax.scan`` written straight from the recurrence. It is the
   reference, and the slow path.
 * the chunk-parallel form (the public name without suffix): the WY representation with the UT
-  transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). All intra-chunk quantities are
-  computed for every chunk at once; a ``lax.scan`` over chunks carries the state. It is exact: every
-  output reads the state after the write of its own token, o_t = S_t q_t.
+  transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). A ``lax.scan`` over chunks carries
+  the state; each step builds its own chunk's intra-chunk terms (the [c, c] products, the
+  triangular inverse, U and W) and applies them, so the working set is one chunk whatever the
+  length (building them for all chunks at once fell out of cache and scaled super-linearly in t).
+  It is exact: every output reads the state after the write of its own token, o_t = S_t q_t.
 
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
@@ -25,16 +27,23 @@ therefore means "forget all but the current write" up to that clamp). All expone
 α ∈ (0, 1], the intended range.
 
 The UT transform needs (I + L)⁻¹ for a strictly lower-triangular L per chunk. It is computed by
-forward substitution in a ``lax.fori_loop`` over the rows of all chunks at once, with the
-closed-form derivative −X dL X as a custom JVP, rather than with
-``jax.scipy.linalg.solve_triangular``, whose batched LAPACK calls made forward+backward of 64
-systems of size 64 ~10–30× slower on the 2-core CPU machine; a recursive 2×2-block inverse ran as
-fast but took ~1 s to compile at chunk size 64.
+forward substitution in a ``lax.fori_loop`` over the rows, with the closed-form derivative
+−X dL X as a custom JVP, rather than with ``jax.scipy.linalg.solve_triangular``, whose batched
+LAPACK calls made forward+backward ~5–20× slower on the 2-core CPU machine (measured again in
+session 2, with per-chunk terms); a level-wise 2×2-block inverse and the Neumann product
+(I + N)(I + N²)(I + N⁴)… were no faster, and the latter loses precision in float32.
+
+Speed on XLA:CPU. Per-token scalings (diag(β) K, diag(γ) Q, the decay of S) are einsums, and the
+decay ratios Γ and cumulative log decays are built so that their derivatives are ``dot_general``
+ops too (:func:`_scale_rows`, :func:`_decay_ratios`, products with 0/1 triangles): the
+broadcast-multiply form transposes into multiply + reduce fusions that XLA:CPU (jaxlib 0.10)
+runs up to ~10× slower than the equivalent contraction (``jnp.sum(x * y, -1)`` on
+[1, 1024, 4, 64]: 0.82 ms against 0.09 ms for ``jnp.einsum``). ``remat=True`` (the default)
+recomputes each chunk's terms in the backward pass instead of storing them, which was also the
+faster choice at t ≥ 1024.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,23 +59,6 @@ __all__ = [
     "linear_attention",
     "linear_attention_recurrent",
 ]
-
-
-class _ChunkTerms(NamedTuple):
-    """Per-chunk quantities of the WY/UT form, stacked over chunks for ``lax.scan``.
-
-    With Δ = U − W Sᵀ (Δ = U when ``w`` is None), one chunk step is
-    O = Q̂ Sᵀ + P Δ and S ← γ_c S + Δᵀ K̃ (γ_c = 1 when ``decay`` is None).
-    """
-
-    q_hat: (
-        jax.Array
-    )  # [n, b, h, c, d_k] queries scaled by the decay from the chunk start, diag(γ) Q
-    k_tilde: jax.Array  # [n, b, h, c, d_k] keys decayed to the chunk end, (γ_c/γ_r) k_r
-    u: jax.Array  # [n, b, h, c, d_v] U = T V (V itself for linear attention)
-    w: jax.Array | None  # [n, b, h, c, d_k] W = T diag(γ) K; None for linear attention
-    p: jax.Array  # [n, b, h, c, c] intra-chunk read-out Q Kᵀ ⊙ Γ ⊙ M (M causal, diagonal included)
-    decay: jax.Array | None  # [n, b, h] total decay of the chunk γ_c; None when there is no gate
 
 
 def _check_inputs(q, k, v, gates, initial_state) -> None:
@@ -233,6 +225,44 @@ def _from_chunks(o, t):
     return jnp.moveaxis(o, (0, 2), (1, 3)).reshape(b, n * c, h, d)[:, :t]
 
 
+def _scale_rows(s, x):
+    """diag(s) X per chunk: s [..., c], x [..., c, d] -> [..., c, d].
+
+    Written as an einsum (a ``dot_general`` with batch dimensions only) rather than
+    ``s[..., None] * x`` so that its transpose is a ``dot_general`` too: the multiply + reduce
+    fusions that the broadcast form transposes into ran up to ~10× slower on XLA:CPU
+    (module docstring).
+    """
+    return jnp.einsum("...c,...cd->...cd", s, x)
+
+
+@jax.custom_jvp
+def _decay_ratios(log_gamma):
+    """Γ ⊙ M with Γ_ij = γ_i/γ_j = exp(log γ_i − log γ_j), M causal with its diagonal.
+
+    Args:
+      log_gamma: cumulative log decays inside the chunk, log γ_r = Σ_{j≤r} log α_j [..., c].
+
+    Returns:
+      [..., c, c], zero above the diagonal; exponents on and below it are ≤ 0 for α ≤ 1.
+    """
+    c = log_gamma.shape[-1]
+    causal = jnp.tril(jnp.ones((c, c), dtype=bool))
+    diff = log_gamma[..., :, None] - log_gamma[..., None, :]
+    return jnp.exp(jnp.where(causal, diff, -jnp.inf))
+
+
+@_decay_ratios.defjvp
+def _decay_ratios_jvp(primals, tangents):
+    # dΓ_ij = Γ_ij (d log γ_i − d log γ_j), as einsums so that the transpose is a dot_general.
+    (log_gamma,), (d_log_gamma,) = primals, tangents
+    ratios = _decay_ratios(log_gamma)
+    d_ratios = jnp.einsum("...ij,...i->...ij", ratios, d_log_gamma) - jnp.einsum(
+        "...ij,...j->...ij", ratios, d_log_gamma
+    )
+    return ratios, d_ratios
+
+
 @jax.custom_jvp
 def _inverse_unit_lower(lower):
     """(I + L)⁻¹ for the strictly lower-triangular part L of ``lower`` [..., c, c].
@@ -260,93 +290,95 @@ def _inverse_unit_lower_jvp(primals, tangents):
     return inv, -inv @ jnp.tril(d_lower, -1) @ inv
 
 
-def _delta_terms(q, k, v, log_alpha, beta) -> _ChunkTerms:
-    """Intra-chunk WY/UT terms of the (gated) delta rule for every chunk at once.
-
-    PAPER §6.2 (GDN §3.1 Eqs. 6–9 with the gate of Eq. 10): with γ_r = Π_{j≤r} α_j inside the chunk
-    and Γ_ij = γ_i/γ_j (i ≥ j),
-    T = [I + strictLower(diag(β)(Γ ⊙ K Kᵀ))]⁻¹ diag(β), U = T V, W = T diag(γ) K. T is never formed:
-    the inverse of the unit lower-triangular I + strictLower(·) (forward substitution,
-    :func:`_inverse_unit_lower`) is applied to diag(β)[V, diag(γ) K] to give U and W together.
+def _linear_chunk(s, q, k, v):
+    """One chunk of linear attention: O = Q Sᵀ + (Q Kᵀ ⊙ M) V, S ← S + Vᵀ K.
 
     Args:
-      q, k: [n, b, h, c, d_k]; v: [n, b, h, c, d_v]; beta: [n, b, h, c];
-      log_alpha: [n, b, h, c], or None for the ungated delta rule (α = 1).
+      s: state at the chunk start [b, h, d_v, d_k].
+      q, k: [b, h, c, d_k]; v: [b, h, c, d_v].
+
+    Returns:
+      ``(S_end, O)`` with O [b, h, c, d_v].
     """
     c = q.shape[-2]
-    causal = jnp.tril(jnp.ones((c, c), dtype=bool))  # M, diagonal included
-    strict = jnp.tril(jnp.ones((c, c), dtype=bool), -1)
-    kk = jnp.einsum("nbhid,nbhjd->nbhij", k, k)  # [n, b, h, c, c]
-    qk = jnp.einsum("nbhid,nbhjd->nbhij", q, k)
-    if log_alpha is None:
-        gamma_ratio = None
-        q_hat, k_tilde, k_decayed, decay = q, k, k, None
-    else:
-        log_gamma = jnp.cumsum(log_alpha, axis=-1)  # [n, b, h, c], log γ_r
-        diff = log_gamma[..., :, None] - log_gamma[..., None, :]  # log γ_i − log γ_j
-        # exp only where i ≥ j (diff ≤ 0 there for α ≤ 1); the masked side never overflows.
-        gamma_ratio = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-        gamma = jnp.exp(log_gamma)[..., None]  # [n, b, h, c, 1]
-        q_hat = gamma * q
-        k_decayed = gamma * k
-        k_tilde = jnp.exp(log_gamma[..., -1:] - log_gamma)[..., None] * k
-        decay = jnp.exp(log_gamma[..., -1])  # [n, b, h]
-    lower = kk if gamma_ratio is None else gamma_ratio * kk
-    lower = jnp.where(strict, beta[..., :, None] * lower, 0.0)
-    rhs = beta[..., None] * jnp.concatenate([v, k_decayed], axis=-1)  # diag(β) [V, diag(γ) K]
-    sol = _inverse_unit_lower(lower) @ rhs
-    d_v = v.shape[-1]
-    p = jnp.where(causal, qk, 0.0) if gamma_ratio is None else qk * gamma_ratio
-    return _ChunkTerms(q_hat, k_tilde, sol[..., :d_v], sol[..., d_v:], p, decay)
-
-
-def _linear_terms(q, k, v) -> _ChunkTerms:
-    """Intra-chunk terms of linear attention: Δ = V, P = Q Kᵀ ⊙ M, no decay."""
-    c = q.shape[-2]
     causal = jnp.tril(jnp.ones((c, c), dtype=bool))
-    p = jnp.where(causal, jnp.einsum("nbhid,nbhjd->nbhij", q, k), 0.0)
-    return _ChunkTerms(q, k, v, None, p, None)
+    p = jnp.where(causal, jnp.einsum("bhid,bhjd->bhij", q, k), 0.0)
+    o = jnp.einsum("bhck,bhvk->bhcv", q, s) + p @ v
+    return s + jnp.einsum("bhcv,bhck->bhvk", v, k), o
 
 
-def _chunk_scan(terms: _ChunkTerms, state, remat):
-    """Carries S across chunks: Δ = U − W Sᵀ, O = Q̂ Sᵀ + P Δ, S ← γ_c S + Δᵀ K̃ (PAPER §6.2)."""
+def _delta_chunk(s, q, k, v, log_alpha, beta):
+    """One chunk of the (gated) delta rule in the WY/UT form, intra-chunk terms built here.
 
-    def step(s, x: _ChunkTerms):  # s: [b, h, d_v, d_k]
-        delta = x.u
-        if x.w is not None:
-            delta = delta - jnp.einsum("bhck,bhvk->bhcv", x.w, s)
-        o = jnp.einsum("bhck,bhvk->bhcv", x.q_hat, s) + jnp.einsum("bhij,bhjv->bhiv", x.p, delta)
-        if x.decay is not None:
-            s = x.decay[..., None, None] * s
-        s = s + jnp.einsum("bhcv,bhck->bhvk", delta, x.k_tilde)
-        return s, o
+    PAPER §6.2 (GDN §3.1 Eqs. 6–9 with the gate of Eq. 10): with γ_r = Π_{j≤r} α_j inside the
+    chunk and Γ_ij = γ_i/γ_j (i ≥ j),
 
-    if remat:
-        step = jax.checkpoint(step)
-    return lax.scan(step, state, terms)  # o: [n, b, h, c, d_v]
+      T = [I + strictLower(diag(β)(Γ ⊙ K Kᵀ))]⁻¹ diag(β),  U = T V,  W = T diag(γ) K,
+      Δ = U − W Sᵀ,  O = diag(γ) Q Sᵀ + (Q Kᵀ ⊙ Γ ⊙ M) Δ,  S ← γ_c S + Δᵀ K̃,  k̃_r = (γ_c/γ_r) k_r.
+
+    T is never formed: the inverse of the unit lower-triangular factor (forward substitution,
+    :func:`_inverse_unit_lower`) multiplies diag(β) V and diag(β γ) K. The ungated delta rule is
+    ``log_alpha`` None (γ ≡ 1, Γ = M).
+
+    Args:
+      s: state at the chunk start [b, h, d_v, d_k].
+      q, k: [b, h, c, d_k]; v: [b, h, c, d_v]; beta: [b, h, c].
+      log_alpha: log α [b, h, c], or None for the ungated delta rule.
+
+    Returns:
+      ``(S_end, O)`` with O [b, h, c, d_v].
+    """
+    c = q.shape[-2]
+    k_beta = _scale_rows(beta, k)  # diag(β) K
+    kk = jnp.einsum("bhid,bhjd->bhij", k_beta, k)  # diag(β) K Kᵀ [b, h, c, c]
+    qk = jnp.einsum("bhid,bhjd->bhij", q, k)
+    if log_alpha is None:
+        causal = jnp.tril(jnp.ones((c, c), dtype=bool))
+        lower, p = kk, jnp.where(causal, qk, 0.0)
+        q_hat, k_write, k_tilde, decay = q, k_beta, k, None
+    else:
+        # Cumulative sums as products with 0/1 triangles (dot_generals in both directions):
+        # log γ_r = Σ_{j≤r} log α_j and log(γ_c/γ_r) = Σ_{j>r} log α_j.
+        upper = jnp.triu(jnp.ones((c, c), log_alpha.dtype))  # [j, r]: 1 where j ≤ r
+        log_gamma = jnp.einsum("bhj,jr->bhr", log_alpha, upper)
+        log_tail = jnp.einsum("bhj,jr->bhr", log_alpha, 1.0 - upper)
+        ratios = _decay_ratios(log_gamma)  # Γ ⊙ M
+        gamma = jnp.exp(log_gamma)
+        lower, p = ratios * kk, ratios * qk
+        q_hat, k_write = _scale_rows(gamma, q), _scale_rows(gamma, k_beta)
+        k_tilde = _scale_rows(jnp.exp(log_tail), k)
+        decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c [b, h]
+    inverse = _inverse_unit_lower(lower)  # strictly lower part used
+    u = inverse @ _scale_rows(beta, v)  # [b, h, c, d_v]
+    w = inverse @ k_write  # [b, h, c, d_k]
+    delta = u - jnp.einsum("bhck,bhvk->bhcv", w, s)
+    o = jnp.einsum("bhck,bhvk->bhcv", q_hat, s) + p @ delta
+    if decay is not None:
+        s = jnp.einsum("bh,bhvk->bhvk", decay, s)
+    return s + jnp.einsum("bhcv,bhck->bhvk", delta, k_tilde), o
 
 
 def _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, kind):
+    """Pads to whole chunks and carries S across them with ``lax.scan`` (one step per chunk)."""
     out_dtype, dtype = _dtypes(q, k, v)
     t = q.shape[1]
     state = _initial_state(initial_state, q, v, dtype)
-    qc = _to_chunks(q.astype(dtype), chunk_size)
-    kc = _to_chunks(k.astype(dtype), chunk_size)
-    vc = _to_chunks(v.astype(dtype), chunk_size)
     # Padded steps: k = v = 0, β = 0 and log α = 0 (α = 1), so they leave the state unchanged.
+    xs = [_to_chunks(x.astype(dtype), chunk_size) for x in (q, k, v)]
     if kind == "linear":
-        terms = _linear_terms(qc, kc, vc)
+        step = _linear_chunk
     else:
-        betac = _to_chunks(beta.astype(dtype), chunk_size)
-        log_alpha = None
-        if kind == "gated":
-            log_alpha = _to_chunks(_log_alpha(alpha, dtype), chunk_size)
-        terms = _delta_terms(qc, kc, vc, log_alpha, betac)
-    state, o = _chunk_scan(terms, state, remat)
+        xs.append(None if kind == "delta" else _to_chunks(_log_alpha(alpha, dtype), chunk_size))
+        xs.append(_to_chunks(beta.astype(dtype), chunk_size))
+        step = _delta_chunk
+    body = lambda s, x: step(s, *x)
+    if remat:
+        body = jax.checkpoint(body)
+    state, o = lax.scan(body, state, tuple(xs))  # o: [n, b, h, c, d_v]
     return _from_chunks(o, t).astype(out_dtype), state
 
 
-def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=False):
+def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=True):
     """Linear attention, chunk-parallel and exact.
 
     S_t = S_{t−1} + v_t k_tᵀ, o_t = S_t q_t (Eqs. 14–18, arXiv 2512.24695). Per chunk:
@@ -358,7 +390,8 @@ def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=False):
       v: values [b, t, h, d_v].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
-      remat: rematerialize each chunk step in the backward pass (saves activation memory).
+      remat: recompute each chunk step in the backward pass instead of storing its intra-chunk
+        terms (less memory; also faster on CPU at t ≥ 1024). The result is the same either way.
 
     Returns:
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k]
@@ -373,7 +406,7 @@ def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=False):
     return _chunked(q, k, v, None, None, initial_state, chunk_size, remat, "linear")
 
 
-def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=False):
+def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=True):
     """Delta rule (DeltaNet), chunk-parallel and exact.
 
     S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t (Eq. 65, arXiv 2512.24695, in the
@@ -388,7 +421,8 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=False):
       beta: step sizes β [b, t, h].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
-      remat: rematerialize each chunk step in the backward pass (saves activation memory).
+      remat: recompute each chunk step in the backward pass instead of storing its intra-chunk
+        terms (less memory; also faster on CPU at t ≥ 1024). The result is the same either way.
 
     Returns:
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k]
@@ -402,7 +436,7 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=False):
     return _chunked(q, k, v, None, beta, initial_state, chunk_size, remat, "delta")
 
 
-def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, remat=False):
+def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, remat=True):
     """Gated delta rule (Gated DeltaNet), chunk-parallel and exact.
 
     S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ, o_t = S_t q_t (GDN Eq. 10; the linear
@@ -419,7 +453,8 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
       beta: step sizes β [b, t, h].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
-      remat: rematerialize each chunk step in the backward pass (saves activation memory).
+      remat: recompute each chunk step in the backward pass instead of storing its intra-chunk
+        terms (less memory; also faster on CPU at t ≥ 1024). The result is the same either way.
 
     Returns:
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k]
