@@ -1,19 +1,61 @@
-"""Benchmark of the gated delta op: forward and forward+backward time per implementation.
+"""Benchmark of the gated delta op: kernels vs the XLA reference, forward and forward+backward.
 
-Run on a GPU (the planned measurement: T ∈ {2048, 8192}, d = 128, 8 heads, bf16):
+    python -m nestlearn.kernels.gated_delta.bench [--momentum] [--out gated_delta.json]
+    python -m nestlearn.kernels.gated_delta.bench --quick        # CPU smoke run (interpreter)
 
-    python -m nestlearn.kernels.gated_delta.bench --t 2048 8192 --d 128 --heads 8 \\
-        --dtype bfloat16 --implementations xla pallas_triton
+Defaults (the issue's shape): T ∈ {2048, 8192}, d_k = d_v = 128, 8 heads, batch 1, chunk 64,
+bf16, implementations ``xla`` and the platform's Pallas backend. Prints a table with achieved
+TFLOP/s and GB/s against the device's measured matmul and copy ceilings
+(:mod:`nestlearn.kernels.benchmarking`); ``python -m nestlearn.kernels.bench_all`` runs this with
+and without momentum together with the MLP-memory op.
 
-On CPU the Pallas backends only run interpreted (``--interpret``, tiny shapes; timings then
-measure the interpreter, not the kernel).
+Work per call (:func:`cost`), counted for the chunked algorithm as implemented
+(:func:`nestlearn.kernels.gated_delta.chunk.chunk_step`; both implementations run it): per
+sequence·head (b·h of them) and per chunk (N = ⌈T/c⌉ of them) of c tokens, with key/value widths
+d_k, d_v, s = ⌈log₂ c⌉ − 1 squarings in the triangular solve, and μ = 1 with momentum (0 without):
+
+    FLOPs_fwd     = 4c²d_k + 2c²d_v(2 + s) + 2c³s + 6(1 + μ) c d_k d_v
+    FLOPs_fwd+bwd = 3 FLOPs_fwd
+
+(matmul FLOPs only; a product's backward is two products of the same size; the Pallas path's
+recomputation of each chunk in its backward is work it does but not work counted). Bytes are the
+float32 operands the kernel reads and writes (inputs are cast to float32 before the kernel),
+per sequence·head, with terms = N(c(2d_k + d_v) + 2c² + 3c + 1 + μ(3c + 2)) elements (q, k, v, the
+c × c decay matrices Φ and Π, the per-token coefficients) and state size P = (1 + μ) d_v d_k:
+
+    bytes_fwd     = 4 (terms + N c d_v + 2P)                      (o; initial and final state)
+    bytes_fwd+bwd = bytes_fwd + 4 (2 terms + 2NP + N c d_v + 2P)  (chunk-start states written and
+                                                                   read, terms re-read, their
+                                                                   gradients written, dO, dS)
 """
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
 from nestlearn.kernels import benchmarking
+from nestlearn.kernels.benchmarking import Cost
 from nestlearn.kernels.gated_delta.api import gated_delta
+
+
+def _squarings(c: int) -> int:
+    """Products of N with itself in ``chunk.unit_lower_solve`` for a chunk of c tokens."""
+    return max(0, math.ceil(math.log2(c)) - 1) if c > 1 else 0
+
+
+def cost(*, b, t, h, d_k, d_v, chunk_size, momentum) -> tuple[Cost, Cost]:
+    """(forward, forward+backward) :class:`Cost` of one call (module docstring)."""
+    c, mu, s = chunk_size, int(bool(momentum)), _squarings(chunk_size)
+    chunks, bh = -(-t // c), b * h
+    flops = 4 * c**2 * d_k + 2 * c**2 * d_v * (2 + s) + 2 * c**3 * s + 6 * (1 + mu) * c * d_k * d_v
+    terms = chunks * (c * (2 * d_k + d_v) + 2 * c**2 + 3 * c + 1 + mu * (3 * c + 2))
+    state = (1 + mu) * d_v * d_k
+    out = chunks * c * d_v
+    fwd_bytes = 4 * bh * (terms + out + 2 * state)
+    bwd_bytes = 4 * bh * (2 * terms + 2 * chunks * state + out + 2 * state)
+    fwd_flops = bh * chunks * flops
+    return Cost(fwd_flops, fwd_bytes), Cost(3 * fwd_flops, fwd_bytes + bwd_bytes)
 
 
 def _inputs(key, b, t, h, d, dtype, momentum):
@@ -31,11 +73,8 @@ def _inputs(key, b, t, h, d, dtype, momentum):
     return args, mom
 
 
-def bench(*, implementation, b, t, h, d, dtype, chunk_size, momentum, interpret, repeats):
-    """Seconds per call: (forward, forward + backward)."""
+def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum):
     args, mom = _inputs(jax.random.key(0), b, t, h, d, dtype, momentum)
-    if interpret and implementation == "pallas_tpu":
-        interpret = pltpu.InterpretParams()
 
     def forward(args, mom):
         return gated_delta(
@@ -50,27 +89,40 @@ def bench(*, implementation, b, t, h, d, dtype, chunk_size, momentum, interpret,
         o, _ = forward(args, mom)
         return jnp.sum(o.astype(jnp.float32))
 
-    fwd = benchmarking.seconds_per_call(jax.jit(forward), args, mom, repeats=repeats)
-    bwd = benchmarking.seconds_per_call(jax.jit(jax.grad(loss)), args, mom, repeats=repeats)
-    return fwd, bwd
+    fwd, train = cost(b=b, t=t, h=h, d_k=d, d_v=d, chunk_size=chunk_size, momentum=momentum)
+    return dict(forward=forward, loss=loss, args=(args, mom), cost_fwd=fwd, cost_train=train)
+
+
+def cases(a, *, momentum: bool):
+    """The benchmark cases of parsed flags ``a`` (see :func:`benchmarking.run`)."""
+    shape = dict(b=a.batch, h=a.heads, d=a.d, dtype=a.dtype, chunk_size=a.chunk)
+    for t in a.t:
+        for impl in a.implementations:
+            interpret = a.interpret and impl != "xla"
+            make = functools.partial(
+                _make,
+                implementation=impl,
+                interpret=interpret,
+                t=t,
+                momentum=momentum,
+                **{**shape, "dtype": jnp.dtype(a.dtype)},
+            )
+            yield dict(
+                op="gated_delta",
+                variant="momentum" if momentum else "plain",
+                t=t,
+                implementation=impl,
+                interpret=interpret,
+                shape=shape,
+                make=make,
+            )
 
 
 def main(argv=None):
     p = benchmarking.parser(__doc__.splitlines()[0])
-    p.add_argument("--momentum", action="store_true")
-    a = p.parse_args(argv)
-    benchmarking.report(
-        a,
-        bench,
-        b=a.batch,
-        h=a.heads,
-        d=a.d,
-        dtype=jnp.dtype(a.dtype),
-        chunk_size=a.chunk,
-        interpret=a.interpret,
-        repeats=a.repeats,
-        momentum=a.momentum,
-    )
+    p.add_argument("--momentum", action="store_true", help="Titans momentum (linear memory)")
+    a = benchmarking.finish_args(p.parse_args(argv), argv)
+    benchmarking.report(benchmarking.run(cases(a, momentum=a.momentum), a), a.out)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,51 @@
-"""Benchmark of the MLP-memory op: forward and forward+backward time per implementation.
+"""Benchmark of the MLP-memory op: kernels vs the XLA reference, forward and forward+backward.
 
-    python -m nestlearn.kernels.mlp_memory.bench --t 2048 8192 --d 128 --hidden 256 --heads 8 \\
-        --dtype bfloat16 --implementations xla pallas_triton
+    python -m nestlearn.kernels.mlp_memory.bench [--hidden 256] [--out mlp_memory.json]
+    python -m nestlearn.kernels.mlp_memory.bench --quick          # CPU smoke run (interpreter)
 
-On CPU the Pallas backends only run interpreted (``--interpret``, tiny shapes).
+Defaults: T ∈ {2048, 8192}, d_in = d_out = 128, hidden 256, 8 heads, batch 1, chunk 64, bf16,
+residual memory (Hope Eqs. 89/91), implementations ``xla`` and the platform's Pallas backend; the
+table reports achieved TFLOP/s and GB/s against the device's measured ceilings
+(:mod:`nestlearn.kernels.benchmarking`).
+
+Work per call (:func:`cost`), counted for the chunked algorithm as implemented
+(:func:`nestlearn.kernels.mlp_memory.chunk.chunk_step`): per sequence·head (b·h) and chunk
+(N = ⌈T/c⌉) of c tokens with widths d_in, d_out and hidden width n — the read-out σ(Q W₂ᵀ) W₁ᵀ,
+the prediction at the keys, the back-propagated residual R W₁ and the two coefficient-weighted
+gradient sums (weights and momentum), each Rᵀ diag(·) A and (R W₁ ⊙ σ')ᵀ diag(·) K:
+
+    FLOPs_fwd     = c n (8 d_in + 10 d_out)
+    FLOPs_fwd+bwd = 3 FLOPs_fwd
+
+(matmul FLOPs only; the Pallas path's recomputation in the backward is not counted). Bytes are
+the float32 operands the kernel reads and writes, per sequence·head, with
+terms = N(c(2 d_in + d_out + 2) + 3) elements (q, k, v, two per-token and three per-chunk
+coefficients) and state size P = 2n(d_in + d_out) (weights and momentum):
+
+    bytes_fwd     = 4 (terms + N c d_out + 2P)
+    bytes_fwd+bwd = bytes_fwd + 4 (2 terms + 2NP + N c d_out + 2P)
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
 from nestlearn.kernels import benchmarking
+from nestlearn.kernels.benchmarking import Cost
 from nestlearn.kernels.mlp_memory.api import mlp_memory
+
+
+def cost(*, b, t, h, d_in, d_out, hidden, chunk_size) -> tuple[Cost, Cost]:
+    """(forward, forward+backward) :class:`Cost` of one call (module docstring)."""
+    c, n = chunk_size, hidden
+    chunks, bh = -(-t // c), b * h
+    terms = chunks * (c * (2 * d_in + d_out + 2) + 3)
+    state = 2 * n * (d_in + d_out)
+    out = chunks * c * d_out
+    fwd_flops = bh * chunks * c * n * (8 * d_in + 10 * d_out)
+    fwd_bytes = 4 * bh * (terms + out + 2 * state)
+    bwd_bytes = 4 * bh * (2 * terms + 2 * chunks * state + out + 2 * state)
+    return Cost(fwd_flops, fwd_bytes), Cost(3 * fwd_flops, fwd_bytes + bwd_bytes)
 
 
 def _inputs(key, b, t, h, d, hidden, dtype):
@@ -31,11 +66,8 @@ def _inputs(key, b, t, h, d, hidden, dtype):
     return args, params
 
 
-def bench(*, implementation, b, t, h, d, hidden, dtype, chunk_size, interpret, repeats):
-    """Seconds per call: (forward, forward + backward)."""
+def _make(*, implementation, interpret, b, t, h, d, hidden, dtype, chunk_size):
     args, params = _inputs(jax.random.key(0), b, t, h, d, hidden, dtype)
-    if interpret and implementation == "pallas_tpu":
-        interpret = pltpu.InterpretParams()
 
     def forward(args, params):
         return mlp_memory(
@@ -51,29 +83,39 @@ def bench(*, implementation, b, t, h, d, hidden, dtype, chunk_size, interpret, r
         o, _ = forward(args, params)
         return jnp.sum(o.astype(jnp.float32))
 
-    fwd = benchmarking.seconds_per_call(jax.jit(forward), args, params, repeats=repeats)
-    bwd = benchmarking.seconds_per_call(
-        jax.jit(jax.grad(loss, argnums=(0, 1))), args, params, repeats=repeats
-    )
-    return fwd, bwd
+    fwd, train = cost(b=b, t=t, h=h, d_in=d, d_out=d, hidden=hidden, chunk_size=chunk_size)
+    return dict(forward=forward, loss=loss, args=(args, params), cost_fwd=fwd, cost_train=train)
+
+
+def cases(a):
+    """The benchmark cases of parsed flags ``a`` (see :func:`benchmarking.run`)."""
+    shape = dict(b=a.batch, h=a.heads, d=a.d, hidden=a.hidden, dtype=a.dtype, chunk_size=a.chunk)
+    for t in a.t:
+        for impl in a.implementations:
+            interpret = a.interpret and impl != "xla"
+            make = functools.partial(
+                _make,
+                implementation=impl,
+                interpret=interpret,
+                t=t,
+                **{**shape, "dtype": jnp.dtype(a.dtype)},
+            )
+            yield dict(
+                op="mlp_memory",
+                variant=f"residual, hidden {a.hidden}",
+                t=t,
+                implementation=impl,
+                interpret=interpret,
+                shape=shape,
+                make=make,
+            )
 
 
 def main(argv=None):
     p = benchmarking.parser(__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=256)
-    a = p.parse_args(argv)
-    benchmarking.report(
-        a,
-        bench,
-        b=a.batch,
-        h=a.heads,
-        d=a.d,
-        dtype=jnp.dtype(a.dtype),
-        chunk_size=a.chunk,
-        interpret=a.interpret,
-        repeats=a.repeats,
-        hidden=a.hidden,
-    )
+    a = benchmarking.finish_args(p.parse_args(argv), argv)
+    benchmarking.report(benchmarking.run(cases(a), a), a.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ coefficient-weighted chunk losses (``rules.TokenGradients``): for an MLP memory,
 architecture and objective; the decay/momentum coefficients come from a recursive-doubling scan
 over the chunk's scalars (``rules._momentum_coefficients``).
 
+Kernel path. ``kernel_impl`` (``"auto" | "xla" | "pallas"``, :mod:`nestlearn.kernels.kernel_impl`)
+runs the same memory with the Pallas op :func:`nestlearn.kernels.mlp_memory` where it covers the
+configuration: a two-layer bias-free SiLU MLP (``architectures.mlp(2, n, "silu")``, or the
+residual ``architectures.residual_mlp(n, "silu")`` of Hope Eqs. 89/91), the ℓ2 objective and
+writes that are backpropagated through (:func:`kernel_support` says why anything else is not).
+The op computes exactly these equations (equal to the XLA path to float64 rounding).
+
 Layout: b batch, t tokens, h heads, d width.
 """
 
@@ -23,7 +30,9 @@ from typing import Any, NamedTuple
 
 import jax
 
-from nestlearn.memory import objectives, rules
+from nestlearn.kernels import kernel_impl as kernel_switch
+from nestlearn.kernels.mlp_memory import MLPMemoryState, mlp_memory
+from nestlearn.memory import architectures, objectives, rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
 from nestlearn.memory.scan import MemoryState, scan
@@ -34,6 +43,57 @@ class TitansState(NamedTuple):
 
     weights: Any  # pytree like params with leading [b, h, ...]: memory weights M_t
     momentum: Any  # pytree like params with leading [b, h, ...]: momentum S_t (Eq. 10)
+
+
+def kernel_support(
+    arch: MemoryArch,
+    params: Any,
+    *,
+    objective: str | Objective = "l2",
+    stop_gradient_writes: bool = False,
+) -> str | None:
+    """Why :func:`nestlearn.kernels.mlp_memory` cannot run this memory, or None when it can.
+
+    Covered: ``architectures.mlp(2, n, "silu")`` or ``architectures.residual_mlp(n, "silu")``
+    (recognised by rebuilding the architecture from the hidden width of ``params`` and comparing
+    names), ``objective`` ℓ2 (Titans Eq. 12), ``stop_gradient_writes=False``.
+    """
+    reasons = []
+    name = objectives.get(objective).name
+    if name != "l2":
+        reasons.append(f"objective={name!r} (the op implements the l2 bias, Titans Eq. 12)")
+    if stop_gradient_writes:
+        reasons.append("stop_gradient_writes=True (the op always backpropagates through writes)")
+    if _kernel_layout(arch, params) is None:
+        reasons.append(
+            f"arch={arch.name!r} (the op implements a 2-layer bias-free SiLU MLP, plain or "
+            "residual; a linear memory (depth 1) reads the chunk-start weights and takes "
+            "chunk-start gradients, Titans Eq. 16, which the exact token recurrence of "
+            "nestlearn.kernels.gated_delta does not compute)"
+        )
+    return "; ".join(reasons) or None
+
+
+def _kernel_layout(arch: MemoryArch, params: Any) -> bool | None:
+    """``residual`` for the op when it covers ``arch`` (with these params), else None."""
+    keys = set(params) if isinstance(params, dict) else set()
+    if keys == {"w0", "w1"} and params["w0"].ndim == 3:
+        if arch.name == architectures.mlp(2, params["w0"].shape[1], "silu").name:
+            return False
+    if keys == {"w1", "w2"} and params["w2"].ndim == 3:
+        if arch.name == architectures.residual_mlp(params["w2"].shape[1], "silu").name:
+            return True
+    return None
+
+
+def _to_kernel(tree: dict, residual: bool) -> dict:
+    """Weights in the layout of ``arch`` → the op's {"w1": output side, "w2": input side}."""
+    return dict(tree) if residual else {"w1": tree["w1"], "w2": tree["w0"]}
+
+
+def _from_kernel(tree: dict, residual: bool) -> dict:
+    """The op's weights → the layout of ``arch`` (inverse of :func:`_to_kernel`)."""
+    return dict(tree) if residual else {"w0": tree["w2"], "w1": tree["w1"]}
 
 
 def titans_memory(
@@ -51,6 +111,7 @@ def titans_memory(
     objective: str | Objective = "l2",
     stop_gradient_writes: bool = False,
     remat: bool = True,
+    kernel_impl: str = "auto",
 ) -> tuple[jax.Array, TitansState]:
     """Titans' memory layer: write with momentum and forgetting, read the chunk-start weights.
 
@@ -69,11 +130,54 @@ def titans_memory(
       stop_gradient_writes: do not backpropagate through the writes (DESIGN §4).
       remat: rematerialize each chunk in the backward pass (default: on CPU the recomputed
         forward costs less than storing and copying the per-chunk activations; results are
-        identical either way).
+        identical either way). Unused by the kernel path, whose backward always recomputes
+        each chunk from the saved chunk-start states.
+      kernel_impl: ``"auto"`` (the Pallas op on GPU/TPU when it covers the configuration, else
+        this XLA path; always XLA on CPU), ``"xla"``, or ``"pallas"`` (the op on this platform's
+        Pallas backend; ValueError when :func:`kernel_support` gives a reason or the platform has
+        none). See :mod:`nestlearn.kernels.kernel_impl`.
 
     Returns:
       ``(o [b, t, h, d_out], TitansState)``.
+
+    Raises:
+      ValueError: a bad ``initial_state``, ``objective`` or ``kernel_impl``, or
+        ``kernel_impl="pallas"`` where it cannot run.
     """
+    if initial_state is not None and not isinstance(initial_state, TitansState):
+        raise ValueError(f"initial_state must be a TitansState, got {type(initial_state)}")
+    unsupported = kernel_support(
+        arch, params, objective=objective, stop_gradient_writes=stop_gradient_writes
+    )
+    backend = kernel_switch.resolve(
+        kernel_impl,
+        what=f"titans_memory(arch={arch.name!r})",
+        unsupported=unsupported,
+        chunk_size=chunk_size,
+    )
+    if backend is not None:
+        residual = _kernel_layout(arch, params)
+        kernel_state = None
+        if initial_state is not None:
+            kernel_state = MLPMemoryState(
+                _to_kernel(initial_state.weights, residual),
+                _to_kernel(initial_state.momentum, residual),
+            )
+        o, final = mlp_memory(
+            q,
+            k,
+            v,
+            theta,
+            alpha,
+            eta,
+            params=_to_kernel(params, residual),
+            chunk_size=chunk_size,
+            initial_state=kernel_state,
+            residual=residual,
+            **backend.kwargs(),
+        )
+        weights = _from_kernel(final.weights, residual)
+        return o, TitansState(weights, _from_kernel(final.momentum, residual))
     inputs = {
         "q": q,
         "k": k,
@@ -84,8 +188,6 @@ def titans_memory(
     }
     state = None
     if initial_state is not None:
-        if not isinstance(initial_state, TitansState):
-            raise ValueError(f"initial_state must be a TitansState, got {type(initial_state)}")
         state = MemoryState(
             initial_state.weights, rules.MomentumState(initial_state.momentum), None
         )

@@ -21,6 +21,14 @@ at the chunk-start weights, so a chunk's writes depend on all of its tokens; the
 tokens seen so far, which the next call recomputes. Feeding a sequence in pieces of any length
 therefore equals one call.
 
+`kernel_impl` ("auto" | "xla" | "pallas", `nestlearn.kernels.kernel_impl`) picks where a memory
+runs: "xla" is the pure-JAX memory of `nestlearn.memory`; "pallas" is the `nestlearn.kernels` op on
+this platform's Pallas backend, failing loudly where it cannot run; "auto" is the op on GPU/TPU
+when it covers the memory, else (always on CPU) the pure-JAX memory. Linear attention, DeltaNet and
+Gated DeltaNet all run on `gated_delta`; Titans' 2-layer SiLU MLP memory on `mlp_memory`; the
+linear Titans memory and the self-modifying memory have no kernel. Every path gives the same state
+layout, so a stream may switch between them.
+
 Shapes: b batch, t tokens, h heads, d model width, d_h head width, c chunk, g gates.
 """
 
@@ -35,11 +43,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from nestlearn.kernels.gated_delta import gated_delta
+from nestlearn.kernels import kernel_impl as kernel_switch
+from nestlearn.kernels.gated_delta import GatedDeltaState, gated_delta
 from nestlearn.memory import architectures, matrix_memory, self_modifying, titans
 from nestlearn.models.layers import OutputGate, ShortConv, compute_dtype, l2_normalize
 
-KERNEL_IMPLS = ("auto", "xla", "pallas")
+KERNEL_IMPLS = kernel_switch.KERNEL_IMPLS
 
 
 class MixerState(NamedTuple):
@@ -262,7 +271,21 @@ class Mixer(nnx.Module):
 
 
 class _MatrixMixer(Mixer):
-    """A mixer over a matrix memory S [b, h, d_h, d_h] that is exact per token."""
+    """A mixer over a matrix memory S [b, h, d_h, d_h] that is exact per token.
+
+    Every such memory is a case of the gated delta rule with momentum that
+    `nestlearn.kernels.gated_delta` computes; `kernel_impl` (module docstring) chooses between it
+    and the `nestlearn.memory.matrix_memory` form, `kernel_backend` resolves the choice.
+    """
+
+    def __init__(self, d_model: int, *, kernel_impl: str = "auto", **kwargs):
+        self.kernel_impl = kernel_switch.check_kernel_impl(kernel_impl)
+        super().__init__(d_model, **kwargs)
+
+    def kernel_backend(self) -> kernel_switch.Backend | None:
+        """The `gated_delta` backend for `kernel_impl`, or None for `nestlearn.memory`."""
+        return kernel_switch.resolve(self.kernel_impl, what=type(self).__name__,
+                                     chunk_size=self.chunk_size)
 
     def memory_init(self, batch_size: int) -> jax.Array:
         return jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32)
@@ -276,6 +299,10 @@ class _MatrixMixer(Mixer):
 class LinearAttention(_MatrixMixer):
     """Linear attention, S_t = S_{t−1} + v_t k_tᵀ, o_t = S_t q_t (Eqs. 14–18, arXiv 2512.24695).
 
+    On the kernel path this is `gated_delta` with α ≡ 0, β ≡ 1 and momentum decay m ≡ 1:
+    e_t = v_t (the erase reads 0·S), Z_t = Z_{t−1} + v_t k_tᵀ and S_t = 0·S_{t−1} + Z_t = Z_t,
+    exactly linear attention with the state carried as both S and Z.
+
     Example:
       >>> mixer = LinearAttention(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
       >>> y, state = mixer(jnp.ones((2, 10, 32)))
@@ -284,14 +311,22 @@ class LinearAttention(_MatrixMixer):
     def memory(self, inputs, gates, state):
         del gates
         q, k, v = self.qkv(inputs)
-        return matrix_memory.linear_attention(q, k, v, chunk_size=self.chunk_size,
-                                              initial_state=state)
+        backend = self.kernel_backend()
+        if backend is None:
+            return matrix_memory.linear_attention(q, k, v, chunk_size=self.chunk_size,
+                                                  initial_state=state)
+        s0 = self.memory_init(q.shape[0]) if state is None else state
+        ones = jnp.ones(q.shape[:3], jnp.float32)
+        o, final = gated_delta(q, k, v, jnp.zeros_like(ones), ones, momentum=ones,
+                               chunk_size=self.chunk_size, initial_state=GatedDeltaState(s0, s0),
+                               **backend.kwargs())
+        return o, final.memory
 
 
 class DeltaNet(_MatrixMixer):
     """DeltaNet, S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, β_t = sigmoid(x_t w_β + b_β).
 
-    Eq. 65, arXiv 2512.24695; GDN §3.1. Example:
+    Eq. 65, arXiv 2512.24695; GDN §3.1. On the kernel path: `gated_delta` with α ≡ 1. Example:
       >>> mixer = DeltaNet(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
       >>> y, state = mixer(jnp.ones((2, 10, 32)))
     """
@@ -301,18 +336,20 @@ class DeltaNet(_MatrixMixer):
     def memory(self, inputs, gates, state):
         q, k, v = self.qkv(inputs)
         beta = jax.nn.sigmoid(gates[:, :, 0])
-        return matrix_memory.delta_rule(q, k, v, beta, chunk_size=self.chunk_size,
-                                        initial_state=state)
+        backend = self.kernel_backend()
+        if backend is None:
+            return matrix_memory.delta_rule(q, k, v, beta, chunk_size=self.chunk_size,
+                                            initial_state=state)
+        return gated_delta(q, k, v, jnp.ones_like(beta), beta, chunk_size=self.chunk_size,
+                           initial_state=state, **backend.kwargs())
 
 
 class GatedDeltaNet(_MatrixMixer):
     """Gated DeltaNet, S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ (GDN Eq. 10).
 
     α_t = sigmoid(x_t w_α + b_α) with b_α = `ALPHA_BIAS` (α ≈ 0.98 at init), β_t = sigmoid(·).
-    `kernel_impl` picks the implementation: "xla" is `nestlearn.memory.gated_delta_rule`;
-    "pallas" is the `nestlearn.kernels` gated delta kernel for this platform (fails loudly where
-    it cannot run); "auto" is "xla" on CPU and the kernel's default order (with fallback)
-    elsewhere. All give the same state layout, so a stream may switch between them.
+    `kernel_impl` (module docstring): "xla" is `nestlearn.memory.gated_delta_rule`, the kernel
+    path `nestlearn.kernels.gated_delta`.
 
     Example:
       >>> mixer = GatedDeltaNet(32, num_heads=2, head_dim=16, chunk_size=16, rngs=nnx.Rngs(0))
@@ -322,25 +359,16 @@ class GatedDeltaNet(_MatrixMixer):
     ALPHA_BIAS = 4.0
     gate_biases = (ALPHA_BIAS, 0.0)  # α, β
 
-    def __init__(self, d_model: int, *, kernel_impl: str = "auto", **kwargs):
-        if kernel_impl not in KERNEL_IMPLS:
-            raise ValueError(f"kernel_impl={kernel_impl!r} is not one of {KERNEL_IMPLS}")
-        self.kernel_impl = kernel_impl
-        super().__init__(d_model, **kwargs)
-
     def memory(self, inputs, gates, state):
         q, k, v = self.qkv(inputs)
         alpha = jax.nn.sigmoid(gates[:, :, 0])
         beta = jax.nn.sigmoid(gates[:, :, 1])
-        backend = jax.default_backend()
-        if self.kernel_impl == "xla" or (self.kernel_impl == "auto" and backend == "cpu"):
+        backend = self.kernel_backend()
+        if backend is None:
             return matrix_memory.gated_delta_rule(q, k, v, alpha, beta, chunk_size=self.chunk_size,
                                                   initial_state=state)
-        implementation = None
-        if self.kernel_impl == "pallas":
-            implementation = "pallas_tpu" if backend == "tpu" else "pallas_triton"
         return gated_delta(q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state,
-                           implementation=implementation)
+                           **backend.kwargs())
 
 
 def titans_memory_config() -> ml_collections.ConfigDict:
@@ -375,6 +403,29 @@ def titans_arch(memory: ml_collections.ConfigDict, head_dim: int) -> architectur
         return architectures.matrix()
     hidden = max(1, round(memory.expansion * head_dim))
     return architectures.mlp(memory.depth, hidden, memory.activation)
+
+
+def check_titans_kernel(
+    kernel_impl: str, memory: ml_collections.ConfigDict, arch: architectures.MemoryArch, params: Any
+) -> str:
+    """Returns `kernel_impl` once checked against a Titans `memory` sub-config.
+
+    Raises:
+      ValueError: `kernel_impl` is not one of `KERNEL_IMPLS`, or is "pallas" for a memory that no
+        kernel covers (`titans.kernel_support` gives the reason, e.g. `memory.depth` 1).
+    """
+    kernel_switch.check_kernel_impl(kernel_impl)
+    if kernel_impl == "pallas":
+        reason = titans.kernel_support(arch, params,
+                                       stop_gradient_writes=bool(memory.stop_gradient_writes))
+        if reason:
+            raise ValueError(
+                f"kernel_impl='pallas' with memory.depth={memory.depth}, "
+                f"memory.activation={memory.activation!r}, "
+                f"memory.stop_gradient_writes={memory.stop_gradient_writes}: no Pallas kernel "
+                f"covers this memory: {reason}; use 'auto' or 'xla'"
+            )
+    return kernel_impl
 
 
 class TitansInputs(NamedTuple):
@@ -422,7 +473,9 @@ class TitansMemory(Mixer):
 
     M_t = (1 − α_t) M_{t−1} + S_t, S_t = η_t S_{t−1} − θ_t ∇‖M_{t'}(k_t) − v_t‖²; y_t = M_{t'}(q_t)
     with t' the start of t's chunk (`nestlearn.memory.titans_memory`). The initial memory weights
-    [h, ...] are meta-learned `nnx.Param`s under `memory_params/`.
+    [h, ...] are meta-learned `nnx.Param`s under `memory_params/`. `kernel_impl` (module
+    docstring) is passed to `titans_memory`; "pallas" with a memory no kernel covers (e.g.
+    `memory.depth` 1) is rejected here, at construction.
 
     Example:
       >>> mixer = TitansMemory(32, num_heads=2, head_dim=16, chunk_size=8, rngs=nnx.Rngs(0))
@@ -437,6 +490,7 @@ class TitansMemory(Mixer):
         d_model: int,
         *,
         memory: ml_collections.ConfigDict | None = None,
+        kernel_impl: str = "auto",
         rngs: nnx.Rngs,
         **kwargs,
     ):
@@ -447,6 +501,7 @@ class TitansMemory(Mixer):
         self.stop_gradient_writes = bool(memory.stop_gradient_writes)
         params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
                                 d_out=self.head_dim)
+        self.kernel_impl = check_titans_kernel(kernel_impl, memory, self.arch, params)
         self.memory_params = param_tree(params)
 
     def memory_init(self, batch_size: int) -> ChunkStream:
@@ -466,6 +521,7 @@ class TitansMemory(Mixer):
             xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
             params=param_values(self.memory_params), chunk_size=self.chunk_size,
             initial_state=state, stop_gradient_writes=self.stop_gradient_writes,
+            kernel_impl=self.kernel_impl,
         )
 
     def memory(self, inputs, gates, state):

@@ -3,8 +3,8 @@
 All blocks are pre-norm residual (Titans §4.4: residual connections in all blocks; PAPER §9 item 9)
 and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
 
-- `deltanet`, `gated_deltanet` (GDN §3.4): x ← x + Mixer(RMSNorm(x)), Mixer = `DeltaNet` /
-  `GatedDeltaNet`.
+- `linear_attention`, `deltanet`, `gated_deltanet` (GDN §3.4): x ← x + Mixer(RMSNorm(x)),
+  Mixer = `LinearAttention` / `DeltaNet` / `GatedDeltaNet`.
 - `titans_lmm` (Titans §4, "LMM"): the long-term memory alone, x ← x + `TitansMemory`(RMSNorm(x)).
 - `titans_mac`, memory as context (Titans Eqs. 21–25): the sequence is cut into segments of
   C = `chunk_size` tokens. For segment s with memory M_{s−1} (the memory after segment s − 1):
@@ -23,6 +23,12 @@ and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
   initial memory.
 - `titans_mal`, memory as layer (Titans Eqs. 29–31): x ← x + LMM(RMSNorm(x)), then
   x ← x + SWA*(RMSNorm(x)).
+
+`kernel_impl` (`nestlearn.models.mixers` module docstring) selects the memory implementation of
+every block: the matrix mixers run on `nestlearn.kernels.gated_delta`, the Titans memory (LMM,
+MAC, MAG, MAL) with its default 2-layer SiLU MLP on `nestlearn.kernels.mlp_memory`; "pallas" with
+`memory.depth` 1 (or `stop_gradient_writes`) is rejected at construction. Softmax attention
+(MAC/MAG/MAL) is XLA whatever `kernel_impl` says.
 
 Shapes: b batch, t tokens, h heads, d model width, d_h head width, C segment length.
 """
@@ -51,11 +57,13 @@ from nestlearn.models.mixers import (
     ChunkStream,
     DeltaNet,
     GatedDeltaNet,
+    LinearAttention,
     Mixer,
     MixerState,
     TitansGating,
     TitansMemory,
     broadcast_batch,
+    check_titans_kernel,
     chunk_aligned,
     gate_bias_init,
     param_tree,
@@ -106,7 +114,8 @@ class MixerBlock(nnx.Module):
 
     def make_mixer(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Mixer:
         """Builds the mixer of a model config."""
-        return self.mixer_cls(config.d_model, **_mixer_kwargs(config), rngs=rngs)
+        return self.mixer_cls(config.d_model, kernel_impl=config.kernel_impl,
+                              **_mixer_kwargs(config), rngs=rngs)
 
     def init_state(self, batch_size: int) -> MixerState:
         """The mixer state of `batch_size` fresh sequences."""
@@ -116,6 +125,12 @@ class MixerBlock(nnx.Module):
         """Args: x [b, t, d]; state or None. Returns (y [b, t, d], new state)."""
         h, state = self.mixer(self.norm(x), state)
         return self.ffn(x + h.astype(x.dtype)), state
+
+
+class LinearAttentionBlock(MixerBlock):
+    """Linear-attention baseline block: `LinearAttention` mixer + SwiGLU (GDN §3.4 layout)."""
+
+    mixer_cls = LinearAttention
 
 
 class DeltaNetBlock(MixerBlock):
@@ -129,10 +144,6 @@ class GatedDeltaNetBlock(MixerBlock):
 
     mixer_cls = GatedDeltaNet
 
-    def make_mixer(self, config, *, rngs):
-        return GatedDeltaNet(config.d_model, kernel_impl=config.kernel_impl,
-                             **_mixer_kwargs(config), rngs=rngs)
-
 
 class TitansLMMBlock(MixerBlock):
     """Titans (LMM): the neural long-term memory as the mixer, + SwiGLU (Titans §4)."""
@@ -140,8 +151,8 @@ class TitansLMMBlock(MixerBlock):
     mixer_cls = TitansMemory
 
     def make_mixer(self, config, *, rngs):
-        return TitansMemory(config.d_model, memory=config.memory, **_mixer_kwargs(config),
-                            rngs=rngs)
+        return TitansMemory(config.d_model, memory=config.memory, kernel_impl=config.kernel_impl,
+                            **_mixer_kwargs(config), rngs=rngs)
 
 
 def _gate(norm_y: RMSNorm, norm_m: RMSNorm, y: jax.Array, m: jax.Array) -> jax.Array:
@@ -156,7 +167,8 @@ class MAGBlock(nnx.Module):
         d = config.d_model
         self.norm = RMSNorm(d)
         self.attn = _swa(config, rngs=rngs)
-        self.memory = TitansMemory(d, memory=config.memory, **_mixer_kwargs(config), rngs=rngs)
+        self.memory = TitansMemory(d, memory=config.memory, kernel_impl=config.kernel_impl,
+                                   **_mixer_kwargs(config), rngs=rngs)
         self.norm_y = RMSNorm(d)
         self.norm_m = RMSNorm(d)
         self.ffn = _FeedForward(config, rngs=rngs)
@@ -181,7 +193,8 @@ class MALBlock(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
         self.memory_norm = RMSNorm(d)
-        self.memory = TitansMemory(d, memory=config.memory, **_mixer_kwargs(config), rngs=rngs)
+        self.memory = TitansMemory(d, memory=config.memory, kernel_impl=config.kernel_impl,
+                                   **_mixer_kwargs(config), rngs=rngs)
         self.attn_norm = RMSNorm(d)
         self.attn = _swa(config, rngs=rngs)
         self.ffn = _FeedForward(config, rngs=rngs)
@@ -235,10 +248,10 @@ class MACBlock(nnx.Module):
         self.arch = titans_arch(config.memory, self.head_dim)
         self.gating = TitansGating.from_config(config.memory, self.segment)
         self.stop_gradient_writes = bool(config.memory.stop_gradient_writes)
-        self.memory_params = param_tree(
-            self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
-                           d_out=self.head_dim)
-        )
+        params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
+                                d_out=self.head_dim)
+        self.kernel_impl = check_titans_kernel(config.kernel_impl, config.memory, self.arch, params)
+        self.memory_params = param_tree(params)
         self.norm_y = RMSNorm(d)
         self.norm_m = RMSNorm(d)
         self.ffn = _FeedForward(config, rngs=rngs)
@@ -293,7 +306,7 @@ class MACBlock(nnx.Module):
         m, memory = titans_lib.titans_memory(
             xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
             params=param_values(self.memory_params), chunk_size=self.segment, initial_state=memory,
-            stop_gradient_writes=self.stop_gradient_writes,
+            stop_gradient_writes=self.stop_gradient_writes, kernel_impl=self.kernel_impl,
         )
         m = matmul(m.reshape(b, c, -1).astype(self.dtype), self.memory_out.kernel[...])
         return _gate(self.norm_y, self.norm_m, y, m), memory
@@ -331,6 +344,11 @@ def _titans_config(name: str, *, attention: bool) -> ml_collections.ConfigDict:
     return config
 
 
+def default_linear_attention_config() -> ml_collections.ConfigDict:
+    """Default model config of `linear_attention`."""
+    return base_config("linear_attention")
+
+
 def default_deltanet_config() -> ml_collections.ConfigDict:
     """Default model config of `deltanet`."""
     return base_config("deltanet")
@@ -364,6 +382,7 @@ def default_titans_mal_config() -> ml_collections.ConfigDict:
     return _titans_config("titans_mal", attention=True)
 
 
+register("linear_attention", LinearAttentionBlock, default_linear_attention_config)
 register("deltanet", DeltaNetBlock, default_deltanet_config)
 register("gated_deltanet", GatedDeltaNetBlock, default_gated_deltanet_config)
 register("titans_lmm", TitansLMMBlock, default_titans_lmm_config)
