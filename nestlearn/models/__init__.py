@@ -52,6 +52,7 @@ from nestlearn.models.registry import (
 from nestlearn.models.titans import (
     DeltaNetBlock,
     GatedDeltaNetBlock,
+    LinearAttentionBlock,
     MACBlock,
     MAGBlock,
     MALBlock,
@@ -76,6 +77,7 @@ __all__ = [
     "LMState",
     "LanguageModel",
     "LinearAttention",
+    "LinearAttentionBlock",
     "MACBlock",
     "MAGBlock",
     "MALBlock",
