@@ -36,6 +36,7 @@ from nestlearn.memory import architectures, objectives, rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
 from nestlearn.memory.scan import MemoryState, scan
+from nestlearn.parallel.sharded_kernel import sharded_kernel
 
 
 class TitansState(NamedTuple):
@@ -163,7 +164,7 @@ def titans_memory(
                 _to_kernel(initial_state.weights, residual),
                 _to_kernel(initial_state.momentum, residual),
             )
-        o, final = mlp_memory(
+        o, final = sharded_kernel(mlp_memory)(
             q,
             k,
             v,

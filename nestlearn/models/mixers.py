@@ -47,8 +47,11 @@ from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels.gated_delta import GatedDeltaState, gated_delta
 from nestlearn.memory import architectures, matrix_memory, self_modifying, titans
 from nestlearn.models.layers import OutputGate, ShortConv, compute_dtype, l2_normalize
+from nestlearn.parallel import sharded_kernel
 
 KERNEL_IMPLS = kernel_switch.KERNEL_IMPLS
+# The kernel op, under `jax.shard_map` when a mesh is active (`nestlearn.parallel.mesh_context`).
+_gated_delta = sharded_kernel(gated_delta)
 
 
 class MixerState(NamedTuple):
@@ -317,7 +320,7 @@ class LinearAttention(_MatrixMixer):
                                                   initial_state=state)
         s0 = self.memory_init(q.shape[0]) if state is None else state
         ones = jnp.ones(q.shape[:3], jnp.float32)
-        o, final = gated_delta(q, k, v, jnp.zeros_like(ones), ones, momentum=ones,
+        o, final = _gated_delta(q, k, v, jnp.zeros_like(ones), ones, momentum=ones,
                                chunk_size=self.chunk_size, initial_state=GatedDeltaState(s0, s0),
                                **backend.kwargs())
         return o, final.memory
@@ -340,7 +343,7 @@ class DeltaNet(_MatrixMixer):
         if backend is None:
             return matrix_memory.delta_rule(q, k, v, beta, chunk_size=self.chunk_size,
                                             initial_state=state)
-        return gated_delta(q, k, v, jnp.ones_like(beta), beta, chunk_size=self.chunk_size,
+        return _gated_delta(q, k, v, jnp.ones_like(beta), beta, chunk_size=self.chunk_size,
                            initial_state=state, **backend.kwargs())
 
 
@@ -367,7 +370,7 @@ class GatedDeltaNet(_MatrixMixer):
         if backend is None:
             return matrix_memory.gated_delta_rule(q, k, v, alpha, beta, chunk_size=self.chunk_size,
                                                   initial_state=state)
-        return gated_delta(q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state,
+        return _gated_delta(q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state,
                            **backend.kwargs())
 
 

@@ -50,18 +50,30 @@ class MetricWriter:
       workdir: the run directory.
       resume_step: records with a step above it are dropped first (None: start a new file).
       tensorboard: also write TensorBoard event files.
+      primary: whether this process writes files. In a multi-host run only process 0 is primary;
+        the others keep the records in memory (`records`) so every process sees the same ones.
     """
 
-    def __init__(self, workdir: str | Path, *, resume_step: int | None, tensorboard: bool = True):
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        resume_step: int | None,
+        tensorboard: bool = True,
+        primary: bool = True,
+    ):
         self.path = Path(workdir) / "metrics.jsonl"
-        kept = (
+        self.primary = primary
+        self.records: list[dict[str, Any]] = (
             []
             if resume_step is None
             else [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
         )
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self._tb = None
+        if not primary:
+            return
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
         self._file = open(self.path, "a")  # closed in close()
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -70,6 +82,9 @@ class MetricWriter:
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
         """Appends one record (flushed) and returns it."""
         record = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in metrics.items()}}
+        self.records.append(record)
+        if self._file is None:
+            return record
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -79,6 +94,7 @@ class MetricWriter:
         return record
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()

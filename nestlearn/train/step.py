@@ -13,7 +13,9 @@ Sharding (`mesh=`, see `nestlearn.parallel`): the steps are compiled with in/out
 params and optimizer state by the logical partitioning rules, the batch split over the data axes
 (so each sequence's in-context memory state lives, and is updated, where its sequence is), the
 metrics replicated — and the train state is donated. GSPMD inserts the gradient all-reduce; the
-result equals the single-device step up to the order of floating-point reductions.
+result equals the single-device step up to the order of floating-point reductions. The steps are
+traced with the mesh as the context mesh (`nestlearn.parallel.mesh_context`), so Pallas kernels
+that the model calls through `nestlearn.parallel.sharded_kernel` run under `jax.shard_map`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from jax.sharding import Mesh
 
 from nestlearn.core import Level, assign_levels
 from nestlearn.optim.scheduler import level_stats, nested
-from nestlearn.parallel import batch_sharding, param_shardings, replicated, tree_shardings
+from nestlearn.parallel import (
+    batch_sharding,
+    mesh_context,
+    param_shardings,
+    replicated,
+    tree_shardings,
+)
 
 __all__ = [
     "TrainState",
@@ -175,7 +183,7 @@ def build_train_step(
     )
     state_sh, batch_sh, rep = state_shardings(shapes, mesh), batch_sharding(mesh), replicated(mesh)
     return jax.jit(
-        train_step,
+        mesh_context(train_step, mesh),
         in_shardings=(state_sh, rep, batch_sh, batch_sh),
         out_shardings=(state_sh, rep),
         donate_argnums=(0,),
@@ -200,7 +208,7 @@ def build_eval_step(
         raise ValueError("build_eval_step: mesh= needs params= (for the parameter shardings)")
     batch_sh, rep = batch_sharding(mesh), replicated(mesh)
     return jax.jit(
-        step,
+        mesh_context(step, mesh),
         in_shardings=(param_shardings(params, mesh), rep, batch_sh, batch_sh),
         out_shardings=rep,
     )

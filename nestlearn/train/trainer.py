@@ -46,7 +46,7 @@ from nestlearn.parallel import (
 from nestlearn.train.checkpoint import Checkpointer, dump_config
 from nestlearn.train.config import validate_config
 from nestlearn.train.levels import build_levels, learning_rate_schedule
-from nestlearn.train.metrics import MetricWriter, read_metrics
+from nestlearn.train.metrics import MetricWriter
 from nestlearn.train.progress import Progress
 from nestlearn.train.step import (
     TrainState,
@@ -208,6 +208,14 @@ def _check_resumable(run: Run) -> None:
             f"workdir {run.checkpointer.directory.parent} holds checkpoints of a run whose config "
             f"differs in {changed}, which cannot change on resume; use a new --workdir"
         )
+    if _lookup(now, "train.num_steps") != _lookup(saved, "train.num_steps"):
+        log.warning(
+            "resuming with train.num_steps=%s, checkpoints written with %s: the learning-rate "
+            "schedule is recomputed for the new length, so the resumed steps differ from an "
+            "uninterrupted run of either length",
+            _lookup(now, "train.num_steps"),
+            _lookup(saved, "train.num_steps"),
+        )
 
 
 def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
@@ -336,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     eval_step = build_eval_step(run.graphdef, params=state.params, mesh=run.mesh)
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
-    writer = MetricWriter(workdir, resume_step=start)
+    # Multi-host: every process trains, process 0 alone writes metrics and the report.
+    writer = MetricWriter(workdir, resume_step=start, primary=jax.process_index() == 0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     progress = Progress(
         total=cfg.train.num_steps,
@@ -424,7 +433,7 @@ def _finish(
             eval_step, state.params, rest, test_batches, run.data.chars_per_token["test"], "test"
         )
     )
-    records = read_metrics(writer.path)
+    records = writer.records
     train_losses = [r["loss"] for r in records if r.get("kind") == "train"]
     if train_losses:
         final["final_train_loss"] = train_losses[-1]
@@ -434,13 +443,10 @@ def _finish(
     writer.write(int(state.step), "final", final)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step))
     samples = sample_texts(run, state.params, rest, rng)
-    write_report(
-        workdir,
-        config_json=config_json,
-        final=final,
-        records=read_metrics(writer.path),
-        samples=samples,
-    )
+    if writer.primary:
+        write_report(
+            workdir, config_json=config_json, final=final, records=writer.records, samples=samples
+        )
     return final
 
 

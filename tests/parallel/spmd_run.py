@@ -7,9 +7,12 @@ Run in a subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX
 MESH is `data,fsdp,tensor`. For the one-device reference and then each mesh, the script trains
 STEPS steps on fixed random batches and records the losses, the final params and the final
 per-sequence memory state of a forward pass (its state output sharded over the data axes;
-compared with the one-device one under `--memory-reference`). With
-`--checkpoint`, the train state of the first mesh is saved and restored onto every other mesh.
-Prints one JSON object: max abs/rel differences to the reference, and the checks' booleans.
+compared with the one-device one under `--memory-reference`). With `--checkpoint`, the train
+state of the first mesh is saved and restored onto every other mesh. `--pallas` sets
+`model.kernel_impl = "pallas"` (with `NESTLEARN_KERNEL_INTERPRET=1` in the environment: the
+Triton kernel in the interpreter, chunk 16); each mesh then reports whether its train step holds
+a `shard_map` (`kernel_shard_map`). Prints one JSON object: max abs/rel differences to the
+reference, and the checks' booleans.
 """
 
 from __future__ import annotations
@@ -112,12 +115,16 @@ def run(config, mesh, steps, *, memory=True):
     )
     losses, rms = [], []
     data = batches(steps, config.model.vocab_size)
+    shard_map = None
+    if config.model.kernel_impl == "pallas":
+        hlo = step_fn.lower(state, rest, *data[0]).as_text()
+        shard_map = "SPMDFullToShardShape" in hlo or "manual_computation" in hlo
     for inputs, targets in data:
         state, metrics = step_fn(state, rest, inputs, targets)
         losses.append(float(metrics["loss"]))
         rms.append({k: float(v) for k, v in metrics.items() if k.startswith("memory_rms")})
     if not memory:
-        return dict(state=state, rest=rest, losses=losses, memory_rms=rms)
+        return dict(state=state, rest=rest, losses=losses, memory_rms=rms, shard_map=shard_map)
     memory, memory_sharded = memory_state(graphdef, state.params, rest, data[0][0], mesh)
     model = nnx.merge(graphdef, state.params, rest)
     initial = model.init_state(BATCH)
@@ -134,6 +141,7 @@ def run(config, mesh, steps, *, memory=True):
         memory=memory,
         memory_changed=changed,
         memory_sharded=memory_sharded,
+        shard_map=shard_map,
         params_sharded=any(
             any(axis is not None for axis in x.sharding.spec) for x in jax.tree.leaves(state.params)
         ),
@@ -183,13 +191,17 @@ def main(argv):
     model, steps, layers, *rest = argv
     ckpt_dir = None
     memory_reference = "--memory-reference" in rest
-    rest = [a for a in rest if a != "--memory-reference"]
+    pallas = "--pallas" in rest
+    rest = [a for a in rest if a not in ("--memory-reference", "--pallas")]
     if "--checkpoint" in rest:
         i = rest.index("--checkpoint")
         ckpt_dir = rest[i + 1]
         rest = rest[:i] + rest[i + 2 :]
     shapes = [tuple(int(s) for s in m.split(",")) for m in rest]
     config = tiny_config(model, int(layers))
+    if pallas:  # the Triton kernel (interpreted under NESTLEARN_KERNEL_INTERPRET=1), chunk >= 16
+        config.model.kernel_impl = "pallas"
+        config.model.chunk_size = 16
     reference = run(config, make_mesh((1, 1, 1)), int(steps), memory=memory_reference)
     report = {"devices": jax.device_count(), "reference_losses": reference["losses"], "meshes": []}
     runs = []
@@ -213,6 +225,7 @@ def main(argv):
                 "memory_sharded": got["memory_sharded"],
                 "params_sharded": got["params_sharded"],
                 "memory_rms_last": got["memory_rms"][-1],
+                "kernel_shard_map": got["shard_map"],
             }
         )
     if ckpt_dir is not None:

@@ -11,11 +11,13 @@ states within 1e-3 of their largest entry (measured 1.0e-4 on Gated DeltaNet: th
 runs with the trained, slightly different, weights and the recurrence carries the difference);
 parameters after a few AdamW steps within 1e-4 (measured <= 1.1e-5): Adam divides by sqrt(v),
 which can amplify a reduction-order difference in a near-zero gradient up to the step size, so
-the bound is looser than for the loss.
+the bound is looser than for the loss (measured 3.1e-5 on Hope after 6 steps). That these
+differences are rounding and nothing else is shown in float64, where every mesh equals one device
+to 2e-15 in the loss and 4e-15 in the params over 12 Hope steps (`experiments/spmd_check.py`,
+docs/scaling.md §1.1).
 """
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -36,10 +38,10 @@ def _env():
     return env
 
 
-def _spmd(*args):
+def _spmd(*args, env=None):
     proc = subprocess.run(
         [sys.executable, str(HERE / "spmd_run.py"), *map(str, args)],
-        env=_env(),
+        env=env or _env(),
         capture_output=True,
         text=True,
         timeout=1200,
@@ -80,11 +82,16 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["hope", "transformer_pp", "titans_mac", "gated_deltanet"])
-def test_three_meshes_match_one_device_and_checkpoints_restore_across_meshes(model, tmp_path):
+@pytest.mark.parametrize(
+    "model, steps", [("hope", 6), ("transformer_pp", 6), ("titans_mac", 3), ("gated_deltanet", 3)]
+)
+def test_three_meshes_match_one_device_and_checkpoints_restore_across_meshes(
+    model, steps, tmp_path
+):
+    """Hope and Transformer++ run past step 4, where a pipeline comparison once "drifted"."""
     report = _spmd(
         model,
-        3,
+        steps,
         2,
         *(",".join(map(str, m)) for m in MESHES),
         "--memory-reference",
@@ -101,9 +108,27 @@ def test_three_meshes_match_one_device_and_checkpoints_restore_across_meshes(mod
 
 
 @pytest.mark.slow
+def test_gated_deltanet_pallas_kernel_runs_under_shard_map_on_a_2x2x2_mesh():
+    """kernel_impl="pallas" (the Triton kernel, interpreted): the model's kernel call goes
+    through `nestlearn.parallel.sharded_kernel`, so the sharded train step holds a shard_map,
+    and training equals one device."""
+    env = dict(_env(), NESTLEARN_KERNEL_INTERPRET="1")
+    report = _spmd("gated_deltanet", 2, 1, "2,2,2", "--pallas", env=env)
+    _check(report, [(2, 2, 2)])
+    assert report["meshes"][0]["kernel_shard_map"], "the kernel is not wrapped in shard_map"
+
+
+@pytest.mark.slow
 def test_pipeline_trains_on_one_mesh_and_resumes_on_another(tmp_path):
     """train_and_evaluate on (2,2,2) for 6 steps, then resumed on (8,1,1) to 12 steps, logs the
-    losses of an uninterrupted one-device run over the first steps (see the note below)."""
+    losses of the same run on one device (6 steps, then resumed to 12).
+
+    Both runs are interrupted at the same step: the learning-rate schedule depends on
+    `train.num_steps` (cosine decay to it), so a 6-step run takes a smaller step 4 than a 12-step
+    run (lr 8.7e-3 vs 9.8e-3), which is what an earlier version of this test, comparing against an
+    uninterrupted 12-step run, measured as a "drift" of 5e-3 nats from step 5 (docs/scaling.md
+    §1.1). Tolerance 1e-4: twelve steps of float32 rounding differences (measured <= 1e-6).
+    """
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -123,6 +148,7 @@ def test_pipeline_trains_on_one_mesh_and_resumes_on_another(tmp_path):
             return [r["loss"] for r in read_metrics(workdir + "/metrics.jsonl")
                     if r.get("kind") == "train"]
 
+        run({str(tmp_path / "one")!r}, (1, 1, 1), 6)
         one = run({str(tmp_path / "one")!r}, (1, 1, 1), 12)
         run({str(tmp_path / "moved")!r}, (2, 2, 2), 6)
         moved = run({str(tmp_path / "moved")!r}, (8, 1, 1), 12)
@@ -141,12 +167,8 @@ def test_pipeline_trains_on_one_mesh_and_resumes_on_another(tmp_path):
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PIPELINE "))
     got = json.loads(line.removeprefix("PIPELINE "))
     assert len(got["one"]) == len(got["moved"]) == 12
-    for a, b in zip(got["one"][:4], got["moved"][:4]):
+    for a, b in zip(got["one"], got["moved"]):
         assert abs(a - b) <= LOSS_ATOL * 10, (got["one"], got["moved"])
-    # From step 5 on, this tiny config (lr 1e-2, CMS periods (1, 3)) drifts apart already before
-    # the resume (measured 5e-3 nats at step 5, 3e-2 at step 6): the resumed part is only checked
-    # to train on, finite, from the restored step.
-    assert all(math.isfinite(x) for x in got["moved"])
     assert got["moved"][-1] < got["moved"][0]
 
 
