@@ -88,14 +88,17 @@ def scale_by_m3(
         return (x / (1 - beta**n)).astype(x.dtype)
 
     def init_fn(params):
-        zeros = optax.tree.zeros_like(params)
+        # A fresh tree per field: one shared buffer cannot be donated twice by a jitted step.
+        def zeros():
+            return optax.tree.zeros_like(params)
+
         return M3State(
             count=jnp.zeros([], jnp.int32),
-            fast=zeros,
-            slow=zeros,
-            slow_direction=zeros,
-            second_moment=zeros,
-            pending=zeros,
+            fast=zeros(),
+            slow=zeros(),
+            slow_direction=zeros(),
+            second_moment=zeros(),
+            pending=zeros(),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

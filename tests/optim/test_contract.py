@@ -129,3 +129,14 @@ def test_multisteps(name):
         np.testing.assert_array_equal(u, jnp.zeros_like(u))
     updates, state = update(grads, state, params)
     assert any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_can_be_donated(name):
+    """No two state leaves share a buffer, so a train step may donate the whole state."""
+    factory, kwargs, _ = OPTIMIZERS[name]
+    params, _, _ = _problem(jnp.float32)
+    state = factory(**kwargs).init(params)
+    leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+    assert len({id(x) for x in leaves}) == len(leaves)
+    jax.block_until_ready(jax.jit(lambda s: s, donate_argnums=0)(state))

@@ -1,0 +1,88 @@
+"""Smoke tests of the continual-learning and optimizer-study scripts (`--quick`, synthetic data).
+
+Each script runs end to end on tiny synthetic data and must write its markdown, JSON and plot;
+a second invocation must skip the finished runs and reproduce the same table (resumable, same
+seed → same numbers).
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(md: str) -> list[str]:
+    """The markdown without the lines that record time, load and the command."""
+    skip = ("Command:", "Wall time:", "Compute:", "Machine:", "| method", "| model", "| optimizer")
+    return [
+        line.rsplit("|", 2)[0]  # the last column is a timing
+        for line in md.splitlines()
+        if not line.startswith(skip) and "ms/step" not in line
+    ]
+
+
+def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
+    script = _script("continual_fmnist")
+    argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
+    argv += ["--methods", "cms_online,ewc,replay"]
+    script.main(argv)
+    for name in ("fmnist.md", "fmnist.json", "fmnist.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    result = json.loads((tmp_path / "fmnist_runs" / "cms_online-seed0.json").read_text())
+    matrix = np.asarray(result["matrix"])
+    assert matrix.shape == (5, 5) and np.all((matrix >= 0) & (matrix <= 1))
+    summary = json.loads((tmp_path / "fmnist.json").read_text())["methods"]
+    assert set(summary) == {"cms_online", "ewc", "replay"}
+    first = (tmp_path / "fmnist.md").read_text()
+    ewc = tmp_path / "fmnist_runs" / "ewc-seed0.json"
+    before = json.loads(ewc.read_text())
+    ewc.unlink()
+    script.main(argv)  # ewc is computed again, the others are read back from their JSON
+    assert json.loads((tmp_path / "fmnist.json").read_text())["meta"]["computed"] == 1
+    assert json.loads(ewc.read_text())["matrix"] == before["matrix"]  # same seed, same numbers
+    assert _table((tmp_path / "fmnist.md").read_text()) == _table(first)
+    with pytest.raises(ValueError, match="--methods: 'bogus'"):
+        script.main(["--quick", "--methods", "bogus", "--out", str(tmp_path)])
+
+
+def test_optimizer_study_quick_writes_results_and_resumes(tmp_path):
+    script = _script("optimizer_study")
+    argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path)]
+    script.main([*argv, "--problems", "mlp", "--optimizers", "m3,dmgd"])
+    script.main([*argv, "--problems", "lm", "--optimizers", "adamw"])
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert "lm-adamw-0.003.json" in runs and "mlp-dmgd-0.3.json" in runs and len(runs) == 3
+    lm = json.loads((tmp_path / "runs" / "lm-adamw-0.003.json").read_text())
+    assert np.isfinite(lm["val_loss"]) and lm["val_loss"] < np.log(256)  # it learned something
+    for name in ("optimizer_study.md", "results.json", "lm_loss.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    first = (tmp_path / "optimizer_study.md").read_text()
+    script.main([*argv, "--problems", "lm", "--optimizers", "adamw"])
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["computed"] == 0
+    assert _table((tmp_path / "optimizer_study.md").read_text()) == _table(first)
+
+
+def test_continual_lm_quick_writes_results(tmp_path):
+    script = _script("continual_lm")
+    argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
+    argv += ["--models", "transformer_pp"]
+    script.main(argv)
+    for name in ("lm.md", "lm.json", "lm.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    run = json.loads((tmp_path / "lm_runs" / "transformer_pp-seed0.json").read_text())
+    matrix = np.asarray(run["matrix"])
+    assert matrix.shape == (3, 3) and np.all(np.isfinite(matrix))
+    assert run["summary"]["forgetting"] == pytest.approx(
+        np.mean([matrix[2, j] - matrix[j:2, j].min() for j in range(2)])
+    )
