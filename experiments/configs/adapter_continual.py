@@ -24,6 +24,7 @@ def get_config(arg=None):
     spec.loader.exec_module(module)
     c = module.get_config()
     c.description = "Continual Shakespeare → Milton → fortunes; perplexity on every seen domain."
+    c.out_name = "adapter_continual"
     c.phases = ("shakespeare", "milton", "fortunes")
     c.variants = ("frozen", "titans", "lora", "full", "hope_cms")
     c.steps = 25  # optimizer steps per phase

@@ -4,7 +4,8 @@
 `fetch_smollm2()`) into a nestlearn `LanguageModel`; `llama_forward` is an independent numpy
 forward pass of the same weights; `nestlearn.pretrained.adapters` converts blocks to
 Hope-Attention (CMS from the pretrained MLPs) or adds gated Titans / self-modifying memory
-pathways, and `nestlearn.pretrained.lora` is the low-rank baseline.
+pathways, `nestlearn.pretrained.lora` is the low-rank baseline and `nestlearn.pretrained.passkey`
+the synthetic passkey-retrieval task (experiment c of docs/adapters.md).
 """
 
 from nestlearn.pretrained.gguf_loader import (

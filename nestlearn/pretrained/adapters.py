@@ -63,7 +63,10 @@ __all__ = [
     "add_memory_pathways",
     "convert_to_hope_attention",
     "gate_values",
+    "gate_values_from",
+    "hidden_states",
     "lm_loss",
+    "logits_from",
     "make_adapter_step",
     "path_filter",
     "set_memory_enabled",
@@ -244,12 +247,15 @@ def _make_memory(
     head_dim: int,
     chunk_size: int,
     depth: int,
+    chunk_step_max: float,
+    forget_bias: float | None,
     dtype: str,
     rngs: nnx.Rngs,
 ) -> Mixer:
     if kind == "titans":
         memory = titans_memory_config()
         memory.depth = depth
+        memory.chunk_step_max = chunk_step_max
         mixer = TitansMemory(
             d_model,
             memory=memory,
@@ -267,6 +273,9 @@ def _make_memory(
     else:
         raise ValueError(f"kind={kind!r} is not one of {MEMORY_KINDS}")
     mixer.out_proj.kernel[...] = jnp.zeros_like(mixer.out_proj.kernel[...])
+    if kind == "titans" and forget_bias is not None:  # gate bias [g, h]; gate 1 is α (forget)
+        bias = mixer.gates.bias
+        bias[...] = bias[...].at[num_heads : 2 * num_heads].set(forget_bias)
     return mixer
 
 
@@ -279,6 +288,8 @@ def add_memory_pathways(
     head_dim: int = 32,
     chunk_size: int = 16,
     depth: int = 2,
+    chunk_step_max: float = 1.0,
+    forget_bias: float | None = None,
     gate_floor: float = 0.05,
     seed: int = 0,
 ) -> LanguageModel:
@@ -292,6 +303,11 @@ def add_memory_pathways(
       num_heads, head_dim: heads and head width of the memory (independent of attention's).
       chunk_size: the memory's chunk (gradients of a chunk taken at the chunk-start state).
       depth: Titans memory MLP depth (1: a linear matrix memory); ignored by "self_modifying".
+      chunk_step_max: Titans: the largest sum of inner step sizes θ_t over one chunk
+        (θ_t = chunk_step_max/C · σ(·)); ignored by "self_modifying".
+      forget_bias: Titans: initial bias of the forget gate α_t = σ(·) (None: the mixer's default
+        −4, α ≈ 0.018 per token; −8 gives α ≈ 3e-4, i.e. memories that last thousands of
+        tokens); ignored by "self_modifying".
       gate_floor: the gate's floor g_min.
       seed: initialisation of the new parameters.
 
@@ -300,6 +316,8 @@ def add_memory_pathways(
     """
     if kind not in MEMORY_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {MEMORY_KINDS}")
+    if not chunk_step_max > 0:
+        raise ValueError(f"chunk_step_max={chunk_step_max!r} must be > 0")
     chosen = _layers(model, layers)
     config = ml_collections.ConfigDict(model.config.to_dict())
     rngs = nnx.Rngs(seed)
@@ -316,6 +334,8 @@ def add_memory_pathways(
             head_dim=head_dim,
             chunk_size=chunk_size,
             depth=depth,
+            chunk_step_max=chunk_step_max,
+            forget_bias=forget_bias,
             dtype=config.dtype,
             rngs=rngs,
         )
@@ -330,18 +350,82 @@ def set_memory_enabled(model: LanguageModel, enabled: bool) -> None:
             block.memory_enabled = bool(enabled)
 
 
+def _offline(model: LanguageModel) -> None:
+    if model.online:
+        raise ValueError("model runs an online CMS (updates between chunks); split it by calls")
+
+
+def hidden_states(model: LanguageModel, tokens: jax.Array, *, stop: int) -> jax.Array:
+    """The residual stream entering block `stop` for fresh sequences tokens [b, t] → [b, t, d].
+
+    `logits_from(model, hidden_states(model, tokens, stop=l), start=l)` equals `model(tokens)[0]`;
+    the split lets a caller run the frozen blocks below the first adapted one once, outside the
+    differentiated function (they do not depend on the adapter's parameters).
+    """
+    _offline(model)
+    n = len(model.blocks)
+    if not 0 <= stop <= n:
+        raise ValueError(f"stop={stop} must lie in [0, {n}]")
+    x = model.embed(jnp.asarray(tokens, jnp.int32)).astype(model.dtype)
+    for block in model.blocks[:stop]:
+        x, _ = block(x, None)
+    return x
+
+
+def logits_from(
+    model: LanguageModel, x: jax.Array, *, start: int, positions: jax.Array | None = None
+) -> jax.Array:
+    """Runs blocks `start:` on the residual stream x [b, t, d]; logits [b, t or k, V] float32.
+
+    Args:
+      model: a (non-online) `LanguageModel`.
+      x: the stream entering block `start` (`hidden_states(model, tokens, stop=start)`).
+      start: the first block to run.
+      positions: [b, k] int or None; when given, the head runs on these positions only (the
+        vocabulary projection dominates the cost when a loss reads a few positions).
+    """
+    _offline(model)
+    n = len(model.blocks)
+    if not 0 <= start <= n:
+        raise ValueError(f"start={start} must lie in [0, {n}]")
+    if x.ndim != 3:
+        raise ValueError(f"x must be [b, t, d], got shape {x.shape}")
+    for block in model.blocks[start:]:
+        x, _ = block(x, None)
+    if positions is not None:
+        positions = jnp.asarray(positions, jnp.int32)
+        if positions.ndim != 2 or positions.shape[0] != x.shape[0]:
+            raise ValueError(f"positions must be [b={x.shape[0]}, k], got {positions.shape}")
+        x = jnp.take_along_axis(x, positions[..., None], axis=1)
+    h = model.final_norm(x).astype(jnp.float32)
+    if model.tie_embeddings:
+        return h @ model.embed.embedding[...].astype(jnp.float32).T
+    return h @ model.head.kernel[...].astype(jnp.float32)
+
+
 def gate_values(model: LanguageModel, tokens: jax.Array) -> dict[int, float]:
     """Mean gate g_t over tokens [b, t] of every layer with a memory branch, {layer: value}."""
-    layers = [i for i, b in enumerate(model.blocks) if isinstance(b, MemoryAdapterBlock)]
-    means = _gate_means(model, jnp.asarray(tokens, jnp.int32))
+    x = model.embed(jnp.asarray(tokens, jnp.int32)).astype(model.dtype)
+    return gate_values_from(model, x, start=0)
+
+
+def gate_values_from(model: LanguageModel, x: jax.Array, *, start: int) -> dict[int, float]:
+    """`gate_values` of the memory layers ≥ `start` from the stream x [b, t, d] entering `start`."""
+    _offline(model)
+    layers = [
+        i for i, b in enumerate(model.blocks) if i >= start and isinstance(b, MemoryAdapterBlock)
+    ]
+    if not layers:
+        return {}
+    means = _gate_means(model, x, start)
     return {i: float(m) for i, m in zip(layers, means)}
 
 
-@nnx.jit
-def _gate_means(model: LanguageModel, tokens: jax.Array) -> list[jax.Array]:
-    x = model.embed(tokens).astype(model.dtype)
+@nnx.jit(static_argnums=2)
+def _gate_means(model: LanguageModel, x: jax.Array, start: int) -> list[jax.Array]:
     means = []
-    for block in model.blocks:
+    last = max(i for i, b in enumerate(model.blocks) if isinstance(b, MemoryAdapterBlock))
+    for block in model.blocks[start : last + 1]:
         if isinstance(block, MemoryAdapterBlock):
             means.append(jnp.mean(block.gate(block.block.attn_norm(x))))
         x, _ = block(x, None)

@@ -153,3 +153,60 @@ def test_bad_surgery_arguments(base):
         adapters.convert_to_hope_attention(base, init="random")
     with pytest.raises(ValueError, match="matches no parameter"):
         adapters.split_trainable(base, r"/memory/")
+
+
+def test_gate_floor_keeps_a_collapsed_pathway_trainable(base):
+    """Gate collapse: σ saturated at 0 beside a still-zero memory projection.
+
+    With the projection at zero the model's output does not depend on the gate, so the gradient
+    of the projection is exactly g times that of a fully open gate: the floor g_min keeps it at
+    g_min of an ungated branch. Without a floor the saturated gate is exactly 0, so the pathway
+    would have no gradient and could never move again.
+    """
+    tokens = _tokens(base, (2, 9), seed=7)
+    model = adapters.add_memory_pathways(
+        base, layers=(1,), num_heads=2, head_dim=8, chunk_size=4, depth=1, gate_floor=0.05
+    )
+    graphdef, trainable, frozen, other = adapters.split_trainable(
+        model, r"memory/out_proj/|gate/b$"
+    )
+
+    @jax.jit
+    def projection_grad(trainable, bias):
+        trainable = jax.tree.map(lambda a: bias if a.ndim == 0 else a, trainable)
+
+        def loss(trainable):
+            model = nnx.merge(graphdef, trainable, frozen, other)
+            return adapters.lm_loss(model(tokens[:, :-1])[0], tokens[:, 1:])
+
+        grads = jax.grad(loss)(trainable)
+        (grad,) = [g for g in jax.tree.leaves(grads) if g.ndim == 2]
+        return grad
+
+    open_gate = np.asarray(projection_grad(trainable, jnp.float32(40.0)))
+    closed = np.asarray(projection_grad(trainable, jnp.float32(-40.0)))
+    assert np.abs(open_gate).max() > 0
+    np.testing.assert_allclose(closed, 0.05 * open_gate, rtol=1e-4, atol=1e-12)
+    h = jnp.ones((1, 2, model.config.d_model))
+    no_floor = adapters.MemoryGate(model.config.d_model, floor=0.0)
+    no_floor.b[...] = jnp.float32(-1e4)
+    assert not np.any(np.asarray(no_floor(h)))  # saturated: g = 0 exactly, a dead branch
+
+
+def test_titans_forget_bias_and_step_bound(base):
+    model = adapters.add_memory_pathways(
+        base,
+        layers=(1,),
+        num_heads=2,
+        head_dim=8,
+        chunk_size=4,
+        forget_bias=-8.0,
+        chunk_step_max=2.0,
+    )
+    memory = model.blocks[1].memory
+    bias = np.asarray(memory.gates.bias[...]).reshape(3, 2)  # [θ, α, η] × heads
+    np.testing.assert_array_equal(bias[1], [-8.0, -8.0])
+    np.testing.assert_array_equal(bias[[0, 2]], np.zeros((2, 2)))
+    assert memory.gating.theta_max == pytest.approx(2.0 / 4)
+    with pytest.raises(ValueError, match="chunk_step_max"):
+        adapters.add_memory_pathways(base, layers=(1,), chunk_step_max=0.0)
