@@ -1,5 +1,6 @@
-"""nestlearn.eval: language-model metrics, continual-learning metrics and the run report."""
+"""nestlearn.eval: LM and continual-learning metrics, S-NIAH tasks, seed statistics, reports."""
 
+from nestlearn.eval import compare, niah
 from nestlearn.eval.continual import (
     ContinualMetrics,
     average_accuracy,
@@ -20,8 +21,10 @@ __all__ = [
     "backward_transfer",
     "bits_per_char",
     "check_matrix",
+    "compare",
     "forgetting",
     "just_learned",
+    "niah",
     "perplexity",
     "plot_losses",
     "summarize",

@@ -1,0 +1,108 @@
+"""The LM comparison's shared sizes, and smoke runs of experiments/lm_compare.py and niah.py."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flax import nnx
+
+from nestlearn import models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _results_lm():
+    spec = importlib.util.spec_from_file_location(
+        "results_lm", ROOT / "experiments" / "configs" / "results_lm.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results_lm = _results_lm()
+
+
+@pytest.mark.parametrize("variant", results_lm.VARIANTS)
+def test_every_variant_is_at_the_parameter_budget(variant):
+    config = results_lm.get_config(variant)
+    model = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
+    n = models.count_params(model)
+    target = results_lm.TARGET_PARAMS
+    assert abs(n - target) <= results_lm.PARAM_TOLERANCE * target, (variant, n)
+
+
+def test_ablations_change_one_switch_each():
+    hope = results_lm.get_config("hope").model
+    for name, (_, overrides) in results_lm.ABLATIONS.items():
+        model = results_lm.get_config(name).model
+        assert model.name == "hope"
+        changed = {
+            k
+            for k in hope.self_modifying.keys()
+            if model.self_modifying[k] != hope.self_modifying[k]
+        }
+        assert changed == set(overrides), name
+        assert (model.cms.periods != hope.cms.periods) == (name == "hope_no_cms")
+    with pytest.raises(ValueError, match="variant='gpt' is unknown"):
+        results_lm.get_config("gpt")
+    with pytest.raises(ValueError, match="must be 'quick'"):
+        results_lm.get_config("hope,slow")
+
+
+def _run(script, *args, cache):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), *args, f"--compilation_cache={cache}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_quick_runs_are_deterministic_and_feed_the_niah_script(tmp_path):
+    cache = tmp_path / "cache"
+    runs = []
+    for name in ("a", "b"):
+        _run(
+            "lm_compare.py",
+            "--quick",
+            "--variants=transformer_pp",
+            "--seeds=0",
+            "--ablations=",
+            f"--out={tmp_path / name}",
+            f"--workdir={tmp_path / name}_runs",
+            cache=cache,
+        )
+        runs.append(json.loads((tmp_path / name / "runs" / "transformer_pp_s0.json").read_text()))
+    assert runs[0]["curve"] == runs[1]["curve"]
+    assert runs[0]["final"]["val_loss"] == runs[1]["final"]["val_loss"]
+    assert runs[0]["final"]["test_loss"] == runs[1]["final"]["test_loss"]
+    assert "Transformer++" in (tmp_path / "a" / "README.md").read_text()
+    assert (tmp_path / "a" / "loss_vs_tokens.png").exists()
+    _run(
+        "niah.py",
+        "--quick",
+        "--models=transformer_pp,hope",
+        "--samples=1",
+        f"--lm_out={tmp_path / 'a'}",
+        f"--lm_workdir={tmp_path / 'a'}_runs",
+        f"--out={tmp_path / 'niah'}",
+        cache=cache,
+    )
+    record = json.loads((tmp_path / "niah" / "runs" / "transformer_pp_s0.json").read_text())
+    assert set(record["exact"]) == {"passkey", "number", "uuid"}
+    for task in record["exact"].values():
+        for by_depth in task.values():
+            assert len(by_depth) == 5 and all(0 <= x <= 1 for x in by_depth)
+    assert not (tmp_path / "niah" / "runs" / "hope_s0.json").exists()  # no LM run: skipped
+    readme = (tmp_path / "niah" / "README.md").read_text()
+    assert "Transformer++" in readme and (tmp_path / "niah" / "heatmap_exact.png").exists()
