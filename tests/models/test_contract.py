@@ -120,10 +120,11 @@ def periodic_batch(key, batch=8, length=32, period=2):
 
 
 def test_learns_a_periodic_copy_task(built):
-    """60 Adam steps cut the next-token loss of the copy task to under 0.6 of its start (ln 16).
+    """100 Adam steps cut the next-token loss of the copy task to under 0.6 of its start (ln 16).
 
     The floor is about ln(16)/31 (only the first target is unpredictable); recurrent models
-    learn this more slowly than attention, hence the step count.
+    learn this more slowly than attention, hence the step count: at 60 steps DeltaNet and Gated
+    DeltaNet sit near the threshold, where float32 rounding decides the outcome.
     """
     config = tiny_config(built.name)
     config.num_layers = 1
@@ -143,7 +144,7 @@ def test_learns_a_periodic_copy_task(built):
 
     opt_state = tx.init(params)
     losses = []
-    for key in jax.random.split(jax.random.key(3), 60):
+    for key in jax.random.split(jax.random.key(3), 100):
         params, opt_state, loss = step(params, opt_state, key)
         losses.append(float(loss))
     assert losses[0] > 2.3
