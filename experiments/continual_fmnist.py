@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import optax
 from flax import nnx
 
 from nestlearn.core import Level
+from nestlearn.eval.compare import machine_info
 from nestlearn.eval.continual import summarize
 from nestlearn.models.cms import (
     CMS,
@@ -368,16 +368,6 @@ def run_method(method: str, seed: int, data, s: dict) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
-    }
-
-
 def load_range(runs: list[dict]) -> str:
     """The range of the runs' 1-minute load averages, as "a–b"."""
     ones = [float(r["load_average"].split()[0]) for r in runs if "load_average" in r]
@@ -600,7 +590,7 @@ def main(argv=None):
         "wall_seconds": time.perf_counter() - start,
         "computed": computed,
         "total": len(runs),
-        "machine": machine(),
+        "machine": machine_info(),
         "run_seconds": float(sum(r["seconds"] for r in runs)),
         "loads": load_range(runs),
         "data": args.data,

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from flax import nnx
 from nestlearn import models
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
+from nestlearn.eval.compare import machine_info
 from nestlearn.eval.continual import summarize
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.config import base_config, validate_config
@@ -194,16 +194,6 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
-    }
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -422,7 +412,7 @@ def main(argv=None):
         "run_seconds": float(sum(r["seconds"] for r in runs)),
         "computed": computed,
         "total": len(runs),
-        "machine": machine(),
+        "machine": machine_info(),
         "loads": [f"{r['model']}/{r['seed']}: {r['load_average']}" for r in runs],
         "data": args.data,
         "seeds": seeds,

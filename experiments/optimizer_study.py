@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from nestlearn import models
 from nestlearn.core import Level
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
+from nestlearn.eval.compare import machine_info
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import learning_rate_schedule
@@ -325,16 +325,6 @@ def run_mlp(name: str, lr: float, s: dict, data) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
-    }
-
-
 def load_range(runs: list[dict]) -> str:
     """ "a–b over the runs" from the runs' recorded load averages (1-minute values)."""
     ones = [float(r["load_average"].split()[0]) for r in runs if "load_average" in r]
@@ -560,7 +550,7 @@ def main(argv=None):
         "wall_seconds": time.perf_counter() - start,
         "computed": computed,
         "total": len(runs),
-        "machine": machine(),
+        "machine": machine_info(),
         "run_seconds": float(sum(r["seconds"] for r in runs)),
         "loads": load_range(runs),
         "data": args.data,

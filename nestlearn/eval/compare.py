@@ -11,6 +11,8 @@ reports std 0 and is marked `n=1` wherever a table shows counts.
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -230,3 +232,16 @@ def plot_heatmaps(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def machine_info() -> dict:
+    """The machine a result was measured on: platform, processor, cores, jax version, device."""
+    import jax  # the rest of this module is numpy-only
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+    }
