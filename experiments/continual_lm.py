@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from flax import nnx
@@ -48,7 +47,6 @@ from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval.compare import machine_info
 from nestlearn.eval.continual import summarize
-from nestlearn.optim.scheduler import nested
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import build_levels
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
@@ -140,14 +138,7 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
     levels = build_levels(config)
     train_step = build_train_step(levels, params=params, grad_clip=1.0, graphdef=graphdef)
     eval_step = build_eval_step(graphdef)
-    state = TrainState(
-        params=params,
-        opt_state=jax.tree.map(jnp.copy, nested(levels).init(params)),
-        step=jnp.zeros((), jnp.int32),
-        consecutive_nonfinite=jnp.zeros((), jnp.int32),
-        skipped=jnp.zeros((), jnp.int32),
-        rng=jax.random.PRNGKey(seed),
-    )
+    state = TrainState.create(params, levels, seed=seed)
     val = {
         d: eval_batches(
             ds.val, batch_size=s["batch"], seq_len=s["seq_len"], max_batches=s["eval_batches"]

@@ -51,7 +51,6 @@ from nestlearn.core import Level
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval.compare import machine_info
-from nestlearn.optim.scheduler import nested
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import learning_rate_schedule
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
@@ -177,14 +176,7 @@ def run_lm(name: str, lr: float, s: dict, dataset, config) -> dict:
     levels = (Level("backbone", None, make_optimizer(name, "lm", schedule)),)
     train_step = build_train_step(levels, params=params, grad_clip=1.0, graphdef=graphdef)
     eval_step = build_eval_step(graphdef)
-    state = TrainState(
-        params=params,
-        opt_state=nested(levels).init(params),
-        step=jnp.zeros((), jnp.int32),
-        consecutive_nonfinite=jnp.zeros((), jnp.int32),
-        skipped=jnp.zeros((), jnp.int32),
-        rng=jax.random.PRNGKey(config.seed),
-    )
+    state = TrainState.create(params, levels, seed=config.seed)
     iterator = BatchIterator(
         dataset.train, batch_size=s["lm_batch"], seq_len=s["lm_seq"], seed=config.seed
     )

@@ -60,7 +60,6 @@ def main(argv):
     from flax import nnx
 
     from nestlearn import models
-    from nestlearn.optim.scheduler import nested
     from nestlearn.parallel import make_mesh, replicated
     from nestlearn.train import base_config, build_levels, build_train_step
     from nestlearn.train.step import TrainState, split_model, state_shardings
@@ -96,14 +95,7 @@ def main(argv):
             )
         dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
         levels = build_levels(c)
-        state = TrainState(
-            params=params,
-            opt_state=nested(levels).init(params),
-            step=jnp.zeros((), jnp.int32),
-            consecutive_nonfinite=jnp.zeros((), jnp.int32),
-            skipped=jnp.zeros((), jnp.int32),
-            rng=jax.random.PRNGKey(0),
-        )
+        state = TrainState.create(params, levels, seed=0)
         state = jax.device_put(state, state_shardings(state, mesh))
         rest = jax.device_put(rest, replicated(mesh))
         step = build_train_step(

@@ -21,7 +21,7 @@ that the model calls through `nestlearn.parallel.sharded_kernel` run under `jax.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -59,6 +59,16 @@ class TrainState(NamedTuple):
     consecutive_nonfinite: jax.Array  # shape=(), int32: skipped steps in a row up to `step`
     skipped: jax.Array  # shape=(), int32: skipped steps in total
     rng: jax.Array  # shape=(2,), uint32: raw key data of the run's base PRNG key
+
+    @classmethod
+    def create(cls, params: Any, levels: Sequence[Level], *, seed: int) -> TrainState:
+        """The state before the first step: each level's rule initialised, counters at zero.
+
+        Each counter is its own array: a train step donates the state, and one buffer cannot be
+        donated twice.
+        """
+        counters = [jnp.zeros((), jnp.int32) for _ in range(3)]
+        return cls(params, nested(levels).init(params), *counters, jax.random.PRNGKey(seed))
 
 
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:

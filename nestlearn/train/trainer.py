@@ -34,7 +34,7 @@ from nestlearn.data.dataset import Dataset, load_dataset
 from nestlearn.data.iterator import Batch, BatchIterator, eval_batches
 from nestlearn.eval.perplexity import bits_per_char, perplexity
 from nestlearn.eval.report import write_report
-from nestlearn.optim.scheduler import NestedState, nested
+from nestlearn.optim.scheduler import NestedState
 from nestlearn.parallel import (
     batch_divisor,
     batch_sharding,
@@ -139,14 +139,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     model = models.build(config.model, rngs=nnx.Rngs(config.seed))
     graphdef, params, rest = split_model(model)
     levels = build_levels(config)
-    state = TrainState(
-        params=params,
-        opt_state=nested(levels).init(params),
-        step=jnp.zeros((), jnp.int32),
-        consecutive_nonfinite=jnp.zeros((), jnp.int32),
-        skipped=jnp.zeros((), jnp.int32),
-        rng=jax.random.PRNGKey(config.seed),
-    )
+    state = TrainState.create(params, levels, seed=config.seed)
     state = jax.device_put(state, state_shardings(state, mesh))
     rest = jax.device_put(rest, replicated(mesh))
     checkpointer = Checkpointer(

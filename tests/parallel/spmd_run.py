@@ -22,12 +22,10 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from nestlearn import models
-from nestlearn.optim.scheduler import nested
 from nestlearn.parallel import (
     batch_sharding,
     batch_tree_shardings,
@@ -63,14 +61,7 @@ def fresh(config):
     model = models.build(config.model, rngs=nnx.Rngs(0))
     graphdef, params, rest = split_model(model)
     levels = build_levels(config)
-    state = TrainState(
-        params=params,
-        opt_state=nested(levels).init(params),
-        step=jnp.zeros((), jnp.int32),
-        consecutive_nonfinite=jnp.zeros((), jnp.int32),
-        skipped=jnp.zeros((), jnp.int32),
-        rng=jax.random.PRNGKey(0),
-    )
+    state = TrainState.create(params, levels, seed=0)
     return graphdef, rest, levels, state
 
 
