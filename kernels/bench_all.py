@@ -10,7 +10,8 @@ batch 1, bf16, chunk 64): ``gated_delta`` without and with momentum, ``mlp_memor
 hidden 256). It prints one table (:mod:`nestlearn.kernels.benchmarking`) and writes the JSON to
 ``--out`` (default ``docs/results/kernels/<device kind>.json``). A backend that fails is recorded
 as an error row; the run goes on. Every flag of the op benchmarks applies (``--t``, ``--d``,
-``--heads``, ``--chunk``, ``--dtype``, ``--repeats``, ``--implementations``, ``--hidden``);
+``--heads``, ``--chunk``, ``--dtype``, ``--repeats``, ``--implementations``, ``--hidden``, and the
+gated-delta tiling sweeps ``--block_v`` / ``--num_warps``);
 ``--quick`` is the CPU smoke mode (tiny shapes, the Triton kernel interpreted).
 """
 
@@ -27,6 +28,7 @@ def main(argv=None) -> dict:
     """Runs every op's benchmark; returns the result document that was written."""
     p = benchmarking.parser(__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=256, help="hidden width of the MLP memory")
+    gated_delta_bench.add_tiling_flags(p)
     a = benchmarking.finish_args(p.parse_args(argv), argv)
     if a.out is None:
         a.out = str(RESULTS_DIR / f"{benchmarking.device_slug()}.json")

@@ -186,6 +186,8 @@ def format_table(rows: list[dict[str, Any]], ceilings: Ceilings) -> str:
     ]
     for r in rows:
         head = f"| {r['op']} | {r['variant']} | {r['t']} | {r['implementation']}"
+        if r.get("tiling"):
+            head += f" ({r['tiling']})"
         if r.get("interpret"):
             head += " (interpret)"
         if "error" in r:
@@ -211,12 +213,15 @@ def run(
     """Times every case (dicts from an op's ``cases``) and returns the result document.
 
     A case holds ``op``, ``variant``, ``t``, ``implementation``, ``interpret``, ``shape`` (a dict
-    for the JSON) and ``make() -> dict(forward=, loss=, args=, cost_fwd=, cost_train=)``.
+    for the JSON), optionally ``tiling`` (a label of the kernel's block sizes) and
+    ``make() -> dict(forward=, loss=, args=, cost_fwd=, cost_train=)``.
     """
     ceilings = measure_ceilings(a.quick) if ceilings is None else ceilings
     rows = []
     for case in cases:
         row = {k: case[k] for k in ("op", "variant", "t", "implementation", "interpret", "shape")}
+        if case.get("tiling"):
+            row["tiling"] = case["tiling"]
         try:
             row.update(time_case(**case["make"](), repeats=a.repeats, ceilings=ceilings))
         except Exception as e:  # building the inputs failed
@@ -227,6 +232,7 @@ def run(
         else:
             status = f"fwd {row['fwd']['ms']:.3f} ms, fwd+bwd {row['fwd_bwd']['ms']:.3f} ms"
         name = f"{row['op']} ({row['variant']}) T={row['t']} {row['implementation']}"
+        name += f" ({row['tiling']})" if "tiling" in row else ""
         print(f"{name}: {status}", flush=True)
     add_speedups(rows)
     return {"device": device_info(), "ceilings": ceilings._asdict(), "rows": rows}

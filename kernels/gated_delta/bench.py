@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from nestlearn.kernels import benchmarking
 from nestlearn.kernels.benchmarking import Cost
 from nestlearn.kernels.gated_delta.api import gated_delta
+from nestlearn.kernels.gated_delta.config import BlockSizes
 
 
 def _squarings(c: int) -> int:
@@ -73,7 +74,7 @@ def _inputs(key, b, t, h, d, dtype, momentum):
     return args, mom
 
 
-def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum):
+def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum, block_sizes):
     args, mom = _inputs(jax.random.key(0), b, t, h, d, dtype, momentum)
 
     def forward(args, mom):
@@ -83,6 +84,7 @@ def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum)
             chunk_size=chunk_size,
             implementation=implementation,
             interpret=interpret,
+            block_sizes=block_sizes,
         )
 
     def loss(args, mom):
@@ -93,34 +95,54 @@ def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum)
     return dict(forward=forward, loss=loss, args=(args, mom), cost_fwd=fwd, cost_train=train)
 
 
+def _tilings(a):
+    """(label, BlockSizes) of the flags ``--block_v`` × ``--num_warps`` (None: the defaults)."""
+    if a.block_v is None and a.num_warps is None:
+        yield "", None
+        return
+    for block_v in a.block_v or [0]:
+        for warps in a.num_warps or [BlockSizes.num_warps]:
+            yield f"block_v {block_v or 'all'}, {warps} warps", BlockSizes(block_v or None, warps)
+
+
 def cases(a, *, momentum: bool):
     """The benchmark cases of parsed flags ``a`` (see :func:`benchmarking.run`)."""
     shape = dict(b=a.batch, h=a.heads, d=a.d, dtype=a.dtype, chunk_size=a.chunk)
     for t in a.t:
         for impl in a.implementations:
             interpret = a.interpret and impl != "xla"
-            make = functools.partial(
-                _make,
-                implementation=impl,
-                interpret=interpret,
-                t=t,
-                momentum=momentum,
-                **{**shape, "dtype": jnp.dtype(a.dtype)},
-            )
-            yield dict(
-                op="gated_delta",
-                variant="momentum" if momentum else "plain",
-                t=t,
-                implementation=impl,
-                interpret=interpret,
-                shape=shape,
-                make=make,
-            )
+            for label, block_sizes in _tilings(a) if impl != "xla" else [("", None)]:
+                make = functools.partial(
+                    _make,
+                    implementation=impl,
+                    interpret=interpret,
+                    t=t,
+                    momentum=momentum,
+                    block_sizes=block_sizes,
+                    **{**shape, "dtype": jnp.dtype(a.dtype)},
+                )
+                yield dict(
+                    op="gated_delta",
+                    variant="momentum" if momentum else "plain",
+                    tiling=label,
+                    t=t,
+                    implementation=impl,
+                    interpret=interpret,
+                    shape=shape,
+                    make=make,
+                )
+
+
+def add_tiling_flags(p):
+    """``--block_v`` / ``--num_warps`` sweeps of the Pallas backends (0: the whole of d_v)."""
+    p.add_argument("--block_v", type=int, nargs="+", default=None, help="value blocks to sweep")
+    p.add_argument("--num_warps", type=int, nargs="+", default=None, help="warps to sweep")
 
 
 def main(argv=None):
     p = benchmarking.parser(__doc__.splitlines()[0])
     p.add_argument("--momentum", action="store_true", help="Titans momentum (linear memory)")
+    add_tiling_flags(p)
     a = benchmarking.finish_args(p.parse_args(argv), argv)
     benchmarking.report(benchmarking.run(cases(a, momentum=a.momentum), a), a.out)
 

@@ -16,8 +16,10 @@ class BlockSizes:
     and the chunk are whole in every program.
 
     Attributes:
-      block_v: value columns per program; None means all of d_v (after the backend's padding).
-        Triton needs a power of two ≥ 16; Mosaic TPU needs d_v itself or a multiple of 128.
+      block_v: value columns per program; None means the backend's default: Triton 16 (the
+        fastest on an H200, docs/kernels.md §6: one program per (sequence·head) leaves most of
+        the GPU idle), TPU all of d_v (after the backend's padding). Triton needs a power of two
+        ≥ 16; Mosaic TPU needs d_v itself or a multiple of 128.
       num_warps: Triton warps per program (power of two).
       num_stages: Triton software-pipelining stages (≥ 1).
     """
@@ -43,9 +45,15 @@ class BlockSizes:
         if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
             raise ValueError(f"{num_stages=} must be a positive int")
 
-    def value_block(self, d_v: int) -> int:
-        """The value block for a (padded) value width ``d_v``; ValueError if it does not tile."""
-        block_v = d_v if self.block_v is None else self.block_v
+    def value_block(self, d_v: int, default: int | None = None) -> int:
+        """The value block for a (padded) value width ``d_v``; ValueError if it does not tile.
+
+        ``default`` (capped at d_v) replaces ``block_v=None``; without it None means all of d_v.
+        """
+        if self.block_v is not None:
+            block_v = self.block_v
+        else:
+            block_v = d_v if default is None else min(default, d_v)
         if d_v % block_v:
             raise ValueError(f"{d_v=} must be a multiple of {block_v=}")
         return block_v

@@ -16,6 +16,7 @@ from nestlearn.kernels.gated_delta import chunk
 from nestlearn.kernels.gated_delta.config import BlockSizes
 
 MIN_WIDTH = 16  # tl.dot needs every operand dimension ≥ 16
+DEFAULT_BLOCK_V = 16  # value columns per program when BlockSizes.block_v is None (config.py)
 
 
 def padded_width(d: int) -> int:
@@ -72,7 +73,7 @@ def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bo
     bh, n, c, d_k = terms.k.shape
     d_v = terms.v.shape[-1]
     check_chunk_size(c)
-    block_v = block_sizes.value_block(d_v)
+    block_v = block_sizes.value_block(d_v, default=DEFAULT_BLOCK_V)
     if block_v < MIN_WIDTH or block_v & (block_v - 1):
         raise ValueError(f"{block_v=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
     s0, z0 = state

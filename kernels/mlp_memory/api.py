@@ -126,6 +126,7 @@ def mlp_memory(
         dispatch.require_platform("pallas_triton", "gpu", interpret)
         pallas_triton.check_chunk_size(chunk_size)
         widths = tuple(pallas_triton.padded_width(d) for d in (d_in, d_out, hidden))
+        pallas_triton.check_state_size(*widths)
         return _run_kernel(pallas_triton, widths, *args, interpret=bool(interpret), **static)
 
     def tpu():

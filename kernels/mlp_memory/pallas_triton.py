@@ -13,11 +13,29 @@ import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from nestlearn.kernels.dispatch import Unavailable
 from nestlearn.kernels.gated_delta.pallas_triton import check_chunk_size, padded_width
 from nestlearn.kernels.mlp_memory import chunk
 from nestlearn.kernels.mlp_memory.config import BlockSizes
 
-__all__ = ["check_chunk_size", "forward", "padded_width"]
+__all__ = ["MAX_STATE_BYTES", "check_chunk_size", "check_state_size", "forward", "padded_width"]
+
+# Weights and momenta of one memory, float32, that one program holds. Measured on an H200
+# (`python -m nestlearn.kernels.mlp_memory.bench --t 8192`, docs/kernels.md §6): 128 KiB (d 128,
+# hidden 64) compiles and runs; 256 KiB (d 128, hidden 128) did not finish compiling in 40 s;
+# 512 KiB (d 128, hidden 256) exceeds the shared memory (360,448 bytes asked, 232,448 available).
+MAX_STATE_BYTES = 128 * 1024
+
+
+def check_state_size(d_in: int, d_out: int, hidden: int) -> None:
+    """Raises Unavailable when W₁, W₂ and their momenta (padded widths) exceed MAX_STATE_BYTES."""
+    state_bytes = 2 * 4 * hidden * (d_in + d_out)
+    if state_bytes > MAX_STATE_BYTES:
+        raise Unavailable(
+            f"pallas_triton holds one memory per program: weights and momenta of d_in={d_in}, "
+            f"d_out={d_out}, hidden={hidden} take {state_bytes // 1024} KiB > "
+            f"{MAX_STATE_BYTES // 1024} KiB; use implementation='xla'"
+        )
 
 
 def _kernel(*refs, terms_tree, state_tree, n_chunks, residual, save_starts):

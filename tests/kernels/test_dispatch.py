@@ -144,14 +144,30 @@ def test_block_v_must_tile_value_width():
         GatedDeltaBlocks(block_v=32).value_block(48)
 
 
+def test_block_v_default_is_per_backend():
+    """None: the caller's default capped at d_v (Triton passes 16), else the whole of d_v."""
+    blocks = GatedDeltaBlocks()
+    assert blocks.value_block(128, default=16) == 16
+    assert blocks.value_block(8, default=16) == 8
+    assert blocks.value_block(128) == 128
+    assert GatedDeltaBlocks(block_v=32).value_block(128, default=16) == 32
+
+
+def test_triton_refuses_mlp_memory_too_large_for_one_program():
+    """W₁, W₂ and momenta of d 128 × hidden 256 (512 KiB) exceed what one program holds."""
+    args = mlp_args(t=5, h=1, d=128, hidden=256)
+    with pytest.raises(Unavailable, match="hidden=256 take 512 KiB > 128 KiB"):
+        mlp_memory(**args, chunk_size=16, implementation="pallas_triton", interpret=True)
+
+
 @pytest.mark.slow
 def test_block_v_splits_value_axis(x64):
     """A Triton value block smaller than d_v gives the same result as one block."""
     args = gd_args(t=20, d=32)
     args["v"] = jnp.sin(jnp.arange(20 * 2 * 32.0)).reshape(1, 20, 2, 32)
     kw = dict(chunk_size=16, implementation="pallas_triton", interpret=True)
-    whole = gated_delta(**args, **kw)
-    split = gated_delta(**args, block_sizes=GatedDeltaBlocks(block_v=16), **kw)
+    whole = gated_delta(**args, block_sizes=GatedDeltaBlocks(block_v=32), **kw)
+    split = gated_delta(**args, **kw)  # the Triton default: blocks of 16
     assert jnp.allclose(whole[0], split[0], atol=1e-12) and jnp.allclose(
         whole[1], split[1], atol=1e-12
     )

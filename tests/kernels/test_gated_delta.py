@@ -226,3 +226,10 @@ class TestTpuInterpret(GatedDeltaSuite):
         got = self.run(args, mom)
         want = gated_delta_recurrent(**args, momentum=mom)
         assert_trees_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Triton kernel needs a GPU")
+class TestTritonGpu(GatedDeltaSuite):
+    """The compiled Triton kernel on a real GPU (`kernels/gpu_check.sh`); every test runs."""
+
+    IMPLEMENTATION = "pallas_triton"

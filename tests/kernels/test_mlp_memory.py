@@ -200,3 +200,10 @@ class TestTpuInterpret(MLPMemorySuite):
         args, params = make_inputs(jax.random.key(7), t=9, dtype=jnp.float32)
         want = mlp_memory_recurrent(**args, params=params, chunk_size=8, residual=True)
         assert_trees_close(self.run(args, params, residual=True), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Triton kernel needs a GPU")
+class TestTritonGpu(MLPMemorySuite):
+    """The compiled Triton kernel on a real GPU (`kernels/gpu_check.sh`); every test runs."""
+
+    IMPLEMENTATION = "pallas_triton"

@@ -109,6 +109,18 @@ def assert_close(got, want, tol, what):
 
 @pytest.mark.parametrize("name", _slow_unless_default(WIRED))
 def test_pallas_model_equals_xla_model(interpret, name):
+    _assert_pallas_model_equals_xla_model(name)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Triton kernel needs a GPU")
+@pytest.mark.parametrize("name", WIRED)
+def test_compiled_kernel_model_equals_xla_model_on_gpu(name):
+    """The same comparison with the compiled kernel (`kernels/gpu_check.sh`; run it with
+    ``JAX_DEFAULT_MATMUL_PRECISION=highest`` so XLA's float32 matmuls do not round to TF32)."""
+    _assert_pallas_model_equals_xla_model(name)
+
+
+def _assert_pallas_model_equals_xla_model(name):
     xla, pallas = build(name, "xla"), build(name, "pallas")
     nnx.update(pallas, nnx.state(xla))  # same weights (equal already: same seed)
     tokens = _tokens()
