@@ -17,43 +17,9 @@ Command (every host):
   python experiments/main.py --config=experiments/configs/hope_1p3b.py:dp4 --workdir=...
 """
 
-from nestlearn.train.config import base_config
+from nestlearn.train.config import hope_pod_config
 
 
 def get_config(arg=None):
     """`arg`: None (FSDP x tensor 2 on all devices) or "dp<N>" (N-way data parallelism outside)."""
-    c = base_config("hope")
-    c.model.vocab_size = 32_000
-    c.model.d_model = 2048
-    c.model.num_layers = 24
-    c.model.num_heads = 16
-    c.model.mlp_ratio = 1.0
-    c.model.max_len = 4096
-    c.model.chunk_size = 64
-    c.model.dtype = "bfloat16"
-    c.model.remat = True
-    c.model.cms.periods = (1, 4, 16)
-    c.model.cms.mode = "scheduled"
-    c.model.self_modifying.eta_max = 0.02
-    c.data.corpus = "text_dir"
-    c.data.path = "data/fineweb_edu"
-    c.data.tokenizer = "gpt2"
-    c.data.seq_len = 4096
-    c.data.batch_size = 128
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 2000
-    c.optim.weight_decay = 0.1
-    c.train.num_steps = 190_000  # 100B tokens / (128 x 4096)
-    c.train.log_every = 50
-    c.train.eval_every = 2000
-    c.train.checkpoint_every = 1000
-    c.train.progress_bar = False
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 2
-    c.mesh.distributed.enabled = True
-    if arg and arg.startswith("dp") and arg[2:].isdigit():
-        c.mesh.data = int(arg[2:])
-    elif arg:
-        raise ValueError(f"config argument {arg!r} is unknown; allowed: dp<N>")
-    return c
+    return hope_pod_config(d_model=2048, lr=1e-3, num_steps=190_000, tensor=2, arg=arg)

@@ -90,6 +90,64 @@ def base_config(model: str = "hope") -> ml_collections.ConfigDict:
     return c
 
 
+def hope_pod_config(
+    *, d_model: int, lr: float, num_steps: int, tensor: int, arg: str | None = None
+) -> ml_collections.ConfigDict:
+    """The sharded Hope recipe of the paper-scale configs (arXiv 2512.24695 §9; docs/scaling.md).
+
+    24 layers, 16 heads, CMS feed-forward ratio 1.0 with levels of periods 1, 4, 16 steps
+    (scheduled), a 32K GPT-2 vocabulary, 0.5M tokens per step (128 × 4096), bfloat16 compute with
+    float32 params and remat, AdamW (cosine, 2,000 warm-up steps, weight decay 0.1), FSDP over
+    every device × ``tensor``-way tensor parallelism, ``jax.distributed`` auto-detected.
+
+    Args:
+      d_model: model width.
+      lr: peak learning rate.
+      num_steps: training steps (tokens / 524,288).
+      tensor: tensor-parallel degree (``mesh.tensor``).
+      arg: the config file's argument: None, or ``"dp<N>"`` for N-way pure data parallelism
+        outside FSDP (several slices or hosts).
+
+    Raises:
+      ValueError: ``arg`` is neither None nor ``"dp<N>"``.
+    """
+    c = base_config("hope")
+    c.model.vocab_size = 32_000
+    c.model.d_model = d_model
+    c.model.num_layers = 24
+    c.model.num_heads = 16
+    c.model.mlp_ratio = 1.0
+    c.model.max_len = 4096
+    c.model.chunk_size = 64
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.model.cms.periods = (1, 4, 16)
+    c.model.cms.mode = "scheduled"
+    c.model.self_modifying.eta_max = 0.02
+    c.data.corpus = "text_dir"
+    c.data.path = "data/fineweb_edu"
+    c.data.tokenizer = "gpt2"
+    c.data.seq_len = 4096
+    c.data.batch_size = 128
+    c.optim.lr = lr
+    c.optim.warmup_steps = 2000
+    c.optim.weight_decay = 0.1
+    c.train.num_steps = num_steps
+    c.train.log_every = 50
+    c.train.eval_every = 2000
+    c.train.checkpoint_every = 1000
+    c.train.progress_bar = False
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.tensor = tensor
+    c.mesh.distributed.enabled = True  # auto-detects TPU pods, SLURM, Open MPI
+    if arg and arg.startswith("dp") and arg[2:].isdigit():
+        c.mesh.data = int(arg[2:])
+    elif arg:
+        raise ValueError(f"config argument {arg!r} is unknown; allowed: dp<N>")
+    return c
+
+
 _CHOICES = {
     "data.tokenizer": ("byte", "char", "gpt2"),
     "optim.cms_rule": CMS_RULES,
