@@ -9,7 +9,8 @@ token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
 (b) Titans' MLP memory (2 layers, hidden 64, Titans Eqs. 13–18): ``titans_memory`` with chunk 16
     and 64 vs chunk 1 (the same code token by token; both with the default ``remat=True``);
 (c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
-    16/64 (k, v, η, α memories / output memory) vs ``self_modifying_memory_recurrent``.
+    16/64 and 32/64 (k, v, η, α memories / output memory; 32 is the generator chunk of the
+    ``hope`` model) vs ``self_modifying_memory_recurrent``.
 
 A recurrent run at T = 4096 whose estimate (4 × its T = 1024 time) exceeds 60 s is skipped and
 marked in the table. Times are the best of ``--repeats`` runs (fewer when they exceed 10 s)
@@ -85,12 +86,14 @@ def titans(chunk):
     return layer, params
 
 
-def self_modifying(chunked):
+def self_modifying(chunks):
+    """``chunks`` = (generator chunk, output-memory chunk), or None for the recurrence."""
     from nestlearn.memory import self_modifying as sm
 
-    config = sm.SelfModifyingConfig(chunk_size=16, memory_chunk_size=64)
+    chunk_size, memory_chunk_size = chunks or (1, 1)  # the recurrence ignores them
+    config = sm.SelfModifyingConfig(chunk_size=chunk_size, memory_chunk_size=memory_chunk_size)
     params = sm.self_modifying_init(jax.random.key(0), heads=HEADS, dim=D, config=config)
-    fn = sm.self_modifying_memory if chunked else sm.self_modifying_memory_recurrent
+    fn = sm.self_modifying_memory if chunks else sm.self_modifying_memory_recurrent
 
     def layer(params, x):
         o, _ = fn(x["x"], x["q"], params=params, config=config)
@@ -123,8 +126,9 @@ def cases():
     ]
     if _available("self_modifying"):
         out += [
-            ("self-modifying memory", "chunk 16/64", lambda: self_modifying(True)),
-            ("self-modifying memory", "recurrent", lambda: self_modifying(False)),
+            ("self-modifying memory", "chunk 16/64", lambda: self_modifying((16, 64))),
+            ("self-modifying memory", "chunk 32/64", lambda: self_modifying((32, 64))),
+            ("self-modifying memory", "recurrent", lambda: self_modifying(None)),
         ]
     return out
 

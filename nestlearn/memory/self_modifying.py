@@ -206,6 +206,15 @@ class _Tokens(NamedTuple):
     log_alpha: jax.Array  # [c, e] log α_t (0 without decay)
 
 
+class _Memory(NamedTuple):
+    """One residual-MLP memory inside the chunk scans (leading axes [g] when stacked)."""
+
+    w1: jax.Array  # [d, n] output-side weight W₁
+    s1: jax.Array  # [d, n] its momentum S₁
+    w2: jax.Array  # [n, d] input-side weight W₂
+    s2: jax.Array  # [n, d] its momentum S₂
+
+
 def _adaptive_generators(config: SelfModifyingConfig) -> tuple[str, ...]:
     """Names of the self-modifying generator memories, in a fixed order."""
     adaptive = {
@@ -289,22 +298,23 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 def _generate(
-    gen: dict[str, Params],
+    outputs: dict[str, jax.Array],
     static: Params,
     x: jax.Array,
     q_in: jax.Array,
     config: SelfModifyingConfig,
 ) -> _Tokens:
-    """k, v, q, η, α of a block of tokens from the generator states ``gen`` (Eq. 83).
+    """k, v, q, η, α of a block of tokens from the generator outputs (Eq. 83).
 
-    η and α are per-head scalars (the channel mean of M_η(x_t), M_α(x_t) plus a learned bias) or
-    per-channel (M(x_t) plus a learned bias), squashed as η = η_max·sigmoid(·), α = sigmoid(·).
+    ``outputs`` maps each adaptive generator □ to M_□(x) [c, d], read from its state at the
+    chunk start; a static k or v is the linear projection in ``static``. η and α are per-head
+    scalars (the channel mean of M_η(x_t), M_α(x_t) plus a learned bias) or per-channel (M(x_t)
+    plus a learned bias), squashed as η = η_max·sigmoid(·), α = sigmoid(·).
     """
-    sigma = architectures.ACTIVATIONS[config.activation]
 
     def project(name: str) -> jax.Array:
-        if name in gen:
-            return _mlp(gen[name], x, sigma)
+        if name in outputs:
+            return outputs[name]
         return x @ static[name]["w"].T
 
     def readout(y: jax.Array, bias: jax.Array) -> jax.Array:
@@ -315,14 +325,14 @@ def _generate(
 
     k = project("k")
     v = project("v")
-    q = _mlp(gen["q"], x, sigma) if "q" in gen else q_in
+    q = outputs.get("q", q_in)
     if config.normalize_qk:
         k, q = _l2_normalize(k), _l2_normalize(q)
     if config.normalize_v:
         v = _l2_normalize(v)
-    eta = config.eta_max * jax.nn.sigmoid(readout(_mlp(gen["eta"], x, sigma), static["eta_bias"]))
+    eta = config.eta_max * jax.nn.sigmoid(readout(outputs["eta"], static["eta_bias"]))
     if config.use_decay:
-        log_alpha = jax.nn.log_sigmoid(readout(_mlp(gen["alpha"], x, sigma), static["alpha_bias"]))
+        log_alpha = jax.nn.log_sigmoid(readout(outputs["alpha"], static["alpha_bias"]))
     else:
         log_alpha = jnp.zeros_like(eta)
     if config.dgd_step == "normalized":
@@ -399,8 +409,11 @@ def _unit_lower_inverse(strict: jax.Array) -> jax.Array:
 
 
 def _write_chunk(
-    w: Params, s: Params, tok: _Tokens, config: SelfModifyingConfig
-) -> tuple[Params, Params]:
+    mem: _Memory,
+    tok: _Tokens,
+    config: SelfModifyingConfig,
+    reads: jax.Array | None = None,
+) -> tuple[_Memory, jax.Array | None]:
     """Closed form of c tokens of Eq. 88 with momentum, gradients at the chunk-start weights.
 
     With γ[t', i] = Π_{j=i+1}^{t'} α_j and Φ[t', m] = Σ_{i=m}^{t'} β^{i−m} γ[t', i]:
@@ -409,12 +422,48 @@ def _write_chunk(
     where u_m = η_m ∇L_m and r_t = W₂_{t−1} k_t solves the unit lower-triangular system
       r_t + Σ_{i<t} ⟨η_i k_i γ[t−1,i], k_t⟩ r_i = W₂_0 γ[t−1,0] k_t + β S₂_0 Φ[t−1,1] k_t
                                                   − Σ_m ⟨η_m ρ_m Φ[t−1,m], k_t⟩ δ_m.
+
+    The gradient factors are those of :func:`_gradient_factors` (Eqs. 86–87, the recurrent
+    reference's), with fewer products: one product [K; V; Y] W₂ᵀ gives the pre-activations W₂k,
+    W₂v (and W₂y of the reads), and e = (k − v) + W₁(σ(W₂k) − σ(W₂v)) takes one product with W₁.
+    With per-head η and α (e = 1) every coefficient is a scalar per token, so K Kᵀ serves both
+    the solve and its right-hand side, W₂k is reused in the right-hand side, and the DGD erase
+    of W₂ joins the gradient step in one product.
+
+    Args:
+      mem: the memory's weights and momentum at the chunk start.
+      tok: the chunk's tokens, fields [c, ...].
+      config: the layer's options.
+      reads: rows y [r, d] to read through the memory at the chunk start, or None.
+
+    Returns:
+      ``(mem, M(y))``: the memory after the chunk and M(y) [r, d] read before the writes (None
+      without ``reads``).
     """
     c = tok.k.shape[0]
     beta = config.momentum
-    dtype = tok.k.dtype
-    e, a, terms = _gradient_factors(w, tok.k, tok.v, config)
-    eta = tok.eta  # [c, e]
+    sigma = architectures.ACTIVATIONS[config.activation]
+    k, v, eta = tok.k, tok.v, tok.eta  # [c, d], [c, d], [c, e]
+    per_head = eta.shape[-1] == 1
+    w1, s1, w2, s2 = mem
+
+    # Pre-activations: one product of the rows [K; V; Y] with W₂ (split, whose transpose is a
+    # concatenation), and S₂K for the solve.
+    parts = [k, v] if reads is None else [k, v, reads]
+    z = jnp.einsum("rd,nd->rn", jnp.concatenate(parts), w2)
+    z_k, z_v, *z_y = jnp.split(z, np.cumsum([len(x) for x in parts])[:-1])
+    a_k, slope_k = jax.jvp(sigma, (z_k,), (jnp.ones_like(z_k),))  # [c, n]
+    a_v, slope_v = jax.jvp(sigma, (z_v,), (jnp.ones_like(z_v),))
+    hidden = a_k - a_v if reads is None else jnp.concatenate([a_k - a_v, sigma(z_y[0])])
+    out = jnp.einsum("rn,dn->rd", hidden, w1)  # W₁(σ(W₂k) − σ(W₂v)), W₁σ(W₂y)
+    out_e, *out_y = jnp.split(out, [c]) if reads is not None else (out,)
+    e = (k - v) + out_e  # [c, d] residual M(k) − v̂
+    read = reads + out_y[0] if reads is not None else None
+    back = e @ w1  # [c, n] W₁ᵀ e
+    if config.stop_gradient_vhat:
+        a, terms = a_k, ((back * slope_k, k),)
+    else:
+        a, terms = a_k - a_v, ((back * slope_k, k), (-back * slope_v, v))
 
     # Decays. lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
     lam = jnp.concatenate([jnp.zeros_like(tok.log_alpha[:1]), jnp.cumsum(tok.log_alpha, axis=0)])
@@ -429,35 +478,61 @@ def _write_chunk(
         float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
         0.0,
     )  # [c(i), c(m)] β^{i−m} for m ≤ i
-    phi = jnp.einsum("tie,im->tme", gamma, jnp.asarray(powers, dtype))  # [c+1, c, e]
-    beta_tail = jnp.asarray(float(beta) ** (c - 1 - steps), dtype)[:, None]  # [c, 1] β^{c−m}
+    phi = jnp.einsum("tie,im->tme", gamma, jnp.asarray(powers, k.dtype))  # [c+1, c, e]
+    beta_tail = jnp.asarray(float(beta) ** (c - 1 - steps), k.dtype)[:, None]  # [c, 1] β^{c−m}
     beta_c = float(beta) ** c
+    decay_c, phi_0 = jnp.exp(lam[c]), phi[c, 0]  # [e] each
+    # Per-token coefficients of the weight and momentum updates, η included: [c, e] each.
+    coef_w, coef_s = phi[c] * eta, beta_tail * eta
 
-    # Output-side weight W₁ (rows are channels; α and η scale rows).
-    u1 = eta * e  # [c, d] left factors of η_m ∇W₁_m = (η_m ⊙ e_m) a_mᵀ
-    s1 = beta_c * s["w1"] - (beta_tail * u1).T @ a
-    w1 = (
-        jnp.exp(lam[c])[:, None] * w["w1"]
-        + beta * phi[c, 0][:, None] * s["w1"]
-        - (phi[c] * u1).T @ a
-    )
+    # Scalings by quantities shared by every memory are einsums: their transposes are then
+    # contractions, not the multiply + reduce fusions XLA:CPU runs far slower (matrix_memory).
+    if per_head:
+        scale_tokens = lambda s, x: jnp.einsum("c,cd->cd", s[:, 0], x)
+        scale_rows = lambda s, m: jnp.einsum("e,dn->dn", s, m)
+        scale_cols = lambda s, m: jnp.einsum("e,nd->nd", s, m)
+    else:
+        scale_tokens = lambda s, x: jnp.einsum("cd,cd->cd", s, x)
+        scale_rows = lambda s, m: jnp.einsum("d,dn->dn", s, m)
+        scale_cols = lambda s, m: jnp.einsum("d,nd->nd", s, m)
+
+    # Output-side weight W₁ (rows are channels; α and η scale rows): Σ_m coef_m e_m a_mᵀ.
+    outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
+    w1 = scale_rows(decay_c, w1) + beta * scale_rows(phi_0, s1) - outer1(coef_w)
+    s1 = beta_c * s1 - outer1(coef_s)
 
     # Input-side weight W₂ (columns are key channels; α and η scale columns).
-    s2 = beta_c * s["w2"]
-    w2 = w["w2"] * jnp.exp(lam[c])[None, :] + beta * s["w2"] * phi[c, 0][None, :]
-    for delta, rho in terms:
-        s2 = s2 - delta.T @ (beta_tail * eta * rho)
-        w2 = w2 - delta.T @ (phi[c] * eta * rho)
     if config.use_dgd:
-        k = tok.k
-        erase = eta * k  # [c, d] erase keys η_i k_i
-        q_mat = _bilinear(erase, k, gamma[:-1])  # [c(t), c(i)] strictly lower
-        rhs = (jnp.exp(lam[:-1]) * k) @ w["w2"].T + beta * (phi[:-1, 0] * k) @ s["w2"].T
-        for delta, rho in terms:
-            rhs = rhs - _bilinear(eta * rho, k, phi[:-1]) @ delta
+        if per_head:
+            kk = k @ k.T  # [c(t), c(i)] ⟨k_i, k_t⟩
+            q_mat = kk * eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
+            s2_k = jnp.einsum("cd,nd->cn", k, s2)
+            rhs = scale_tokens(jnp.exp(lam[:-1]), z_k) + beta * scale_tokens(phi[:-1, 0], s2_k)
+            weight = phi[:-1, :, 0] * eta[:, 0]  # [c(t), c(m)]
+            for delta, rho in terms:
+                rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
+        else:
+            erase = eta * k  # [c, d] erase keys η_i k_i
+            q_mat = _bilinear(erase, k, gamma[:-1])
+            rhs = (jnp.exp(lam[:-1]) * k) @ w2.T + beta * (phi[:-1, 0] * k) @ s2.T
+            for delta, rho in terms:
+                rhs = rhs - _bilinear(eta * rho, k, phi[:-1]) @ delta
         r = _unit_lower_inverse(q_mat) @ rhs  # [c, n]
-        w2 = w2 - r.T @ (erase * gamma[c])
-    return {"w1": w1, "w2": w2}, {"w1": s1, "w2": s2}
+    w2_new = scale_cols(decay_c, w2) + beta * scale_cols(phi_0, s2)
+    s2 = beta_c * s2
+    for i, (delta, rho) in enumerate(terms):
+        if per_head:
+            left_w = scale_tokens(coef_w, delta)  # [c, n]
+            if i == 0 and config.use_dgd:
+                left_w = left_w + scale_tokens(gamma[c] * eta, r)  # the erase shares the keys
+            w2_new = w2_new - jnp.einsum("cn,cd->nd", left_w, rho)
+            s2 = s2 - jnp.einsum("cn,cd->nd", scale_tokens(coef_s, delta), rho)
+        else:
+            w2_new = w2_new - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_w, rho))
+            s2 = s2 - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_s, rho))
+    if config.use_dgd and not per_head:
+        w2_new = w2_new - r.T @ (eta * k * gamma[c])
+    return _Memory(w1, s1, w2_new, s2), read
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,51 +562,46 @@ def _scan_chunks(body, carry, xs, chunk: int, remat: bool):
     return carry, ys
 
 
-def _stack(trees: list[Params]) -> Params:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def _unstack(tree: Params, names: tuple[str, ...]) -> dict[str, Params]:
-    return {name: jax.tree.map(lambda a, i=i: a[i], tree) for i, name in enumerate(names)}
-
-
 def _chunked_one(x, q_in, weights, momentum, static, *, config: SelfModifyingConfig):
-    """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S)."""
+    """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S).
+
+    The generator memories are stacked on a leading axis g inside the scan, so that their reads
+    M_□(x) are two products for all of them.
+    """
     gen_names = _adaptive_generators(config)
-    write = jax.vmap(lambda w, s, tok: _write_chunk(w, s, tok, config), in_axes=(0, 0, None))
+    sigma = architectures.ACTIVATIONS[config.activation]
+    write = jax.vmap(lambda mem, tok: _write_chunk(mem, tok, config)[0], (0, None))
 
-    def generator_body(carry, xs):
-        gw, gs = carry
+    def generator_body(gen, xs):  # gen: _Memory with leaves [g, ...]
         x_c, q_c = xs
-        tok = _generate(_unstack(gw, gen_names), static, x_c, q_c, config)
-        new_w, new_s = write(gw, gs, tok)
+        z = jnp.einsum("cd,gnd->gcn", x_c, gen.w2)
+        y = x_c + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # M_□(x) [g, c, d]
+        tok = _generate(dict(zip(gen_names, y)), static, x_c, q_c, config)
+        new = write(gen, tok)
         if config.stop_gradient_writes:
-            new_w, new_s = _straight_through(gw, new_w), _straight_through(gs, new_s)
-        return (new_w, new_s), tok
+            new = _straight_through(gen, new)
+        return new, tok
 
-    gen_w = _stack([weights[n] for n in gen_names])
-    gen_s = _stack([momentum[n] for n in gen_names])
-    (gen_w, gen_s), tokens = _scan_chunks(
-        generator_body, (gen_w, gen_s), (x, q_in), config.chunk_size, config.remat
+    def stacked(names):  # _Memory with leaves [len(names), ...]
+        pick = lambda tree, leaf: jnp.stack([tree[n][leaf] for n in names])
+        return _Memory(*(pick(tree, leaf) for leaf in ("w1", "w2") for tree in (weights, momentum)))
+
+    gen, tokens = _scan_chunks(
+        generator_body, stacked(gen_names), (x, q_in), config.chunk_size, config.remat
     )
 
-    def memory_body(carry, tok):
-        mw, ms = carry
-        o = _mlp(mw, tok.q, architectures.ACTIVATIONS[config.activation])
-        new_w, new_s = _write_chunk(mw, ms, tok, config)
+    def memory_body(mem, tok):
+        new, o = _write_chunk(mem, tok, config, reads=tok.q)
         if config.stop_gradient_writes:
-            new_w, new_s = _straight_through(mw, new_w), _straight_through(ms, new_s)
-        return (new_w, new_s), o
+            new = _straight_through(mem, new)
+        return new, o
 
-    (mem_w, mem_s), o = _scan_chunks(
-        memory_body,
-        (weights["memory"], momentum["memory"]),
-        tokens,
-        config.memory_chunk_size,
-        config.remat,
-    )
-    new_w = {**_unstack(gen_w, gen_names), "memory": mem_w}
-    new_s = {**_unstack(gen_s, gen_names), "memory": mem_s}
+    initial = jax.tree.map(lambda a: a[0], stacked(["memory"]))
+    mem, o = _scan_chunks(memory_body, initial, tokens, config.memory_chunk_size, config.remat)
+    new_w = {n: {"w1": gen.w1[i], "w2": gen.w2[i]} for i, n in enumerate(gen_names)}
+    new_s = {n: {"w1": gen.s1[i], "w2": gen.s2[i]} for i, n in enumerate(gen_names)}
+    new_w["memory"] = {"w1": mem.w1, "w2": mem.w2}
+    new_s["memory"] = {"w1": mem.s1, "w2": mem.s2}
     return o, new_w, new_s
 
 
@@ -543,7 +613,8 @@ def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingC
     def body(carry, xs):
         ws, ss = carry
         x_t, q_t = xs[0][None], xs[1][None]
-        tok = _generate({n: ws[n] for n in names if n != "memory"}, static, x_t, q_t, config)
+        outputs = {n: _mlp(ws[n], x_t, sigma) for n in names if n != "memory"}
+        tok = _generate(outputs, static, x_t, q_t, config)
         o = _mlp(ws["memory"], tok.q, sigma)[0]
         new_w, new_s = {}, {}
         for n in names:
