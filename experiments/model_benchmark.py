@@ -3,8 +3,10 @@
 Purpose: check that each model trains at a usable speed on the CPU and compare the models'
 compute cost. For each model and shape it reports steady-state training tokens/s (median over
 `--steps` timed steps after compilation), parameters, FLOPs per token from XLA's cost analysis,
-the achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, and memory
-(XLA's buffer sizes for the compiled step and the process's peak RSS).
+the achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, memory
+(XLA's buffer sizes for the compiled step and the process's peak RSS), the process CPU time per
+step (steadier than wall time on a shared machine; CPU time / wall time is the parallelism the
+2 cores reached) and the 1-minute load average when the model was timed.
 
 Shapes: (a) small: d 128, 2 layers, 4 heads, vocab 256, T 256, batch 4;
         (b) medium: d 256, 4 layers, 4 heads, vocab 256, T 512, batch 4.
@@ -95,12 +97,13 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
     for _ in range(2):  # warm-up
         params, opt_state, loss = compiled(params, opt_state, tokens)
     loss.block_until_ready()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         params, opt_state, loss = compiled(params, opt_state, tokens)
         loss.block_until_ready()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     step_s = statistics.median(times)
     n_tokens = shape["batch"] * shape["seq_len"]
     return {
@@ -108,6 +111,8 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         "params": models.count_params(params),
         "tokens_per_s": n_tokens / step_s,
         "step_ms": 1e3 * step_s,
+        "cpu_ms": 1e3 * statistics.median(cpu_times),
+        "load_avg_1min": os.getloadavg()[0],
         "flops_per_token": flops / n_tokens,
         "achieved_gflops": flops / step_s / 1e9,
         "xla_memory_mb": xla_mb,
@@ -146,18 +151,22 @@ def main() -> None:
             row["shape"] = shape_name
             row["matmul_fraction"] = row["achieved_gflops"] / rate
             results.append(row)
-            print(f"  {shape_name} {name}: {row['tokens_per_s']:.0f} tokens/s", flush=True)
+            print(
+                f"  {shape_name} {name}: {row['tokens_per_s']:.0f} tokens/s "
+                f"(CPU {row['cpu_ms']:.1f} ms/step, load {row['load_avg_1min']:.1f})",
+                flush=True,
+            )
     header = (
-        "| shape | model | params | tokens/s | step ms | GFLOP/token | GFLOP/s (of matmul) "
-        "| XLA MiB | peak RSS MiB |"
+        "| shape | model | params | tokens/s | step ms | CPU ms | GFLOP/token "
+        "| GFLOP/s (of matmul) | XLA MiB | peak RSS MiB | load |"
     )
-    print("\n" + header + "\n|" + "---|" * 9)
+    print("\n" + header + "\n|" + "---|" * 11)
     for r in results:
         print(
             f"| {r['shape']} | {r['model']} | {r['params']:,} | {r['tokens_per_s']:,.0f} | "
-            f"{r['step_ms']:.1f} | {r['flops_per_token'] / 1e9:.4f} | "
+            f"{r['step_ms']:.1f} | {r['cpu_ms']:.1f} | {r['flops_per_token'] / 1e9:.4f} | "
             f"{r['achieved_gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | "
-            f"{r['xla_memory_mb']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"{r['xla_memory_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['load_avg_1min']:.1f} |"
         )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

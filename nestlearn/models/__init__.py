@@ -6,7 +6,13 @@ adds a model (see `nestlearn.models.registry` for the block protocol).
 """
 
 from nestlearn.models import hope, titans, transformer
-from nestlearn.models.attention import Attention, KVCache, causal_attention, rope
+from nestlearn.models.attention import (
+    Attention,
+    KVCache,
+    blockwise_causal_attention,
+    causal_attention,
+    rope,
+)
 from nestlearn.models.cms import (
     CMS,
     CMSLevel,
@@ -97,6 +103,7 @@ __all__ = [
     "attention_config",
     "available",
     "base_config",
+    "blockwise_causal_attention",
     "build",
     "causal_attention",
     "chunk_aligned",

@@ -94,6 +94,35 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     raise ValueError(f"weight of shape {w.shape} does not fit input of shape {x.shape}")
 
 
+@jax.custom_vjp
+def silu_gate(a: jax.Array, b: jax.Array) -> jax.Array:
+    """The SwiGLU gate silu(a) ⊙ b = a σ(a) ⊙ b, with a hand-written backward.
+
+    Gradients: ∂/∂a = g ⊙ b ⊙ σ(a)(1 + a(1 − σ(a))), ∂/∂b = g ⊙ a σ(a), computed from the saved
+    inputs in one fused pass; XLA:CPU's code for autodiff through `jax.nn.silu(a) * b` takes
+    several passes over the [.., f] arrays (measured: 2.5% of the Transformer++ train step at
+    d 128, T 256, batch 4).
+
+    Args:
+      a, b: arrays of the same shape and dtype.
+    """
+    return a * jax.nn.sigmoid(a) * b
+
+
+def _silu_gate_fwd(a, b):
+    return silu_gate(a, b), (a, b)
+
+
+def _silu_gate_bwd(residuals, g):
+    a, b = residuals
+    sig = jax.nn.sigmoid(a)
+    silu = a * sig
+    return g * b * (sig + silu * (1 - sig)), g * silu
+
+
+silu_gate.defvjp(_silu_gate_fwd, _silu_gate_bwd)
+
+
 def swiglu_apply(weights: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     """SwiGLU feed-forward, y = (silu(x W_gate) ⊙ x W_in) W_out.
 
@@ -101,7 +130,7 @@ def swiglu_apply(weights: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
       weights: {"w_in": [d, f], "w_gate": [d, f], "w_out": [f, d]} (or each with a leading b axis).
       x: [b, ..., d].
     """
-    hidden = jax.nn.silu(matmul(x, weights["w_gate"])) * matmul(x, weights["w_in"])
+    hidden = silu_gate(matmul(x, weights["w_gate"]), matmul(x, weights["w_in"]))
     return matmul(hidden, weights["w_out"])
 
 

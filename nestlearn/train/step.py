@@ -6,7 +6,7 @@ The loss is next-token cross-entropy, each window starting from the model's init
 
 One train step: loss and gradients; global-norm clipping; the nested levels' update
 (`nestlearn.optim.scheduler.nested`); and a guard: when the loss or any gradient is non-finite,
-params and optimizer state are kept as they were (`jnp.where`, no host round trip), the step is
+params and optimizer state are kept as they were (`lax.cond`, no host round trip), the step is
 counted as skipped, and which levels had non-finite gradients is reported.
 
 Sharding (`mesh=`, see `nestlearn.parallel`): the steps are compiled with in/out shardings —
@@ -121,6 +121,12 @@ def _loss(graphdef, params, rest, inputs, targets):
     return cross_entropy(logits, targets), _memory_stats(memory)
 
 
+def _apply(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any):
+    """(new params, new optimizer state) after one update of `tx`."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def build_train_step(
     levels: tuple[Level, ...],
     *,
@@ -158,12 +164,16 @@ def build_train_step(
         if grad_clip > 0:
             scale = jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
             grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        # One branch runs: a skipped step costs no update and a taken one no select over the
+        # params and optimizer state.
+        params, opt_state = jax.lax.cond(
+            finite,
+            lambda: _apply(tx, grads, state.opt_state, state.params),
+            lambda: (state.params, state.opt_state),
+        )
         new_state = TrainState(
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
+            params=params,
+            opt_state=opt_state,
             step=state.step + 1,
             consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1),
             skipped=state.skipped + jnp.where(finite, 0, 1),

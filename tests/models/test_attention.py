@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nestlearn.models.attention import Attention, causal_attention, rope
-from nestlearn.models.layers import OutputGate, ShortConv, l2_normalize, rms_norm
+from nestlearn.models.attention import (
+    Attention,
+    blockwise_causal_attention,
+    causal_attention,
+    rope,
+)
+from nestlearn.models.layers import OutputGate, ShortConv, l2_normalize, rms_norm, silu_gate
 
 
 def attention_reference(q, k, v, q_pos, k_pos, window, pk, pv):
@@ -36,6 +41,23 @@ def attention_reference(q, k, v, q_pos, k_pos, window, pk, pv):
     return out
 
 
+def plain_attention(q, k, v, q_pos, k_pos, window, pk, pv):
+    """Eq. 63 with autodiff's own softmax backward: the gradient reference for the custom VJP."""
+    r = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, r, axis=2), jnp.repeat(v, r, axis=2)
+    q = q / np.sqrt(q.shape[-1])
+    scores = jnp.einsum("bthd,bshd->bhts", q, k)
+    visible = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None])
+    if window:
+        visible &= q_pos[:, None] - k_pos[None, :] < window
+    scores = jnp.where(visible, scores, -jnp.inf)
+    if pk is not None:
+        pk, pv = jnp.repeat(pk, r, axis=1), jnp.repeat(pv, r, axis=1)
+        scores = jnp.concatenate([jnp.einsum("bthd,shd->bhts", q, pk), scores], axis=-1)
+        v = jnp.concatenate([jnp.broadcast_to(pv, (q.shape[0], *pv.shape)), v], axis=1)
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), v)
+
+
 @pytest.mark.parametrize("window,persistent,kv_heads", [(0, 0, 2), (3, 0, 1), (0, 2, 2), (4, 3, 1)])
 def test_causal_attention_matches_reference(x64, window, persistent, kv_heads):
     keys = jax.random.split(jax.random.key(0), 5)
@@ -48,7 +70,26 @@ def test_causal_attention_matches_reference(x64, window, persistent, kv_heads):
     pos = jnp.arange(t)
     k_pos = pos.at[2].set(-1)  # an empty cache slot is never visible
     kwargs = dict(q_pos=pos, k_pos=k_pos, window=window, persistent_k=pk, persistent_v=pv)
-    out = jax.jit(lambda q, k, v: causal_attention(q, k, v, **kwargs))(q, k, v)
+
+    # Backward: directional derivative of a scalar loss against central differences.
+    def loss(q, k, v):
+        return jnp.sum(jnp.sin(causal_attention(q, k, v, **kwargs)))
+
+    dirs = [jax.random.normal(kk, x.shape, jnp.float64) for kk, x in zip(keys, (q, k, v))]
+    eps = 1e-6
+
+    def plain_loss(q, k, v):
+        return jnp.sum(jnp.sin(plain_attention(q, k, v, pos, k_pos, window, pk, pv)))
+
+    @jax.jit
+    def run(q, k, v):
+        plus = loss(*(x + eps * dx for x, dx in zip((q, k, v), dirs)))
+        minus = loss(*(x - eps * dx for x, dx in zip((q, k, v), dirs)))
+        grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+        plain_grads = jax.grad(plain_loss, argnums=(0, 1, 2))(q, k, v)
+        return causal_attention(q, k, v, **kwargs), grads, plain_grads, plus, minus
+
+    out, grads, plain_grads, plus, minus = run(q, k, v)
     ref = attention_reference(
         *map(np.asarray, (q, k, v, pos, k_pos)),
         window,
@@ -56,19 +97,82 @@ def test_causal_attention_matches_reference(x64, window, persistent, kv_heads):
         None if pv is None else np.asarray(pv),
     )
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
-
-    # Backward: directional derivative of a scalar loss against central differences.
-    def loss(q, k, v):
-        return jnp.sum(jnp.sin(causal_attention(q, k, v, **kwargs)))
-
-    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-    dirs = [jax.random.normal(kk, x.shape, jnp.float64) for kk, x in zip(keys, (q, k, v))]
-    eps = 1e-6
-    loss = jax.jit(loss)
-    plus = loss(*(x + eps * dx for x, dx in zip((q, k, v), dirs)))
-    minus = loss(*(x - eps * dx for x, dx in zip((q, k, v), dirs)))
     analytic = sum(jnp.vdot(g, dx) for g, dx in zip(grads, dirs))
     np.testing.assert_allclose(analytic, (plus - minus) / (2 * eps), rtol=1e-6)
+    # The custom VJP (row term dO·O) equals autodiff through a plain masked softmax.
+    for grad, plain_grad in zip(grads, plain_grads):
+        np.testing.assert_allclose(grad, plain_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "t,block,window,persistent,kv_heads",
+    [(7, 3, 0, 0, 2), (9, 4, 4, 3, 1), (5, 8, 0, 0, 2)],
+)
+def test_blockwise_attention_matches_full_attention(x64, t, block, window, persistent, kv_heads):
+    """Skipping the hidden key blocks changes nothing, values and gradients (uneven blocks too)."""
+    keys = jax.random.split(jax.random.key(1), 6)
+    b, h, d = 2, 2, 4
+    q = jax.random.normal(keys[0], (b, t, h, d), jnp.float64)
+    k = jax.random.normal(keys[1], (b, t, kv_heads, d), jnp.float64)
+    v = jax.random.normal(keys[2], (b, t, kv_heads, d), jnp.float64)
+    pk = jax.random.normal(keys[3], (persistent, kv_heads, d), jnp.float64) if persistent else None
+    pv = jax.random.normal(keys[4], (persistent, kv_heads, d), jnp.float64) if persistent else None
+    g = jax.random.normal(keys[5], (b, t, h, d), jnp.float64)
+    pos = jnp.arange(t)
+
+    def fast(q, k, v, pk, pv):
+        out = blockwise_causal_attention(
+            q, k, v, window=window, persistent_k=pk, persistent_v=pv, block_size=block
+        )
+        return jnp.sum(out * g), out
+
+    def plain(q, k, v, pk, pv):
+        out = plain_attention(q, k, v, pos, pos, window, pk, pv)
+        return jnp.sum(out * g), out
+
+    argnums = (0, 1, 2, 3, 4) if persistent else (0, 1, 2)
+
+    @jax.jit
+    def both(*args):
+        return tuple(jax.value_and_grad(f, argnums, has_aux=True)(*args) for f in (fast, plain))
+
+    ((_, out), grads), ((_, ref), ref_grads) = both(q, k, v, pk, pv)
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+    for grad, ref_grad in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_blockwise_attention_rejects_bad_input():
+    q = jnp.ones((1, 4, 2, 4))
+    with pytest.raises(ValueError, match="keys must be the queries"):
+        blockwise_causal_attention(q, jnp.ones((1, 5, 2, 4)), jnp.ones((1, 5, 2, 4)))
+    with pytest.raises(ValueError, match="block_size"):
+        blockwise_causal_attention(q, q, q, block_size=-1)
+    with pytest.raises(ValueError, match="incompatible"):
+        blockwise_causal_attention(q, jnp.ones((1, 4, 3, 4)), jnp.ones((1, 4, 3, 4)))
+
+
+def test_silu_gate_matches_autodiff(x64):
+    a, b, g = (
+        jax.random.normal(k, (3, 5), jnp.float64) for k in jax.random.split(jax.random.key(3), 3)
+    )
+
+    def plain(a, b):
+        return jnp.sum(a / (1 + jnp.exp(-a)) * b * g)
+
+    np.testing.assert_allclose(silu_gate(a, b), a / (1 + jnp.exp(-a)) * b, rtol=1e-12)
+    grads = jax.grad(lambda a, b: jnp.sum(silu_gate(a, b) * g), (0, 1))(a, b)
+    for grad, ref_grad in zip(grads, jax.grad(plain, (0, 1))(a, b)):
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_rope_static_positions_match_traced(x64):
+    x = jax.random.normal(jax.random.key(4), (2, 6, 3, 8), jnp.float64)
+    positions = np.arange(3, 9, dtype=np.int32)
+    static, traced = jax.jit(lambda x, p: (rope(x, positions), rope(x, p)))(
+        x, jnp.asarray(positions)
+    )
+    np.testing.assert_allclose(static, traced, rtol=1e-12, atol=1e-14)
 
 
 def test_rope_scores_depend_on_relative_position_only(x64):
