@@ -13,11 +13,18 @@ runs whose JSON exists are skipped, so an interrupted session loses at most the 
 every model for the first seed, then the next seed, then the ablations — partial results are
 comparable at any point. After each run `<out>/README.md`, `<out>/results.json` and
 `<out>/loss_vs_tokens.png` are rewritten from all finished runs.
+
+A run that diverges (the trainer stops it with `NonFiniteError` after
+`train.max_consecutive_nonfinite` non-finite steps in a row) is recorded too: its JSON has
+`final: null` and a `diverged` entry (first non-finite step, stopping step, last finite loss),
+is skipped like a finished run, is left out of every mean, and is listed as diverged in the
+tables; the sweep goes on with the next run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -34,7 +41,7 @@ import results_lm
 
 from nestlearn import models
 from nestlearn.eval import compare
-from nestlearn.train import train_and_evaluate
+from nestlearn.train import NonFiniteError, train_and_evaluate
 from nestlearn.train.checkpoint import dump_config
 from nestlearn.train.metrics import read_metrics
 
@@ -150,7 +157,11 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
         shutil.rmtree(run_dir)  # an interrupted run restarts from scratch
     load_start = os.getloadavg()
     start = time.perf_counter()
-    final = train_and_evaluate(config, run_dir)
+    try:
+        final, diverged = train_and_evaluate(config, run_dir), None
+    except NonFiniteError as error:
+        final = None
+        diverged = divergence(read_metrics(run_dir / "metrics.jsonl"), str(error))
     wall = time.perf_counter() - start
     records = read_metrics(run_dir / "metrics.jsonl")
     tokens_per_step = config.data.batch_size * config.data.seq_len
@@ -160,7 +171,7 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
         "model": config.model.name,
         "seed": seed,
         "quick": quick,
-        "parameters": final["parameters"],
+        "parameters": params,
         "parameters_checked": params,
         "train_tokens": config.train.num_steps * tokens_per_step,
         "tokens_per_sec": steady_tokens_per_sec(records, tokens_per_step),
@@ -175,6 +186,7 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
             "loss": [r["loss"] for r in train],
         },
         "final": final,
+        "diverged": diverged,
         "config": dump_config(config),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -186,13 +198,40 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
     return record
 
 
+def divergence(records: list[dict], message: str) -> dict:
+    """The `diverged` entry of a run stopped by `NonFiniteError`, from its metric records.
+
+    Every non-finite step is logged (the trainer writes a train record for it), so the first
+    record whose `skipped` count is positive is the first non-finite step, and the last train
+    record is the step the run stopped at.
+    """
+    train = [r for r in records if r.get("kind") == "train"]
+    finite = [r for r in train if math.isfinite(r["loss"])]
+    first_bad = next((r["step"] for r in train if r.get("skipped", 0) > 0), None)
+    before = [r for r in finite if first_bad is None or r["step"] < first_bad]
+    return {
+        "first_nonfinite_step": first_bad,
+        "stopped_at_step": train[-1]["step"] if train else None,
+        "last_finite_step": before[-1]["step"] if before else None,
+        "last_finite_loss": before[-1]["loss"] if before else None,
+        "message": message,
+    }
+
+
 def load_runs(out: Path) -> dict[str, list[dict]]:
-    """Finished runs under `out/runs`, grouped by variant, sorted by seed."""
+    """Recorded runs under `out/runs` (finished and diverged), grouped by variant, by seed."""
     groups: dict[str, list[dict]] = {}
     for path in sorted((out / "runs").glob("*.json")):
         record = json.loads(path.read_text())
         groups.setdefault(record["variant"], []).append(record)
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
+
+
+def split_runs(groups: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """`(finished, diverged)`: the records of `groups` with and without final metrics."""
+    finished = {v: [r for r in rs if r.get("final")] for v, rs in groups.items()}
+    diverged = {v: [r for r in rs if not r.get("final")] for v, rs in groups.items()}
+    return {v: rs for v, rs in finished.items() if rs}, {v: rs for v, rs in diverged.items() if rs}
 
 
 def _vals(runs: list[dict], key: str) -> list[float]:
@@ -218,44 +257,92 @@ def _claim(groups, better: str, worse: str) -> list[str] | None:
 
 
 def write_report(out: Path, command: str) -> None:
-    """README.md, results.json and loss_vs_tokens.png from every finished run under `out`."""
-    groups = load_runs(out)
-    if not groups:
+    """README.md, results.json and loss_vs_tokens.png from every recorded run under `out`.
+
+    Means are over finished runs; diverged runs are counted and listed, never averaged.
+    """
+    recorded = load_runs(out)
+    if not recorded:
         return
-    main = [v for v in results_lm.MODELS if v in groups]
-    ablations = [v for v in results_lm.ABLATIONS if v in groups]
+    groups, diverged = split_runs(recorded)
+    main = [v for v in results_lm.MODELS if v in recorded]
+    ablations = [v for v in results_lm.ABLATIONS if v in recorded]
     summary = {}
+    for v, runs in diverged.items():
+        summary[v] = {"diverged": {str(r["seed"]): r["diverged"] for r in runs}}
     for v, runs in groups.items():
-        summary[v] = {
-            "seeds": [r["seed"] for r in runs],
-            "parameters": runs[0]["parameters"],
-            "train_tokens": runs[0]["train_tokens"],
-            **{
-                k: compare.mean_std(_vals(runs, k))
-                for k in ("val_loss", "val_bpc", "val_perplexity", "test_loss", "test_bpc")
-            },
-            "tokens_per_sec": compare.mean_std([r["tokens_per_sec"] for r in runs]),
-            "wall_s": [r["wall_s"] for r in runs],
-        }
+        summary.setdefault(v, {}).update(
+            {
+                "seeds": [r["seed"] for r in runs],
+                "parameters": runs[0]["parameters"],
+                "train_tokens": runs[0]["train_tokens"],
+                **{
+                    k: compare.mean_std(_vals(runs, k))
+                    for k in ("val_loss", "val_bpc", "val_perplexity", "test_loss", "test_bpc")
+                },
+                "tokens_per_sec": compare.mean_std([r["tokens_per_sec"] for r in runs]),
+                "wall_s": [r["wall_s"] for r in runs],
+            }
+        )
     (out / "results.json").write_text(json.dumps(summary, indent=1))
+
+    def cell(v: str, values, digits: int) -> str:
+        return compare.format_mean_std(values, digits) if v in groups else "diverged"
+
+    def seeds(v: str) -> str:
+        n_bad = len(diverged.get(v, []))
+        return f"{len(groups.get(v, []))}" + (f" (+{n_bad} diverged)" if n_bad else "")
 
     rows = []
     for v in main:
-        runs = groups[v]
+        runs = groups.get(v, [])
         ppl, source = PAPER_PPL[v]
         rows.append(
             [
                 LABELS[v],
-                f"{runs[0]['parameters'] / 1e6:.3f}M",
-                compare.format_mean_std(_vals(runs, "val_loss"), 4),
-                compare.format_mean_std(_vals(runs, "val_bpc"), 3),
-                compare.format_mean_std(_vals(runs, "val_perplexity"), 3),
-                compare.format_mean_std(_vals(runs, "test_bpc"), 3),
-                compare.format_mean_std([r["tokens_per_sec"] for r in runs], 0),
-                len(runs),
+                f"{recorded[v][0]['parameters'] / 1e6:.3f}M",
+                cell(v, _vals(runs, "val_loss"), 4),
+                cell(v, _vals(runs, "val_bpc"), 3),
+                cell(v, _vals(runs, "val_perplexity"), 3),
+                cell(v, _vals(runs, "test_bpc"), 3),
+                cell(v, [r["tokens_per_sec"] for r in runs], 0),
+                seeds(v),
                 "—" if ppl is None else f"{ppl} ({source})",
             ]
         )
+    diverged_rows = [
+        [
+            LABELS[v],
+            r["seed"],
+            r["diverged"]["first_nonfinite_step"],
+            r["diverged"]["stopped_at_step"],
+            r["config"]["train"]["num_steps"],
+            "—"
+            if r["diverged"]["last_finite_loss"] is None
+            else f"{r['diverged']['last_finite_loss']:.4f} (step "
+            f"{r['diverged']['last_finite_step']})",
+        ]
+        for v in [*results_lm.MODELS, *results_lm.ABLATIONS]
+        for r in diverged.get(v, [])
+    ]
+    diverged_table = (
+        "Diverged runs (recorded in `runs/`, left out of every mean): the trainer stops a run "
+        "after `train.max_consecutive_nonfinite` consecutive steps with a non-finite loss or "
+        "gradient.\n\n"
+        + compare.markdown_table(
+            [
+                "run",
+                "seed",
+                "first non-finite step",
+                "stopped at step",
+                "of",
+                "last finite train loss",
+            ],
+            diverged_rows,
+        )
+        if diverged_rows
+        else "No run diverged."
+    )
     main_table = compare.markdown_table(
         [
             "model",
@@ -270,9 +357,10 @@ def write_report(out: Path, command: str) -> None:
         ],
         rows,
     )
-    order_here = sorted(main, key=lambda v: compare.mean_std(_vals(groups[v], "val_loss"))[0])
+    ranked = [v for v in main if v in groups]
+    order_here = sorted(ranked, key=lambda v: compare.mean_std(_vals(groups[v], "val_loss"))[0])
     order_paper = sorted(
-        [v for v in main if PAPER_PPL[v][0] is not None], key=lambda v: PAPER_PPL[v][0]
+        [v for v in ranked if PAPER_PPL[v][0] is not None], key=lambda v: PAPER_PPL[v][0]
     )
     claims = [
         c
@@ -294,26 +382,40 @@ def write_report(out: Path, command: str) -> None:
 
     abl_rows = []
     if "hope" in groups and ablations:
-        hope_loss = compare.mean_std(_vals(groups["hope"], "val_loss"))[0]
+        hope_loss, hope_std = compare.mean_std(_vals(groups["hope"], "val_loss"))
+        hope_by_seed = {r["seed"]: r["final"]["val_loss"] for r in groups["hope"]}
         for v in ["hope", *ablations]:
-            runs = groups[v]
-            m = compare.mean_std(_vals(runs, "val_loss"))[0]
+            runs = groups.get(v, [])
             paper = PAPER_ABLATION_PPL[v]
             paper_delta = paper - PAPER_ABLATION_PPL["hope"]
-            here_delta = m - hope_loss
-            same = (paper_delta > 0) == (here_delta > 0)
-            agrees = "—" if v == "hope" else ("yes" if same else "no")
+            here_delta, paired, verdict = 0.0, [], "—"
+            if runs:
+                here_delta = compare.mean_std(_vals(runs, "val_loss"))[0] - hope_loss
+                paired = [
+                    r["final"]["val_loss"] - hope_by_seed[r["seed"]]
+                    for r in runs
+                    if r["seed"] in hope_by_seed
+                ]
+                # The same-seed difference when there is one (it removes the seed's noise).
+                delta = sum(paired) / len(paired) if paired else here_delta
+                if abs(delta) <= hope_std:
+                    verdict = "no effect (within Hope's seed std)"
+                else:
+                    same = (paper_delta > 0) == (delta > 0)
+                    verdict = "paper's direction" if same else "opposite direction"
+            is_hope = v == "hope"
             abl_rows.append(
                 [
                     LABELS[v],
-                    f"{runs[0]['parameters'] / 1e6:.3f}M",
-                    compare.format_mean_std(_vals(runs, "val_loss"), 4),
-                    compare.format_mean_std(_vals(runs, "val_perplexity"), 3),
-                    "—" if v == "hope" else f"{here_delta:+.4f}",
-                    len(runs),
+                    f"{recorded[v][0]['parameters'] / 1e6:.3f}M",
+                    cell(v, _vals(runs, "val_loss"), 4),
+                    cell(v, _vals(runs, "val_perplexity"), 3),
+                    "—" if is_hope or not runs else f"{here_delta:+.4f}",
+                    "—" if is_hope or not paired else f"{float(sum(paired) / len(paired)):+.4f}",
+                    seeds(v),
                     f"{paper}",
-                    "—" if v == "hope" else f"{paper_delta:+.2f}",
-                    agrees,
+                    "—" if is_hope else f"{paper_delta:+.2f}",
+                    "—" if is_hope else verdict,
                 ]
             )
     abl_table = compare.markdown_table(
@@ -322,18 +424,29 @@ def write_report(out: Path, command: str) -> None:
             "params",
             "val loss",
             "val ppl",
-            "Δ loss vs Hope",
+            "Δ loss vs Hope (mean)",
+            "Δ loss vs Hope, same seed",
             "seeds",
             "paper ppl (Table 6)",
             "paper Δ ppl",
-            "same sign",
+            "here",
         ],
         abl_rows,
     )
 
-    curves = {
-        LABELS[v]: [(r["curve"]["tokens"], r["curve"]["loss"]) for r in groups[v]] for v in main
-    }
+    def with_diverged(variants) -> dict:
+        curves = {
+            LABELS[v]: [(r["curve"]["tokens"], r["curve"]["loss"]) for r in groups[v]]
+            for v in variants
+            if v in groups
+        }
+        for v in variants:
+            for r in diverged.get(v, []):
+                label = f"{LABELS[v]} seed {r['seed']}, diverged"
+                curves[label] = [(r["curve"]["tokens"], r["curve"]["loss"])]
+        return curves
+
+    curves = with_diverged(main)
     if curves:
         compare.plot_curves(
             curves,
@@ -345,16 +458,29 @@ def write_report(out: Path, command: str) -> None:
         )
     if ablations and "hope" in groups:
         compare.plot_curves(
-            {
-                LABELS[v]: [(r["curve"]["tokens"], r["curve"]["loss"]) for r in groups[v]]
-                for v in ["hope", *ablations]
-            },
+            with_diverged(["hope", *ablations]),
             out / "ablations_loss_vs_tokens.png",
             xlabel="training tokens (bytes)",
             ylabel="train loss (nats/byte)",
             title="Hope ablations (Table 6 switches)",
         )
-    runs_all = [r for rs in groups.values() for r in rs]
+    runs_all = [r for rs in recorded.values() for r in rs]
+    n_finished = sum(len(rs) for rs in groups.values())
+    n_diverged = len(runs_all) - n_finished
+    hope_etas = sorted(
+        {
+            r["config"]["model"]["self_modifying"]["eta_max"]
+            for r in runs_all
+            if r["config"]["model"]["name"] == "hope"
+        }
+    )
+    hope_note = (
+        ""
+        if not hope_etas
+        else f"Hope and every ablation: `self_modifying.eta_max` = "
+        f"{' / '.join(f'{x:g}' for x in hope_etas)} (`results_lm.HOPE_ETA_MAX`; η = "
+        f"η_max·sigmoid(·), DESIGN §4)."
+    )
     codes = sorted({r["code"] for r in runs_all if "code" in r})
     unrecorded = sum("code" not in r for r in runs_all)
     code_note = (
@@ -389,17 +515,15 @@ layers, {cfg["model"]["num_heads"]} heads; feed-forward width per model so that 
 {cfg["optim"]["lr"]}, warmup {cfg["optim"]["warmup_steps"]}, cosine to
 {cfg["optim"]["min_lr_ratio"]}×, weight decay {cfg["optim"]["weight_decay"]}, clip
 {cfg["optim"]["grad_clip"]}); Hope's CMS levels are trained every 1, 4 and 16 steps (scheduled
-mode, Eq. 71). Validation and test loss over {cfg["train"]["eval_batches"]} batches
+mode, Eq. 71). {hope_note} Validation and test loss over {cfg["train"]["eval_batches"]} batches
 ({cfg["train"]["eval_batches"] * cfg["data"]["batch_size"] * cfg["data"]["seq_len"]:,} bytes) of
 the held-out plays. Mean ± sample std over seeds; bpc = loss / ln 2 (one byte per character).
 
-**Token budget.** The plan (7 models × 3 seeds + 7 ablations × 1 seed) had to fit about 45
-minutes of an idle 2-core machine. Throughput was measured first (3 steps after compilation) at
-load average 16–20, where every model ran at 250–480 tokens/s (Hope slowest, Transformer++
-fastest); scaled to the ≈5,000 tokens/s of a 3.4M Transformer on the idle machine (DESIGN §6),
-the plan costs ≈0.0022 s per training token per seed pass, so {any_run["train_tokens"]:,} tokens
-per run (≈45 min with compilation). This is small: the models are far from converged, and the
-comparison measures how fast each architecture learns in its first quarter-million bytes.
+**Token budget.** {any_run["train_tokens"]:,} training tokens per run were chosen (session 2,
+from a throughput measurement under load) so that the plan (7 models × 3 seeds + 7 ablations × 1
+seed) fits about 45 minutes of an idle 2-core machine; the measured wall times are below. This is
+small: the models are far from converged, and the comparison measures how fast each architecture
+learns in its first quarter-million bytes.
 
 **Machine.** {any_run["machine"]}, shared with other jobs: load average
 {min(loads):.1f}–{max(loads):.1f} during these runs, so tokens/s are contended numbers (compare
@@ -407,8 +531,10 @@ them only with each other, and with care: the load changed between runs). Wall t
 {min(walls):.0f}–{max(walls):.0f} s, total {sum(walls) / 60:.1f} min for {len(runs_all)} runs.
 Library code: {code_note}.
 
-**Status.** {len(runs_all)} of {len(planned)} planned runs finished (every model × seeds 0, 1, 2;
-every ablation × seed 0). Missing: {", ".join(missing) if missing else "none"}.
+**Status.** {len(runs_all)} of {len(planned)} planned runs recorded (every model × seeds 0, 1, 2;
+every ablation × seed 0): {n_finished} finished, {n_diverged} diverged. Not run: {
+        ", ".join(missing) if missing else "none"
+    }.
 
 **Commands.** `python experiments/lm_compare.py` runs (or resumes) the whole plan;
 `--variants`, `--seeds`, `--ablations`, `--ablation_seeds` pick a part; several processes may
@@ -425,15 +551,20 @@ PAPER §7.2; Titans Table 1, §7.1, where NL Table 2 has no row). Paper order (b
 
 {claim_table}
 
+{diverged_table}
+
 ![loss vs tokens](loss_vs_tokens.png)
 
 ## Hope ablations (NL-arXiv Table 6)
 
 {abl_table if abl_rows else "(not run yet)"}
 
-The paper does not state the scale of Table 6 (PAPER §7.11); "same sign" asks only whether
-removing the mechanism moves the loss in the paper's direction. Ablation seeds:
-{sorted({r["seed"] for v in ablations for r in groups[v]}) if ablations else "—"}.
+The paper does not state the scale of Table 6 (PAPER §7.11), so only the direction is compared.
+Ablation seeds: {sorted({r["seed"] for v in ablations for r in recorded[v]}) if ablations else "—"}.
+"Same seed" pairs each ablation run with the Hope run of its seed (same initialisation seed and
+data order); the "here" column judges that difference (the mean difference where no Hope run
+shares the seed): an ablation whose difference is within Hope's standard deviation over seeds
+has no measurable effect here.
 """
     (out / "README.md").write_text(text)
 
@@ -472,9 +603,15 @@ def main(argv):
             record = train_one(variant, seed, out, workdir, FLAGS.quick)
         finally:
             lock.unlink(missing_ok=True)
-        f = record["final"]
+        f, d = record["final"], record["diverged"]
+        outcome = (
+            f"val {f['val_loss']:.4f} nats/byte"
+            if f
+            else f"diverged at step {d['first_nonfinite_step']} (stopped at "
+            f"{d['stopped_at_step']}, last finite loss {d['last_finite_loss']})"
+        )
         print(
-            f"done {run_name(variant, seed)}: val {f['val_loss']:.4f} nats/byte, "
+            f"done {run_name(variant, seed)}: {outcome}, "
             f"{record['tokens_per_sec']:.0f} tokens/s, {record['wall_s']:.0f} s",
             flush=True,
         )

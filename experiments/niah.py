@@ -1,29 +1,32 @@
 """S-NIAH-1/2/3 (passkey, number, uuid) in Shakespeare haystacks (issue 6 item 2).
 
-  python experiments/niah.py                   # every model whose seed-0 LM run has finished
-  python experiments/niah.py --models=hope,transformer_pp
+  python experiments/niah.py                   # every model of the LM comparison, resumable
+  python experiments/niah.py --models=transformer_pp,hope
   python experiments/niah.py --report_only
-  python experiments/niah.py --quick --lm_out=/tmp/lm --lm_workdir=/tmp/lm_runs --out=/tmp/niah
+  python experiments/niah.py --quick --out=/tmp/niah      # seconds, synthetic corpus
 
-**Protocol (the same for every model).** At 2M parameters no model retrieves a needle it was
-never trained to retrieve, so each model is *fine-tuned on the retrieval format*: start from the
-seed-0 checkpoint of the language-model comparison (`experiments/lm_compare.py`; same parameters,
-same pre-training tokens for every model), then `--steps` AdamW steps (the model's own training
-levels, CMS periods included; lr `FT_LR`, warmup, cosine) on batches of `TRAIN_BATCH` examples of
-`TRAIN_LENGTH` = 1024 tokens whose haystacks come from the *training* plays, the three tasks in
-turn and the needle depth uniform in [0, 1]. The loss is the mean next-byte loss over the whole
-example plus the mean loss over the answer bytes (so that the answer, 7–36 bytes of 1024, is half
-of the signal and the model keeps modelling the text). Fine-tuning from the LM checkpoint rather
-than training on a mix from scratch reuses the comparison's compute and starts every model from
-the same kind of point (a matched byte-level Shakespeare LM).
+**Protocol (the same for every model).** Each model of the language-model comparison (the same
+≈2M-parameter configs, `experiments/configs/results_lm.py`) is trained *from scratch* on
+S-NIAH examples whose haystacks are Shakespeare from the training plays, with an easy-to-hard
+curriculum of context lengths (`--curriculum`; by default the first quarter of the steps at 384
+bytes, the next quarter at 640, the second half at 1024) and a fixed number of tokens per step
+(`--tokens_per_step`, so a batch holds 10, 6 or 4 examples by default). The three tasks take
+turns over the examples and the needle depth is uniform in [0, 1]. The loss is the mean
+next-byte loss over the whole example (language modelling of the Shakespeare haystack) plus
+`--answer_weight` times the mean loss over the answer bytes (the digits or hex characters of
+the value). Optimizer: the model's own training levels (AdamW; Hope's CMS levels every 1/4/16
+steps), lr `LR`, warmup a tenth of the steps, cosine to 0.1×, clip 1.
+
+Session 2 fine-tuned each model for 60 steps from its LM checkpoint instead, and every model
+stayed at chance; docs/results/niah/README.md says what this protocol gave.
 
 **Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`TEST_LENGTHS`),
 depths 0, 0.25, 0.5, 0.75, 1 (`DEPTHS`), `--samples` examples per (task, length, depth) with new
 keys and values; scored by `nestlearn.eval.niah.score` (greedy retrieval of the whole value,
 RULER's exact match; also the per-byte accuracy of the value). Each finished model writes
-`<out>/runs/<model>_s<seed>.json`; finished models are skipped (resumable by model).
-`<out>/README.md`, `results.json`, `heatmap_exact.png` and `heatmap_token.png` are rewritten from
-the finished runs.
+`<out>/runs/<model>_s<seed>.json` (training curve, accuracies, wall times, load); finished models
+are skipped (resumable by model). `<out>/README.md`, `results.json`, `heatmap_exact.png`,
+`heatmap_token.png` and `train_curves.png` are rewritten from the finished runs.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import app, flags, logging
@@ -48,30 +50,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
 import results_lm
 
+from nestlearn import models
+from nestlearn.data.dataset import load_dataset
 from nestlearn.eval import compare, niah
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
-from nestlearn.train.trainer import build_run, restore
+from nestlearn.train.step import split_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/niah", "Directory of the run records, tables, heat maps.")
-flags.DEFINE_string("lm_workdir", "runs/lm_compare", "Workdirs of the LM comparison's runs.")
-flags.DEFINE_string("lm_out", "docs/results/lm", "Records of the LM comparison (finished runs).")
-flags.DEFINE_list("models", list(results_lm.MODELS), "Models to fine-tune and test.")
-flags.DEFINE_integer("seed", 0, "Seed of the LM run to start from, and of the examples.")
-flags.DEFINE_integer("steps", 60, "Fine-tuning steps.")
-flags.DEFINE_integer("samples", 2, "Test examples per (task, length, depth).")
-flags.DEFINE_bool("quick", False, "Tiny lengths and steps (smoke test; needs a --quick LM run).")
+flags.DEFINE_list("models", list(results_lm.MODELS), "Models to train and test.")
+flags.DEFINE_integer("seed", 0, "Seed of the model initialisation and of the examples.")
+flags.DEFINE_integer("steps", 300, "Training steps (over the whole curriculum).")
+flags.DEFINE_integer("tokens_per_step", 4096, "Tokens per training batch (all stages).")
+flags.DEFINE_integer("samples", 4, "Test examples per (task, length, depth).")
+flags.DEFINE_float("answer_weight", 1.0, "Weight of the answer loss beside the LM loss.")
+flags.DEFINE_list(
+    "curriculum",
+    [f"{n}:{f}" for n, f in ((384, 0.25), (640, 0.25), (1024, 0.5))],
+    "Training stages 'length:fraction', easy to hard (the last length is the training length).",
+)
+flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
 flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache ('' = off).")
 
-TRAIN_LENGTH = 1024
-TRAIN_BATCH = 4
 TEST_LENGTHS = (1024, 2048, 4096, 8192)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 EVAL_TOKENS = 8192  # tokens per evaluation batch (examples per batch = EVAL_TOKENS // length)
-FT_LR = 1e-3
-QUICK = {"train_length": 320, "test_lengths": (320, 640), "steps": 3}
+LR = 3e-3  # the LM comparison's peak learning rate
+QUICK = {"curriculum": ((320, 0.5), (384, 0.5)), "test_lengths": (384,), "steps": 4}
 
 # NL-arXiv Table 1 (PAPER §7.5), S-NIAH accuracy (%) at 4K / 8K (models trained on ~50B tokens).
 PAPER = {
@@ -91,30 +98,43 @@ LABELS = {
 }
 
 
-def _loss(graphdef, params, rest, inputs, targets, mask):
+def parse_curriculum(stages: list[str]) -> tuple[tuple[int, float], ...]:
+    """`("384:0.25", ...)` → `((384, 0.25), ...)`; the values are checked by `niah.curriculum`."""
+    try:
+        return tuple((int(n), float(f)) for n, f in (stage.split(":") for stage in stages))
+    except ValueError as error:
+        raise ValueError(f"--curriculum={stages}: each stage must be 'length:fraction'") from error
+
+
+def _loss(graphdef, params, rest, inputs, targets, mask, answer_weight):
     model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(inputs)
+    logits, _ = model(inputs)  # [b, t, V]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [b, t]
     lm = ce.mean()
     answer = (ce * mask).sum() / jnp.maximum(mask.sum(), 1)
-    return lm + answer, (lm, answer)
+    right = (jnp.argmax(logits, axis=-1) == targets) & mask  # [b, t]
+    exact = jnp.mean(jnp.all(right | ~mask, axis=1))
+    byte_acc = right.sum() / jnp.maximum(mask.sum(), 1)
+    return lm + answer_weight * answer, {
+        "lm": lm,
+        "answer": answer,
+        "exact": exact,
+        "byte_acc": byte_acc,
+    }
 
 
-def make_train_step(graphdef, tx, grad_clip: float):
+def make_train_step(graphdef, tx, grad_clip: float, answer_weight: float):
+    """Jitted step: loss (LM + weighted answer), global-norm clipping, the levels' update."""
     grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
 
     @jax.jit
     def step(params, opt_state, rest, inputs, targets, mask):
-        (loss, (lm, answer)), grads = grad_fn(params, rest, inputs, targets, mask)
+        (loss, aux), grads = grad_fn(params, rest, inputs, targets, mask, answer_weight)
         norm = optax.tree.norm(grads)
         scale = jnp.minimum(1.0, grad_clip / jnp.maximum(norm, 1e-12))
         grads = jax.tree.map(lambda g: g * scale, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (
-            optax.apply_updates(params, updates),
-            opt_state,
-            {"loss": loss, "lm": lm, "answer": answer},
-        )
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
 
     return step
 
@@ -127,64 +147,64 @@ def make_logits_fn(graphdef):
     return logits_fn
 
 
-def finetune_config(config, steps: int):
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.optim.lr = FT_LR
-    c.optim.warmup_steps = max(1, steps // 10)
-    c.train.num_steps = steps
-    return c
-
-
 def _by_depth(values: list[float], depths: list[float]) -> list[float]:
     return [float(np.mean([x for x, d in zip(values, depths) if d == depth])) for depth in DEPTHS]
 
 
-def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
-    """Fine-tunes the seed-`seed` LM of `name` on S-NIAH examples, tests it, writes its JSON."""
+def train_config(name: str, seed: int, steps: int, quick: bool):
+    """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
     config = results_lm.get_config(f"{name},quick" if quick else name)
     config.seed = seed
-    lm_dir = Path(FLAGS.lm_workdir) / f"{name}_s{seed}"
-    run = build_run(config, lm_dir)
-    try:
-        state, rest, _ = restore(run)
-    finally:
-        run.checkpointer.close()
-    if int(state.step) != config.train.num_steps:
-        raise ValueError(f"{lm_dir} holds step {int(state.step)}, not the finished LM run")
+    config.optim.lr = LR
+    config.optim.warmup_steps = max(1, steps // 10)
+    config.train.num_steps = steps
+    if quick:
+        config.model.max_len = max(QUICK["test_lengths"])
+    return config
+
+
+def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
+    """Trains `name` from scratch on the S-NIAH curriculum, tests it, writes its JSON record."""
     steps = QUICK["steps"] if quick else FLAGS.steps
-    train_length = QUICK["train_length"] if quick else TRAIN_LENGTH
+    stages = QUICK["curriculum"] if quick else parse_curriculum(FLAGS.curriculum)
     test_lengths = QUICK["test_lengths"] if quick else TEST_LENGTHS
-    tok = run.data.tokenizer
-    params = state.params
-    tx = nested(build_levels(finetune_config(run.config, steps)))
+    config = train_config(name, seed, steps, quick)
+    data = load_dataset(config.data)
+    tok = data.tokenizer
+    model = models.build(config.model, rngs=nnx.Rngs(seed))
+    graphdef, params, rest = split_model(model)
+    n_params = models.count_params(model)
+    tx = nested(build_levels(config))
     opt_state = tx.init(params)
-    train_step = make_train_step(run.graphdef, tx, run.config.optim.grad_clip)
+    train_step = make_train_step(graphdef, tx, config.optim.grad_clip, FLAGS.answer_weight)
     rng = np.random.default_rng([seed, 1])
     load_start = os.getloadavg()
     start = time.perf_counter()
     curve = []
-    for i in range(steps):
-        tasks = [niah.TASKS[(i * TRAIN_BATCH + j) % 3] for j in range(TRAIN_BATCH)]
+    example = 0
+    for i, length in enumerate(niah.curriculum(steps, stages)):
+        size = max(1, FLAGS.tokens_per_step // length)
+        tasks = [niah.TASKS[(example + j) % len(niah.TASKS)] for j in range(size)]
+        example += size
         batch = niah.make_batch(
-            tasks,
-            run.data.train,
-            length=train_length,
-            depths=rng.uniform(0, 1, TRAIN_BATCH),
-            rng=rng,
-            tokenizer=tok,
+            tasks, data.train, length=length, depths=rng.uniform(0, 1, size), rng=rng, tokenizer=tok
         )
         params, opt_state, m = train_step(
             params, opt_state, rest, batch.inputs, batch.targets, batch.answer_mask
         )
-        if i % 5 == 0 or i == steps - 1:
+        if i % 10 == 0 or i == steps - 1:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
-            curve.append({"step": i + 1, **m})
+            curve.append({"step": i + 1, "length": length, **m})
             print(
-                f"  {name} step {i + 1}: loss {m['loss']:.3f} (answer {m['answer']:.3f})",
+                f"  {name} step {i + 1} (L={length}): loss {m['loss']:.3f} (answer "
+                f"{m['answer']:.3f}, exact {m['exact']:.2f}, byte acc {m['byte_acc']:.2f}) "
+                f"{time.perf_counter() - start:.0f} s",
                 flush=True,
             )
+            if not np.isfinite(m["loss"]):
+                break
     train_s = time.perf_counter() - start
-    logits_fn = make_logits_fn(run.graphdef)
+    logits_fn = make_logits_fn(graphdef)
     test_rng = np.random.default_rng([seed, 2])
     exact = {t: {} for t in niah.TASKS}
     token = {t: {} for t in niah.TASKS}
@@ -196,7 +216,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             for s in range(0, len(depths), per_batch):
                 batch = niah.make_batch(
                     task,
-                    run.data.val,
+                    data.val,
                     length=length,
                     depths=depths[s : s + per_batch],
                     rng=test_rng,
@@ -208,17 +228,19 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             exact[task][str(length)] = _by_depth(hits, depths)
             token[task][str(length)] = _by_depth(accs, depths)
         accuracy = {t: round(float(np.mean(exact[t][str(length)])), 3) for t in niah.TASKS}
-        print(f"  {name} L={length}: exact {accuracy}", flush=True)
+        print(f"  {name} L={length}: exact {accuracy} ({time.perf_counter() - start:.0f} s)")
     record = {
         "model": name,
         "seed": seed,
         "quick": quick,
+        "parameters": n_params,
         "protocol": {
-            "start": f"LM checkpoint {lm_dir} (step {int(state.step)})",
+            "start": "from scratch",
             "steps": steps,
-            "train_length": train_length,
-            "train_batch": TRAIN_BATCH,
-            "lr": FT_LR,
+            "curriculum": [list(stage) for stage in stages],
+            "tokens_per_step": FLAGS.tokens_per_step,
+            "answer_weight": FLAGS.answer_weight,
+            "lr": LR,
             "test_lengths": list(test_lengths),
             "depths": list(DEPTHS),
             "samples": FLAGS.samples,
@@ -273,6 +295,53 @@ def write_report(out: Path, command: str) -> None:
         for m in names
     ]
     token_table = compare.markdown_table(header, tok_rows)
+    train_rows = []
+    for m in names:
+        r = runs[m]
+        last = r["curve"][-1]
+        train_rows.append(
+            [
+                LABELS[m],
+                f"{r['parameters'] / 1e6:.3f}M",
+                last["step"],
+                f"{last['answer']:.3f}",
+                f"{100 * last['exact']:.0f}",
+                f"{100 * last['byte_acc']:.0f}",
+                f"{r['train_s']:.0f}",
+                f"{r['wall_s'] - r['train_s']:.0f}",
+                f"{r['load_avg_start'][0]:.1f}–{r['load_avg_end'][0]:.1f}",
+            ]
+        )
+    train_table = compare.markdown_table(
+        [
+            "model",
+            "params",
+            "step",
+            "answer loss",
+            "train exact (%)",
+            "train byte acc (%)",
+            "train s",
+            "test s",
+            "load",
+        ],
+        train_rows,
+    )
+    compare.plot_curves(
+        {
+            LABELS[m]: [
+                (
+                    [c["step"] for c in runs[m]["curve"]],
+                    [c["byte_acc"] for c in runs[m]["curve"]],
+                )
+            ]
+            for m in names
+        },
+        out / "train_curves.png",
+        xlabel="training step (curriculum: short haystacks first)",
+        ylabel="answer byte accuracy (training batch)",
+        title="S-NIAH training, ≈2M parameters",
+        ylim=(0.0, 1.0),
+    )
     paper_rows = []
     for m in names:
         if m not in PAPER:
@@ -311,6 +380,20 @@ def write_report(out: Path, command: str) -> None:
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     proto = runs[names[0]]["protocol"]
+    protocol_flags = " ".join(
+        [
+            f"--models={','.join(names)}",
+            f"--steps={proto['steps']}",
+            f"--tokens_per_step={proto['tokens_per_step']}",
+            f"--answer_weight={proto.get('answer_weight', 1.0):g}",
+            "--curriculum=" + ",".join(f"{n}:{f:g}" for n, f in proto["curriculum"]),
+            f"--samples={proto['samples']}",
+        ]
+    )
+    curriculum_text = ", then ".join(
+        f"{length} bytes for {fraction:.0%} of the steps"
+        for length, fraction in proto["curriculum"]
+    )
     same = lambda r: {k: v for k, v in r["protocol"].items() if k != "start"}
     mixed = [m for m in names if same(runs[m]) != same(runs[names[0]])]
     protocol_note = (
@@ -324,31 +407,51 @@ def write_report(out: Path, command: str) -> None:
     loads = [x for m in names for x in (runs[m]["load_avg_start"][0], runs[m]["load_avg_end"][0])]
     text = f"""# S-NIAH (passkey, number, uuid) in Shakespeare haystacks
 
-Produced by `{command}` (`experiments/niah.py`, generators and scoring in
-`nestlearn/eval/niah.py`); every number is read from `runs/*.json`. Regenerate with
-`python experiments/niah.py --report_only`.
+Produced by `{command} {protocol_flags} --out={out}` (`experiments/niah.py`, generators and
+scoring in `nestlearn/eval/niah.py`); every number is read from `runs/*.json`. Regenerate with
+`python experiments/niah.py --report_only --out={out}`.
 
-**Protocol.** Every model starts from its seed-{runs[names[0]]["seed"]} checkpoint of the
-language-model comparison (docs/results/lm: ≈2M parameters, same tokens) and is fine-tuned for
-{proto["steps"]} AdamW steps (lr {proto["lr"]}, its own training levels) on batches of
-{proto["train_batch"]} S-NIAH examples of {proto["train_length"]} bytes (haystacks from the
-training plays; the three tasks in turn; depth uniform in [0, 1]; loss = mean next-byte loss +
-mean loss on the answer bytes). Test haystacks come from the held-out validation plays; lengths
-{", ".join(short(n) for n in lengths)}; depths {", ".join(f"{d:g}" for d in depths)};
-{proto["samples"]} example(s) per (task, length, depth), so each cell of the first table averages
-{proto["samples"] * len(depths)} examples and each heat-map cell {proto["samples"] * 3}.
-A needle counts as retrieved when greedy decoding after the query reproduces the whole value
-(RULER's exact match, computed teacher-forced in one pass).
+**Protocol.** Every model of the language-model comparison (same ≈2M-parameter configs,
+`experiments/configs/results_lm.py`) is trained from scratch for {proto["steps"]} steps of
+{proto["tokens_per_step"]:,} tokens on S-NIAH examples with Shakespeare haystacks from the
+training plays, easy to hard: {curriculum_text}. The three tasks take turns; the needle depth is
+uniform in [0, 1]; the loss is the mean next-byte loss over the example (language modelling of
+the haystack) plus {
+        proto.get(
+            "answer_weight", 1.0
+        ):g} × the mean loss over the answer bytes; the model's own training levels (AdamW,
+Hope's CMS levels every 1/4/16 steps), lr {proto["lr"]}, warmup, cosine. Test haystacks come from
+the held-out validation plays; lengths {", ".join(short(n) for n in lengths)}; depths
+{", ".join(f"{d:g}" for d in depths)}; {proto["samples"]} example(s) per (task, length, depth), so
+each cell of the first table averages {proto["samples"] * len(depths)} examples and each
+heat-map cell {proto["samples"] * 3}. A needle counts as retrieved when greedy decoding after the
+query reproduces the whole value (RULER's exact match, computed teacher-forced in one pass).
+Chance: 10⁻⁷ for a 7-digit value (0.1 per digit), 16⁻³² for a UUID.
 {protocol_note}
 **Machine.** {runs[names[0]]["machine"]}, shared: load average {min(loads):.1f}–{max(loads):.1f}.
-Wall time per model {min(walls):.0f}–{max(walls):.0f} s (fine-tuning and test), total
+Wall time per model {min(walls):.0f}–{max(walls):.0f} s (training and test), total
 {sum(walls) / 60:.1f} min. Library source fingerprints: {", ".join(codes)}.
+
+## Training (the last logged steps, at {proto["curriculum"][-1][0]} bytes)
+
+{train_table}
+
+`train exact` and `train byte acc` are measured on the training batch of the last logged step
+(before its update) — a noisy estimate from {
+        proto["tokens_per_step"] // proto["curriculum"][-1][0]
+    } examples; the test below is the measurement.
+
+![training](train_curves.png)
 
 ## Exact-match accuracy (%), mean over depths ({len(names)} of {len(results_lm.MODELS)} models)
 
 {exact_table}
 
-## Per-byte accuracy of the value (%), mean over depths (chance ≈ 10 for digits, ≈ 6 for hex)
+## Per-byte accuracy of the value (%), mean over depths
+
+Chance without retrieval: 10 for the 7 digits of passkey and number; about 20 for a UUID, whose
+format alone fixes 5 of its 36 characters (4 dashes, the version digit 4), the variant
+character is one of 8, 9, a, b and the other 30 are uniform hex: (5 + 1/4 + 30/16) / 36 = 19.8%.
 
 {token_table}
 
@@ -385,9 +488,6 @@ def main(argv):
             raise app.UsageError(f"--models: {name!r} is not one of {results_lm.MODELS}")
         if (out / "runs" / f"{name}_s{FLAGS.seed}.json").exists():
             print(f"skip {name} (finished)", flush=True)
-            continue
-        if not (Path(FLAGS.lm_out) / "runs" / f"{name}_s{FLAGS.seed}.json").exists():
-            print(f"skip {name}: its seed-{FLAGS.seed} LM run has not finished", flush=True)
             continue
         print(f"run {name} (load {os.getloadavg()[0]:.1f})", flush=True)
         record = run_model(name, FLAGS.seed, out, FLAGS.quick)

@@ -6,9 +6,12 @@
     5,000 held out for validation, `mlp_epochs` epochs of batches of 128, constant rate, the
     same global-norm clip.
 
-Each optimizer gets a three-point learning-rate grid; the run with the lowest final validation
-loss is reported (a diverged run counts as +inf). Every optimizer updates every parameter (no
-AdamW fallback for embeddings or vectors), so the comparison is of the rules themselves:
+Each optimizer gets a three-point learning-rate grid at seed 0; the run with the lowest final
+validation loss is its best setting (a diverged run counts as +inf), which is then run again
+with the seeds of `--best_seeds` (default 1 and 2: model initialisation and data order), and
+the tables report its mean ± sample std over all its seeds. Every optimizer updates every
+parameter (no AdamW fallback for embeddings or vectors), so the comparison is of the rules
+themselves:
 
 - AdamW: `optax.adamw` (b2 0.95 on the LM, weight decay 0.1 on matrices on the LM; 1e-4 on MLP)
 - Muon: `newton_schulz_momentum` (Eq. 52: β 0.95, Nesterov, 5 quintic Newton–Schulz steps;
@@ -327,11 +330,20 @@ def load_range(runs: list[dict]) -> str:
     return f"{min(ones):.1f}–{max(ones):.1f} at the end of the runs{note}"
 
 
+def run_seed(run: dict) -> int:
+    """The seed of a run record (records from before `--best_seeds` existed are seed 0)."""
+    return run.get("seed", 0)
+
+
 def best_runs(runs: list[dict], problem: str) -> dict:
-    """optimizer -> its run with the lowest final validation loss (ties: the first lr)."""
+    """optimizer -> its seed-0 run with the lowest final validation loss (ties: the first lr)."""
     out = {}
     for name in OPTIMIZERS:
-        mine = [r for r in runs if r["problem"] == problem and r["optimizer"] == name]
+        mine = [
+            r
+            for r in runs
+            if r["problem"] == problem and r["optimizer"] == name and run_seed(r) == 0
+        ]
         if mine:
             out[name] = min(mine, key=lambda r: (r["val_loss"], r["lr"]))
     return out
@@ -343,27 +355,63 @@ def fmt(x: float) -> str:
     return f"{x:.4f}" if x < 100 else f"{x:.2e}"
 
 
+def seed_runs(runs: list[dict], best: dict) -> list[dict]:
+    """Every run (all seeds) of the problem, optimizer and learning rate of the run `best`."""
+    same = ("problem", "optimizer", "lr")
+    return sorted(
+        (r for r in runs if all(r[k] == best[k] for k in same)),
+        key=run_seed,
+    )
+
+
+def fmt_seeds(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    """`mean ± std (n)` over seeds (sample std); "diverged" if any seed diverged."""
+    x = np.asarray(values, np.float64) * scale
+    if not np.all(np.isfinite(x)):
+        return f"diverged in {int(np.sum(~np.isfinite(x)))} of {len(x)}"
+    spec = f".{digits}f" if np.abs(x).max() < 100 else ".2e"
+    std = f" ± {x.std(ddof=1):{spec}}" if len(x) > 1 else ""
+    return f"{x.mean():{spec}}{std} (n={len(x)})"
+
+
+def mean_over_seeds(runs: list[dict], best: dict) -> float:
+    """Mean validation loss over the seeds of `best`'s setting (+inf if any seed diverged)."""
+    x = np.asarray([r["val_loss"] for r in seed_runs(runs, best)], np.float64)
+    return float(x.mean()) if np.all(np.isfinite(x)) else math.inf
+
+
 def table(runs: list[dict], problem: str) -> list[str]:
     best = best_runs(runs, problem)
-    head = "| optimizer | best lr | val loss (best) | val loss at each lr | "
-    head += "test acc | ms/step |" if problem == "mlp" else "skipped steps | ms/step |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = "| optimizer | best lr | val loss (best, seed 0) | val loss at each lr | "
+    head += "best lr over seeds: val loss | "
+    head += (
+        "test acc (%), over seeds | ms/step |" if problem == "mlp" else "skipped steps | ms/step |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for name, r in sorted(best.items(), key=lambda kv: kv[1]["val_loss"]):
         grid = sorted(
-            (x for x in runs if x["problem"] == problem and x["optimizer"] == name),
+            (
+                x
+                for x in runs
+                if x["problem"] == problem and x["optimizer"] == name and run_seed(x) == 0
+            ),
             key=lambda x: x["lr"],
         )
         each = ", ".join(f"{x['lr']:g}: {fmt(x['val_loss'])}" for x in grid)
         edge = (
             " (grid edge)" if len(grid) > 1 and r["lr"] in (grid[0]["lr"], grid[-1]["lr"]) else ""
         )
+        seeds = seed_runs(runs, r)
+        over_seeds = fmt_seeds([x["val_loss"] for x in seeds])
         tail = (
-            f"{100 * r['test_accuracy']:.1f}% | {1000 * r['seconds_per_step']:.1f} |"
+            f"{fmt_seeds([x['test_accuracy'] for x in seeds], 100, 1)} | "
+            f"{1000 * r['seconds_per_step']:.1f} |"
             if problem == "mlp"
             else f"{r['skipped_steps']} | {1000 * r['seconds_per_step']:.0f} |"
         )
         lines.append(
-            f"| {LABELS[name]} | {r['lr']:g}{edge} | {fmt(r['val_loss'])} | {each} | {tail}"
+            f"| {LABELS[name]} | {r['lr']:g}{edge} | {fmt(r['val_loss'])} | {each} | "
+            f"{over_seeds} | {tail}"
         )
     return lines
 
@@ -374,11 +422,14 @@ def verdict(runs: list[dict]) -> list[str]:
         best = best_runs(runs, problem)
         if not {"m3", "adamw", "muon"} <= best.keys():
             continue
-        order = sorted(best, key=lambda n: best[n]["val_loss"])
+        mean = {n: mean_over_seeds(runs, best[n]) for n in best}
+        n_seeds = sorted({len(seed_runs(runs, best[n])) for n in best})
+        order = sorted(best, key=lambda n: mean[n])
         m3_first = order.index("m3") < min(order.index("adamw"), order.index("muon"))
-        ranking = " < ".join(f"{LABELS[n]} ({fmt(best[n]['val_loss'])})" for n in order)
+        ranking = " < ".join(f"{LABELS[n]} ({fmt(mean[n])})" for n in order)
         lines.append(
-            f"- {what}: validation loss ranking {ranking}. M3 beats AdamW and Muon: "
+            f"- {what}: validation loss ranking at each optimizer's best rate, mean over "
+            f"{'/'.join(map(str, n_seeds))} seed(s): {ranking}. M3 beats AdamW and Muon: "
             f"{'yes — the claim holds here' if m3_first else 'no — the claim does not hold here'}."
         )
         t = {n: best[n]["seconds_per_step"] for n in ("m3", "muon") if n in best}
@@ -389,9 +440,8 @@ def verdict(runs: list[dict]) -> list[str]:
         )
         if "delta" in best and "dmgd" in best:
             lines.append(
-                f"- {what}: Delta momentum {fmt(best['delta']['val_loss'])}, DMGD "
-                f"{fmt(best['dmgd']['val_loss'])} (the paper makes no quantitative claim for "
-                "them beyond the toy valley of Fig. 4)."
+                f"- {what}: Delta momentum {fmt(mean['delta'])}, DMGD {fmt(mean['dmgd'])} (the "
+                "paper makes no quantitative claim for them beyond the toy valley of Fig. 4)."
             )
     return lines
 
@@ -432,7 +482,9 @@ def markdown(runs: list[dict], meta: dict) -> str:
         f"{meta['machine']['platform']}, jax {meta['machine']['jax']}; 1-minute load average "
         f"{meta['loads']} (shared machine, so ms/step are contended and only roughly "
         "comparable).  ",
-        f"Data: {meta['data']}; seed {s['seed']}; one seed per run.",
+        f"Data: {meta['data']}; learning-rate grid at seed {s['seed']}; the best rate of each "
+        f"optimizer also at seeds {meta['best_seeds'] or 'none'} (mean ± sample std over all its "
+        "seeds in the 'over seeds' columns).",
         "",
     ]
     if any(r["problem"] == "lm" for r in runs):
@@ -472,7 +524,8 @@ def markdown(runs: list[dict], meta: dict) -> str:
         "reaches the best training and test loss against AdamW and Muon (Fig. 11), and M3 is "
         "slower than Muon per step (Fig. 12). §2.5 / Fig. 4: Delta momentum converges faster "
         "than momentum on a toy valley. Our scale is far smaller (≈1M-parameter LM for "
-        f"{s['lm_steps']} steps, a 0.27M MLP), one seed, and a 3-point grid per optimizer:",
+        f"{s['lm_steps']} steps, a 0.27M MLP), a 3-point grid per optimizer at one seed, the best "
+        "rate repeated over seeds:",
         "",
         *verdict(runs),
         "",
@@ -494,6 +547,12 @@ def main(argv=None):
     parser.add_argument("--problems", default="mlp,lm")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--quick", action="store_true", help="tiny models and data (smoke)")
+    parser.add_argument(
+        "--best_seeds", default="1,2", help="further seeds of each optimizer's best rate"
+    )
+    parser.add_argument(
+        "--report_only", action="store_true", help="tables and plots from the finished runs only"
+    )
     args = parser.parse_args(argv)
     problems = [p for p in args.problems.split(",") if p]
     names = [n for n in args.optimizers.split(",") if n]
@@ -507,37 +566,60 @@ def main(argv=None):
     run_dir = args.out / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    best_seeds = [int(x) for x in args.best_seeds.split(",") if x]
+    if s["seed"] in best_seeds:
+        raise ValueError(
+            f"--best_seeds={args.best_seeds} must not repeat the grid seed {s['seed']}"
+        )
     runs, computed = [], 0
-    for problem in problems:
+
+    def run_once(problem, name, lr, seed, prepared, config) -> dict | None:
+        nonlocal computed
+        suffix = "" if seed == s["seed"] else f"-s{seed}"
+        path = run_dir / f"{problem}-{name}-{lr:g}{suffix}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if args.report_only:
+            return None
+        settings = dict(s, seed=seed)
         if problem == "lm":
+            result = run_lm(name, lr, settings, prepared, lm_config(settings, args.data))
+        else:
+            result = run_mlp(name, lr, settings, prepared)
+        result.update(problem=problem, optimizer=name, lr=lr, seed=seed, data=args.data)
+        result["load_average"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+        path.write_text(json.dumps(result))
+        computed += 1
+        print(
+            f"{problem} {name:6s} lr={lr:<6g} seed {seed} val loss {fmt(result['val_loss'])} "
+            f"({result['seconds']:.1f} s)",
+            flush=True,
+        )
+        return result
+
+    for problem in problems:
+        if args.report_only:
+            config = prepared = None
+        elif problem == "lm":
             config = lm_config(s, args.data)
             prepared = load_dataset(config.data)
         else:
-            prepared = mlp_data(args.data, args.quick)
+            config, prepared = None, mlp_data(args.data, args.quick)
         for name in names:
             grid = GRIDS[problem][name]
             for lr in grid[1:2] if args.quick else grid:  # --quick: the middle rate only
-                path = run_dir / f"{problem}-{name}-{lr:g}.json"
-                if path.exists():
-                    runs.append(json.loads(path.read_text()))
-                    continue
-                if problem == "lm":
-                    result = run_lm(name, lr, s, prepared, config)
-                else:
-                    result = run_mlp(name, lr, s, prepared)
-                result.update(problem=problem, optimizer=name, lr=lr, data=args.data)
-                result["load_average"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-                path.write_text(json.dumps(result))
-                runs.append(result)
-                computed += 1
-                print(
-                    f"{problem} {name:6s} lr={lr:<6g} val loss {fmt(result['val_loss'])} "
-                    f"({result['seconds']:.1f} s)",
-                    flush=True,
-                )
+                runs.append(run_once(problem, name, lr, s["seed"], prepared, config))
+            runs = [r for r in runs if r is not None]
+            best = best_runs(runs, problem).get(name)
+            for seed in best_seeds if best else ():
+                runs.append(run_once(problem, name, best["lr"], seed, prepared, config))
+            runs = [r for r in runs if r is not None]
     meta = {
         "command": " ".join(
-            ["python experiments/optimizer_study.py", *(argv if argv is not None else sys.argv[1:])]
+            [
+                "python experiments/optimizer_study.py",
+                *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"),
+            ]
         ),
         "wall_seconds": time.perf_counter() - start,
         "computed": computed,
@@ -547,6 +629,7 @@ def main(argv=None):
         "loads": load_range(runs),
         "data": args.data,
         "settings": s,
+        "best_seeds": best_seeds,
     }
     summary = {
         "meta": meta,

@@ -13,7 +13,8 @@ at the S-NIAH test lengths (it sizes only the attention KV cache, never a parame
 
 "w/o CMS" keeps one CMS level (period 1): a plain SwiGLU feed-forward, widened to the budget.
 Every ablation is re-matched to the budget, so a row differs from Hope in one mechanism, not in
-size.
+size. Hope and every ablation use `self_modifying.eta_max` = `HOPE_ETA_MAX` (0.02, as the main
+config `experiments/configs/default.py`); the model default 0.1 diverged in this setup.
 
 Expected result and wall time: see docs/results/lm/README.md (written by the script).
 
@@ -79,6 +80,12 @@ MLP_RATIOS = {
 
 VARIANTS = MODELS + tuple(ABLATIONS)
 
+#: Largest inner-loop step size η_max of Hope's self-modifying memories (η = η_max·sigmoid(·),
+#: DESIGN §4), for Hope and every ablation: the value of the main config
+#: (experiments/configs/default.py). With the model default 0.1 Hope diverged at lr 3e-3 in
+#: session 2 (seed 2 and three ablations went non-finite within 120 steps).
+HOPE_ETA_MAX = 0.02
+
 
 def model_name(variant: str) -> str:
     """The registry name of `variant` ("hope" for every ablation)."""
@@ -108,6 +115,8 @@ def get_config(arg: str | None = "hope"):
     m.num_heads = 4
     m.max_len = 8192
     m.mlp_ratio = MLP_RATIOS[variant]
+    if name == "hope":
+        m.self_modifying.eta_max = HOPE_ETA_MAX
     if variant in ABLATIONS:
         m.self_modifying.update(ABLATIONS[variant][1])
     if variant == "hope_no_cms":

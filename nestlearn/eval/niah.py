@@ -22,6 +22,10 @@ decoding after the query reproduces the answer (RULER's string-match metric on t
 `len(answer)` generated tokens), computed in one forward pass. The per-token accuracy of the
 answer is reported too (for 7 digits, chance is 0.1 per digit).
 
+**Curriculum** (`curriculum`): the context length of every training step for stages of
+increasing length (short haystacks first), as used by `experiments/niah.py` to make retrieval
+learnable from scratch at small scale.
+
 Shapes: b batch, t = `length` tokens.
 """
 
@@ -37,6 +41,7 @@ __all__ = [
     "NeedleBatch",
     "NeedleExample",
     "NeedleScore",
+    "curriculum",
     "make_batch",
     "make_example",
     "score",
@@ -256,3 +261,30 @@ def score(logits: np.ndarray, batch: NeedleBatch) -> NeedleScore:
         exact=hit.all(axis=1),
         token_accuracy=correct / batch.answer_mask.sum(axis=1),
     )
+
+
+def curriculum(steps: int, stages: Sequence[tuple[int, float]]) -> list[int]:
+    """The context length of each of `steps` training steps, stage by stage in order.
+
+    Args:
+      steps: training steps in all.
+      stages: `(length, fraction)` pairs; stage i gets `round(fraction_i · steps)` steps, the
+        last stage the rest (so the lengths always cover exactly `steps` steps).
+
+    Raises:
+      ValueError: `steps` < 1, no stages, a length < 1, or fractions that are not positive or
+        do not sum to 1.
+    """
+    stages = [(int(n), float(f)) for n, f in stages]
+    if steps < 1 or not stages:
+        raise ValueError(f"need steps >= 1 and at least one stage, got steps={steps}, {stages=}")
+    fractions = [f for _, f in stages]
+    if min(n for n, _ in stages) < 1 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(
+            f"stages need lengths >= 1 and positive fractions summing to 1, got {stages}"
+        )
+    lengths: list[int] = []
+    for length, fraction in stages[:-1]:
+        lengths += [length] * round(fraction * steps)
+    lengths = lengths[:steps]
+    return lengths + [stages[-1][0]] * (steps - len(lengths))

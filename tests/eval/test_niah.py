@@ -186,3 +186,17 @@ def test_teacher_forced_score_equals_greedy_decoding():
     logits = np.asarray(model(jnp.asarray(own.inputs))[0])
     result = niah.score(logits, own)
     assert result.exact[0] and result.token_accuracy[0] == 1.0
+
+
+def test_curriculum_covers_every_step_in_stage_order():
+    lengths = niah.curriculum(10, [(384, 0.25), (640, 0.25), (1024, 0.5)])
+    # round(2.5) = 2 steps, round(2.5) = 2 steps, the last stage takes the rest.
+    assert lengths == [384] * 2 + [640] * 2 + [1024] * 6
+    assert niah.curriculum(3, [(8, 0.9), (16, 0.1)]) == [8, 8, 8]
+    assert niah.curriculum(1, [(8, 1.0)]) == [8]
+    for steps in (1, 7, 300):
+        assert len(niah.curriculum(steps, [(1, 0.3), (2, 0.3), (3, 0.4)])) == steps
+    with pytest.raises(ValueError, match="summing to 1"):
+        niah.curriculum(10, [(8, 0.5), (16, 0.4)])
+    with pytest.raises(ValueError, match="steps >= 1"):
+        niah.curriculum(0, [(8, 1.0)])

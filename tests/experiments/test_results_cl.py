@@ -59,18 +59,29 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
 def test_optimizer_study_quick_writes_results_and_resumes(tmp_path):
     script = _script("optimizer_study")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path)]
-    script.main([*argv, "--problems", "mlp", "--optimizers", "m3,dmgd"])
-    script.main([*argv, "--problems", "lm", "--optimizers", "adamw"])
+    script.main([*argv, "--problems", "mlp", "--optimizers", "m3,dmgd", "--best_seeds", ""])
+    script.main([*argv, "--problems", "lm", "--optimizers", "adamw", "--best_seeds", ""])
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert "lm-adamw-0.003.json" in runs and "mlp-dmgd-0.3.json" in runs and len(runs) == 3
+    assert runs == ["lm-adamw-0.003.json", "mlp-dmgd-0.3.json", "mlp-m3-0.001.json"]
     lm = json.loads((tmp_path / "runs" / "lm-adamw-0.003.json").read_text())
     assert np.isfinite(lm["val_loss"]) and lm["val_loss"] < np.log(256)  # it learned something
     for name in ("optimizer_study.md", "results.json", "lm_loss.png"):
         assert (tmp_path / name).stat().st_size > 0
     first = (tmp_path / "optimizer_study.md").read_text()
-    script.main([*argv, "--problems", "lm", "--optimizers", "adamw"])
+    script.main([*argv, "--problems", "lm", "--optimizers", "adamw", "--best_seeds", ""])
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["computed"] == 0
     assert _table((tmp_path / "optimizer_study.md").read_text()) == _table(first)
+    # The best rate's extra seed: another initialisation and order, averaged in the table.
+    script.main([*argv, "--problems", "mlp", "--optimizers", "dmgd", "--best_seeds", "1"])
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["computed"] == 1
+    seed0, seed1 = (
+        json.loads((tmp_path / "runs" / f"mlp-dmgd-0.3{x}.json").read_text()) for x in ("", "-s1")
+    )
+    assert (seed0["seed"], seed1["seed"]) == (0, 1) and seed0["val_loss"] != seed1["val_loss"]
+    mean = (seed0["val_loss"] + seed1["val_loss"]) / 2
+    assert f"| {mean:.4f} ± " in (tmp_path / "optimizer_study.md").read_text()
+    with pytest.raises(ValueError, match="must not repeat the grid seed"):
+        script.main([*argv, "--best_seeds", "0"])
 
 
 def test_continual_lm_quick_writes_results(tmp_path):

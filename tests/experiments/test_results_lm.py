@@ -68,7 +68,7 @@ def _run(script, *args, cache):
     return result.stdout
 
 
-def test_quick_runs_are_deterministic_and_feed_the_niah_script(tmp_path):
+def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     cache = tmp_path / "cache"
     runs = []
     for name in ("a", "b"):
@@ -91,18 +91,18 @@ def test_quick_runs_are_deterministic_and_feed_the_niah_script(tmp_path):
     _run(
         "niah.py",
         "--quick",
-        "--models=transformer_pp,hope",
+        "--models=transformer_pp",
         "--samples=1",
-        f"--lm_out={tmp_path / 'a'}",
-        f"--lm_workdir={tmp_path / 'a'}_runs",
         f"--out={tmp_path / 'niah'}",
         cache=cache,
     )
     record = json.loads((tmp_path / "niah" / "runs" / "transformer_pp_s0.json").read_text())
+    assert record["protocol"]["start"] == "from scratch"
+    assert [c["length"] for c in record["curve"]] == [320, 384]  # the quick curriculum, in order
     assert set(record["exact"]) == {"passkey", "number", "uuid"}
     for task in record["exact"].values():
         for by_depth in task.values():
             assert len(by_depth) == 5 and all(0 <= x <= 1 for x in by_depth)
-    assert not (tmp_path / "niah" / "runs" / "hope_s0.json").exists()  # no LM run: skipped
     readme = (tmp_path / "niah" / "README.md").read_text()
     assert "Transformer++" in readme and (tmp_path / "niah" / "heatmap_exact.png").exists()
+    assert (tmp_path / "niah" / "train_curves.png").exists()
