@@ -8,17 +8,20 @@
 **Protocol (the same for every model).** Each model of the language-model comparison (the same
 ≈2M-parameter configs, `experiments/configs/results_lm.py`) is trained *from scratch* on
 S-NIAH examples whose haystacks are Shakespeare from the training plays, with an easy-to-hard
-curriculum of context lengths (`--curriculum`; by default the first quarter of the steps at 384
-bytes, the next quarter at 640, the second half at 1024) and a fixed number of tokens per step
-(`--tokens_per_step`, so a batch holds 10, 6 or 4 examples by default). The three tasks take
+curriculum of context lengths (`--curriculum`; by default a quarter of the steps each at 128,
+256, 512 and 1024 bytes) and a fixed number of tokens per step (`--tokens_per_step`, so a batch
+holds 16, 8, 4 or 2 examples by default). The tasks of `--tasks` that fit a stage's length
+(`stage_tasks`: passkey alone at 128 bytes, passkey and number at 256, all three from 512) take
 turns over the examples and the needle depth is uniform in [0, 1]. The loss is the mean
 next-byte loss over the whole example (language modelling of the Shakespeare haystack) plus
 `--answer_weight` times the mean loss over the answer bytes (the digits or hex characters of
 the value). Optimizer: the model's own training levels (AdamW; Hope's CMS levels every 1/4/16
 steps), lr `LR`, warmup a tenth of the steps, cosine to 0.1×, clip 1.
 
-Session 2 fine-tuned each model for 60 steps from its LM checkpoint instead, and every model
-stayed at chance; docs/results/niah/README.md says what this protocol gave.
+Session 2 fine-tuned each model for 60 steps from its LM checkpoint, session 3 trained from
+scratch with haystacks of 384 bytes and more from the start; both stayed at chance
+(`docs/results/niah/attempt_*`). Short passkey-only haystacks first is what made retrieval
+learnable (session-3 pilot, Transformer++).
 
 **Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`TEST_LENGTHS`),
 depths 0, 0.25, 0.5, 0.75, 1 (`DEPTHS`), `--samples` examples per (task, length, depth) with new
@@ -61,15 +64,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/niah", "Directory of the run records, tables, heat maps.")
 flags.DEFINE_list("models", list(results_lm.MODELS), "Models to train and test.")
 flags.DEFINE_integer("seed", 0, "Seed of the model initialisation and of the examples.")
-flags.DEFINE_integer("steps", 300, "Training steps (over the whole curriculum).")
-flags.DEFINE_integer("tokens_per_step", 4096, "Tokens per training batch (all stages).")
-flags.DEFINE_integer("samples", 4, "Test examples per (task, length, depth).")
-flags.DEFINE_float("answer_weight", 1.0, "Weight of the answer loss beside the LM loss.")
+flags.DEFINE_integer("steps", 1600, "Training steps (over the whole curriculum).")
+flags.DEFINE_integer("tokens_per_step", 2048, "Tokens per training batch (all stages).")
+flags.DEFINE_integer("samples", 2, "Test examples per (task, length, depth).")
+flags.DEFINE_float("answer_weight", 4.0, "Weight of the answer loss beside the LM loss.")
 flags.DEFINE_list(
     "curriculum",
-    [f"{n}:{f}" for n, f in ((384, 0.25), (640, 0.25), (1024, 0.5))],
+    [f"{n}:{f}" for n, f in ((128, 0.25), (256, 0.25), (512, 0.25), (1024, 0.25))],
     "Training stages 'length:fraction', easy to hard (the last length is the training length).",
 )
+flags.DEFINE_list("tasks", list(niah.TASKS), "S-NIAH tasks to train and test.")
 flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
 flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache ('' = off).")
@@ -77,8 +81,9 @@ flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache
 TEST_LENGTHS = (1024, 2048, 4096, 8192)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 EVAL_TOKENS = 8192  # tokens per evaluation batch (examples per batch = EVAL_TOKENS // length)
+MIN_HAYSTACK = 16  # a task trains at a stage's length only if it leaves this much haystack
 LR = 3e-3  # the LM comparison's peak learning rate
-QUICK = {"curriculum": ((320, 0.5), (384, 0.5)), "test_lengths": (384,), "steps": 4}
+QUICK = {"curriculum": ((160, 0.5), (384, 0.5)), "test_lengths": (384,), "steps": 4}
 
 # NL-arXiv Table 1 (PAPER §7.5), S-NIAH accuracy (%) at 4K / 8K (models trained on ~50B tokens).
 PAPER = {
@@ -104,6 +109,31 @@ def parse_curriculum(stages: list[str]) -> tuple[tuple[int, float], ...]:
         return tuple((int(n), float(f)) for n, f in (stage.split(":") for stage in stages))
     except ValueError as error:
         raise ValueError(f"--curriculum={stages}: each stage must be 'length:fraction'") from error
+
+
+def stage_tasks(
+    tasks: tuple[str, ...], stages: tuple[tuple[int, float], ...], tokenizer
+) -> dict[int, list[str]]:
+    """The tasks that train at each stage's length: those leaving `MIN_HAYSTACK` haystack tokens.
+
+    Raises:
+      ValueError: an unknown task, or a stage too short for every task.
+    """
+    unknown = sorted(set(tasks) - set(niah.TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"--tasks={list(tasks)}: each must be one of {niah.TASKS}")
+    fits = {}
+    for length, _ in stages:
+        fits[length] = [
+            t for t in tasks if niah.min_length(t, tokenizer, haystack=MIN_HAYSTACK) <= length
+        ]
+        if not fits[length]:
+            need = min(niah.min_length(t, tokenizer, haystack=MIN_HAYSTACK) for t in tasks)
+            raise ValueError(
+                f"--curriculum stage {length} is too short for every task of --tasks={list(tasks)}"
+                f" (the shortest needs {need} tokens)"
+            )
+    return fits
 
 
 def _loss(graphdef, params, rest, inputs, targets, mask, answer_weight):
@@ -168,9 +198,11 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     steps = QUICK["steps"] if quick else FLAGS.steps
     stages = QUICK["curriculum"] if quick else parse_curriculum(FLAGS.curriculum)
     test_lengths = QUICK["test_lengths"] if quick else TEST_LENGTHS
+    tasks = tuple(FLAGS.tasks)
     config = train_config(name, seed, steps, quick)
     data = load_dataset(config.data)
     tok = data.tokenizer
+    trained = stage_tasks(tasks, stages, tok)
     model = models.build(config.model, rngs=nnx.Rngs(seed))
     graphdef, params, rest = split_model(model)
     n_params = models.count_params(model)
@@ -184,10 +216,16 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     example = 0
     for i, length in enumerate(niah.curriculum(steps, stages)):
         size = max(1, FLAGS.tokens_per_step // length)
-        tasks = [niah.TASKS[(example + j) % len(niah.TASKS)] for j in range(size)]
+        here = trained[length]
+        batch_tasks = [here[(example + j) % len(here)] for j in range(size)]
         example += size
         batch = niah.make_batch(
-            tasks, data.train, length=length, depths=rng.uniform(0, 1, size), rng=rng, tokenizer=tok
+            batch_tasks,
+            data.train,
+            length=length,
+            depths=rng.uniform(0, 1, size),
+            rng=rng,
+            tokenizer=tok,
         )
         params, opt_state, m = train_step(
             params, opt_state, rest, batch.inputs, batch.targets, batch.answer_mask
@@ -206,11 +244,11 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     train_s = time.perf_counter() - start
     logits_fn = make_logits_fn(graphdef)
     test_rng = np.random.default_rng([seed, 2])
-    exact = {t: {} for t in niah.TASKS}
-    token = {t: {} for t in niah.TASKS}
+    exact = {t: {} for t in tasks}
+    token = {t: {} for t in tasks}
     for length in test_lengths:
         per_batch = max(1, EVAL_TOKENS // length)
-        for task in niah.TASKS:
+        for task in tasks:
             depths = [d for d in DEPTHS for _ in range(FLAGS.samples)]
             hits, accs = [], []
             for s in range(0, len(depths), per_batch):
@@ -227,7 +265,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
                 accs += result.token_accuracy.tolist()
             exact[task][str(length)] = _by_depth(hits, depths)
             token[task][str(length)] = _by_depth(accs, depths)
-        accuracy = {t: round(float(np.mean(exact[t][str(length)])), 3) for t in niah.TASKS}
+        accuracy = {t: round(float(np.mean(exact[t][str(length)])), 3) for t in tasks}
         print(f"  {name} L={length}: exact {accuracy} ({time.perf_counter() - start:.0f} s)")
     record = {
         "model": name,
@@ -238,6 +276,8 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "start": "from scratch",
             "steps": steps,
             "curriculum": [list(stage) for stage in stages],
+            "tasks": list(tasks),
+            "stage_tasks": {str(n): ts for n, ts in trained.items()},
             "tokens_per_step": FLAGS.tokens_per_step,
             "answer_weight": FLAGS.answer_weight,
             "lr": LR,
@@ -274,6 +314,7 @@ def write_report(out: Path, command: str) -> None:
     if not names:
         return
     lengths = [str(x) for x in runs[names[0]]["protocol"]["test_lengths"]]
+    tasks = runs[names[0]]["protocol"].get("tasks", list(niah.TASKS))  # older runs: all three
     short = lambda x: f"{int(x) // 1024}K" if int(x) % 1024 == 0 else x
     mean_over_depth = lambda r, kind, t, n: 100 * float(np.mean(r[kind][t][n]))
     rows = []
@@ -281,15 +322,15 @@ def write_report(out: Path, command: str) -> None:
         r = runs[m]
         rows.append(
             [LABELS[m]]
-            + [f"{mean_over_depth(r, 'exact', t, n):.0f}" for t in niah.TASKS for n in lengths]
+            + [f"{mean_over_depth(r, 'exact', t, n):.0f}" for t in tasks for n in lengths]
         )
-    header = ["model"] + [f"{t} {short(n)}" for t in niah.TASKS for n in lengths]
+    header = ["model"] + [f"{t} {short(n)}" for t in tasks for n in lengths]
     exact_table = compare.markdown_table(header, rows)
     tok_rows = [
         [LABELS[m]]
         + [
             f"{mean_over_depth(runs[m], 'token_accuracy', t, n):.0f}"
-            for t in niah.TASKS
+            for t in tasks
             for n in lengths
         ]
         for m in names
@@ -348,20 +389,21 @@ def write_report(out: Path, command: str) -> None:
             continue
         here = [
             f"{mean_over_depth(runs[m], 'exact', t, n):.0f}" if n in lengths else "—"
-            for t in niah.TASKS
+            for t in tasks
             for n in ("4096", "8192")
         ]
-        paper = [f"{PAPER[m][t][i]}" for t in niah.TASKS for i in (0, 1)]
+        paper = [f"{PAPER[m][t][i]}" for t in tasks for i in (0, 1)]
         paper_rows.append([LABELS[m], " / ".join(paper), " / ".join(here)])
     paper_table = compare.markdown_table(
-        ["model", "paper PK 4K/8K, N 4K/8K, U 4K/8K", "here, same cells"], paper_rows
+        ["model", f"paper: {', '.join(f'{t} 4K/8K' for t in tasks)}", "here, same cells"],
+        paper_rows,
     )
     depths = runs[names[0]]["protocol"]["depths"]
     for kind, fname in (("exact", "heatmap_exact.png"), ("token_accuracy", "heatmap_token.png")):
         maps = {
             LABELS[m]: np.array(
                 [
-                    [np.mean([runs[m][kind][t][n][i] for t in niah.TASKS]) for n in lengths]
+                    [np.mean([runs[m][kind][t][n][i] for t in tasks]) for n in lengths]
                     for i in range(len(depths))
                 ]
             )
@@ -387,11 +429,14 @@ def write_report(out: Path, command: str) -> None:
             f"--tokens_per_step={proto['tokens_per_step']}",
             f"--answer_weight={proto.get('answer_weight', 1.0):g}",
             "--curriculum=" + ",".join(f"{n}:{f:g}" for n, f in proto["curriculum"]),
+            f"--tasks={','.join(tasks)}",
             f"--samples={proto['samples']}",
         ]
     )
+    stage_tasks = proto.get("stage_tasks", {})
     curriculum_text = ", then ".join(
         f"{length} bytes for {fraction:.0%} of the steps"
+        + (f" ({', '.join(stage_tasks[str(length)])})" if str(length) in stage_tasks else "")
         for length, fraction in proto["curriculum"]
     )
     same = lambda r: {k: v for k, v in r["protocol"].items() if k != "start"}
@@ -414,7 +459,8 @@ scoring in `nestlearn/eval/niah.py`); every number is read from `runs/*.json`. R
 **Protocol.** Every model of the language-model comparison (same ≈2M-parameter configs,
 `experiments/configs/results_lm.py`) is trained from scratch for {proto["steps"]} steps of
 {proto["tokens_per_step"]:,} tokens on S-NIAH examples with Shakespeare haystacks from the
-training plays, easy to hard: {curriculum_text}. The three tasks take turns; the needle depth is
+training plays, easy to hard: {curriculum_text}. The tasks of a stage (those whose needle, query
+and answer leave at least {MIN_HAYSTACK} haystack bytes) take turns; the needle depth is
 uniform in [0, 1]; the loss is the mean next-byte loss over the example (language modelling of
 the haystack) plus {
         proto.get(
@@ -424,9 +470,9 @@ Hope's CMS levels every 1/4/16 steps), lr {proto["lr"]}, warmup, cosine. Test ha
 the held-out validation plays; lengths {", ".join(short(n) for n in lengths)}; depths
 {", ".join(f"{d:g}" for d in depths)}; {proto["samples"]} example(s) per (task, length, depth), so
 each cell of the first table averages {proto["samples"] * len(depths)} examples and each
-heat-map cell {proto["samples"] * 3}. A needle counts as retrieved when greedy decoding after the
-query reproduces the whole value (RULER's exact match, computed teacher-forced in one pass).
-Chance: 10⁻⁷ for a 7-digit value (0.1 per digit), 16⁻³² for a UUID.
+heat-map cell {proto["samples"] * len(tasks)}. A needle counts as retrieved when greedy decoding
+after the query reproduces the whole value (RULER's exact match, computed teacher-forced in one
+pass). Chance: 10⁻⁷ for a 7-digit value (0.1 per digit), 16⁻³² for a UUID.
 {protocol_note}
 **Machine.** {runs[names[0]]["machine"]}, shared: load average {min(loads):.1f}–{max(loads):.1f}.
 Wall time per model {min(walls):.0f}–{max(walls):.0f} s (training and test), total
@@ -462,7 +508,7 @@ character is one of 8, 9, a, b and the other 30 are uniform hex: (5 + 1/4 + 30/1
 Paper claims: Hope and Titans reach 100% on passkey at 4K–16K, Hope-Attention matches the
 Transformer, and among attention-free models Hope does best on every task.
 
-Heat maps (depth × length, mean over the three tasks): exact match `heatmap_exact.png`, per-byte
+Heat maps (depth × length, mean over the tasks): exact match `heatmap_exact.png`, per-byte
 accuracy `heatmap_token.png`.
 
 ![exact](heatmap_exact.png)

@@ -24,7 +24,8 @@ answer is reported too (for 7 digits, chance is 0.1 per digit).
 
 **Curriculum** (`curriculum`): the context length of every training step for stages of
 increasing length (short haystacks first), as used by `experiments/niah.py` to make retrieval
-learnable from scratch at small scale.
+learnable from scratch at small scale. `min_length` says from which length a task fits (passkey
+needs about 110 bytes, number about 230, uuid about 285), so short stages can train passkey alone.
 
 Shapes: b batch, t = `length` tokens.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "curriculum",
     "make_batch",
     "make_example",
+    "min_length",
     "score",
     "task_text",
 ]
@@ -124,16 +126,51 @@ def task_text(task: str, rng: np.random.Generator) -> tuple[str, str, str, str]:
         raw[16] = 8 + raw[16] % 4  # RFC 4122 variant
         h = "".join("0123456789abcdef"[int(x)] for x in raw)
         kind, value = "uuid", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return *_magic_texts(kind, key, value), key, value
+
+
+def _magic_texts(kind: str, key: str, value: str) -> tuple[str, str]:
+    """`(needle, query)` of S-NIAH-2/3 for a `kind` ("number" or "uuid"), key and value."""
     needle = f"One of the special magic {kind}s for {key} is: {value}."
     query = (
         f"What is the special magic {kind} for {key} mentioned in the provided text? "
         f"The special magic {kind} for {key} mentioned in the provided text is "
     )
-    return needle, query, key, value
+    return needle, query
 
 
 def _encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     return np.asarray(tokenizer.encode(text), dtype=np.int32).reshape(-1)
+
+
+def _framed_lengths(tokenizer: Tokenizer, needle: str, query: str, value: str) -> int:
+    """Tokens of the framed needle, framed query and answer, as `make_example` encodes them."""
+    parts = ("\n" + needle + "\n", "\n" + query, value)
+    return sum(len(_encode(tokenizer, text)) for text in parts)
+
+
+def min_length(task: str, tokenizer: Tokenizer, *, haystack: int = 1) -> int:
+    """The shortest context length whose examples of `task` all hold `haystack` haystack tokens.
+
+    The worst case over every key (adjective-noun pair) and value shape the generator draws:
+    a `make_example` call with `length >= min_length(task, tokenizer, haystack=h)` never fails
+    for lack of room and leaves at least `h` tokens of haystack.
+
+    Raises:
+      ValueError: an unknown `task`, or `haystack` < 1.
+    """
+    if haystack < 1:
+        raise ValueError(f"haystack={haystack} must be >= 1")
+    needle, query, _, value = task_text(task, np.random.default_rng(0))  # values: fixed length
+    if task == "passkey":
+        worst = _framed_lengths(tokenizer, needle, query, value)
+    else:
+        worst = max(
+            _framed_lengths(tokenizer, *_magic_texts(task, f"{adjective}-{noun}", value), value)
+            for adjective in _ADJECTIVES
+            for noun in _NOUNS
+        )
+    return worst - 1 + haystack  # an example of length t has t + 1 tokens
 
 
 def make_example(

@@ -117,6 +117,22 @@ def test_make_example_rejects_bad_input(kwargs, match):
         niah.make_example(task, haystack, rng=np.random.default_rng(0), tokenizer=TOK, **args)
 
 
+@pytest.mark.parametrize("task", niah.TASKS)
+def test_min_length_is_the_worst_case_over_keys(task):
+    shortest = niah.min_length(task, TOK)
+    assert niah.min_length(task, TOK, haystack=17) == shortest + 16
+    rng = np.random.default_rng(3)
+    for _ in range(300):  # every key and value fits at the minimum (no "too short" error)
+        niah.make_example(task, HAYSTACK, length=shortest, depth=0.5, rng=rng, tokenizer=TOK)
+    if task == "passkey":  # fixed texts: one token less leaves no haystack
+        with pytest.raises(ValueError, match="too short"):
+            niah.make_example(
+                task, HAYSTACK, length=shortest - 1, depth=0.5, rng=rng, tokenizer=TOK
+            )
+    with pytest.raises(ValueError, match="haystack=0"):
+        niah.min_length(task, TOK, haystack=0)
+
+
 def test_make_batch_rejects_mismatched_tasks():
     with pytest.raises(ValueError, match="got 2 tasks for 3 depths"):
         niah.make_batch(

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from nestlearn import models
+from nestlearn.eval import niah
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,8 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     )
     record = json.loads((tmp_path / "niah" / "runs" / "transformer_pp_s0.json").read_text())
     assert record["protocol"]["start"] == "from scratch"
-    assert [c["length"] for c in record["curve"]] == [320, 384]  # the quick curriculum, in order
+    assert [c["length"] for c in record["curve"]] == [160, 384]  # the quick curriculum, in order
+    assert record["protocol"]["stage_tasks"] == {"160": ["passkey"], "384": list(niah.TASKS)}
     assert set(record["exact"]) == {"passkey", "number", "uuid"}
     for task in record["exact"].values():
         for by_depth in task.values():
