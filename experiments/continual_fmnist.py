@@ -54,7 +54,7 @@ import optax
 from flax import nnx
 
 from nestlearn.core import Level
-from nestlearn.eval.compare import machine_info
+from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
 from nestlearn.models.cms import (
     CMS,
@@ -370,8 +370,8 @@ def run_method(method: str, seed: int, data, s: dict) -> dict:
 
 def load_range(runs: list[dict]) -> str:
     """The range of the runs' 1-minute load averages, as "a–b"."""
-    ones = [float(r["load_average"].split()[0]) for r in runs if "load_average" in r]
-    return f"{min(ones):.1f}–{max(ones):.1f}" if ones else "not recorded"
+    loads = compare.load_range(runs)
+    return f"{loads[0]:.1f}–{loads[1]:.1f}" if loads else "not recorded"
 
 
 def mean_std(pair) -> str:
@@ -580,18 +580,9 @@ def main(argv=None):
                 flush=True,
             )
     agg = aggregate(runs)
+    command_args = argv if argv is not None else sys.argv[1:]
     meta = {
-        "command": " ".join(
-            [
-                "python experiments/continual_fmnist.py",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "wall_seconds": time.perf_counter() - start,
-        "computed": computed,
-        "total": len(runs),
-        "machine": machine_info(),
-        "run_seconds": float(sum(r["seconds"] for r in runs)),
+        **compare.run_meta("experiments/continual_fmnist.py", command_args, start, runs, computed),
         "loads": load_range(runs),
         "data": args.data,
         "seeds": seeds,

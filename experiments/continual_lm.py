@@ -45,7 +45,7 @@ from flax import nnx
 from nestlearn import models
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
-from nestlearn.eval.compare import machine_info
+from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import build_levels
@@ -395,15 +395,9 @@ def main(argv=None):
             runs.append(result)
             computed += 1
     agg = aggregate(runs)
+    command_args = argv if argv is not None else sys.argv[1:]
     meta = {
-        "command": " ".join(
-            ["python experiments/continual_lm.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "wall_seconds": time.perf_counter() - start,
-        "run_seconds": float(sum(r["seconds"] for r in runs)),
-        "computed": computed,
-        "total": len(runs),
-        "machine": machine_info(),
+        **compare.run_meta("experiments/continual_lm.py", command_args, start, runs, computed),
         "loads": [f"{r['model']}/{r['seed']}: {r['load_average']}" for r in runs],
         "data": args.data,
         "seeds": seeds,

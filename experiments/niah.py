@@ -16,14 +16,15 @@ turns over the examples and the needle depth is uniform in [0, 1]. The loss is t
 next-byte loss over the whole example (language modelling of the Shakespeare haystack) plus
 `--answer_weight` times the mean loss over the answer bytes (the digits or hex characters of
 the value). Optimizer: the model's own training levels (AdamW; Hope's CMS levels every 1/4/16
-steps), lr `LR`, warmup a tenth of the steps, cosine to 0.1×, clip 1.
+steps), lr `--lr` (the LM comparison's by default), warmup a tenth of the steps, cosine to
+0.1×, clip 1.
 
 Session 2 fine-tuned each model for 60 steps from its LM checkpoint, session 3 trained from
 scratch with haystacks of 384 bytes and more from the start; both stayed at chance
 (`docs/results/niah/attempt_*`). Short passkey-only haystacks first is what made retrieval
 learnable (session-3 pilot, Transformer++).
 
-**Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`TEST_LENGTHS`),
+**Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`--test_lengths`),
 depths 0, 0.25, 0.5, 0.75, 1 (`DEPTHS`), `--samples` examples per (task, length, depth) with new
 keys and values; scored by `nestlearn.eval.niah.score` (greedy retrieval of the whole value,
 RULER's exact match; also the per-byte accuracy of the value). Each finished model writes
@@ -74,15 +75,15 @@ flags.DEFINE_list(
     "Training stages 'length:fraction', easy to hard (the last length is the training length).",
 )
 flags.DEFINE_list("tasks", list(niah.TASKS), "S-NIAH tasks to train and test.")
+flags.DEFINE_list("test_lengths", ["1024", "2048", "4096", "8192"], "Test context lengths.")
+flags.DEFINE_float("lr", 3e-3, "Peak learning rate (the LM comparison's by default).")
 flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
 flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache ('' = off).")
 
-TEST_LENGTHS = (1024, 2048, 4096, 8192)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 EVAL_TOKENS = 8192  # tokens per evaluation batch (examples per batch = EVAL_TOKENS // length)
 MIN_HAYSTACK = 16  # a task trains at a stage's length only if it leaves this much haystack
-LR = 3e-3  # the LM comparison's peak learning rate
 QUICK = {"curriculum": ((160, 0.5), (384, 0.5)), "test_lengths": (384,), "steps": 4}
 
 # NL-arXiv Table 1 (PAPER §7.5), S-NIAH accuracy (%) at 4K / 8K (models trained on ~50B tokens).
@@ -185,7 +186,7 @@ def train_config(name: str, seed: int, steps: int, quick: bool):
     """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
     config = results_lm.get_config(f"{name},quick" if quick else name)
     config.seed = seed
-    config.optim.lr = LR
+    config.optim.lr = FLAGS.lr
     config.optim.warmup_steps = max(1, steps // 10)
     config.train.num_steps = steps
     if quick:
@@ -197,7 +198,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     """Trains `name` from scratch on the S-NIAH curriculum, tests it, writes its JSON record."""
     steps = QUICK["steps"] if quick else FLAGS.steps
     stages = QUICK["curriculum"] if quick else parse_curriculum(FLAGS.curriculum)
-    test_lengths = QUICK["test_lengths"] if quick else TEST_LENGTHS
+    test_lengths = QUICK["test_lengths"] if quick else tuple(int(n) for n in FLAGS.test_lengths)
     tasks = tuple(FLAGS.tasks)
     config = train_config(name, seed, steps, quick)
     data = load_dataset(config.data)
@@ -280,7 +281,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "stage_tasks": {str(n): ts for n, ts in trained.items()},
             "tokens_per_step": FLAGS.tokens_per_step,
             "answer_weight": FLAGS.answer_weight,
-            "lr": LR,
+            "lr": FLAGS.lr,
             "test_lengths": list(test_lengths),
             "depths": list(DEPTHS),
             "samples": FLAGS.samples,
@@ -431,6 +432,8 @@ def write_report(out: Path, command: str) -> None:
             "--curriculum=" + ",".join(f"{n}:{f:g}" for n, f in proto["curriculum"]),
             f"--tasks={','.join(tasks)}",
             f"--samples={proto['samples']}",
+            f"--lr={proto['lr']:g}",
+            "--test_lengths=" + ",".join(lengths),
         ]
     )
     stage_tasks = proto.get("stage_tasks", {})

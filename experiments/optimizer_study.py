@@ -53,7 +53,7 @@ from nestlearn import models
 from nestlearn.core import Level
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
-from nestlearn.eval.compare import machine_info
+from nestlearn.eval import compare
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import learning_rate_schedule
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
@@ -322,12 +322,12 @@ def run_mlp(name: str, lr: float, s: dict, data) -> dict:
 
 def load_range(runs: list[dict]) -> str:
     """ "a–b over the runs" from the runs' recorded load averages (1-minute values)."""
-    ones = [float(r["load_average"].split()[0]) for r in runs if "load_average" in r]
-    if not ones:
+    loads = compare.load_range(runs)
+    if loads is None:
         return "not recorded by these runs"
-    missing = sum("load_average" not in r for r in runs)
+    low, high, missing = loads
     note = f" ({missing} runs did not record it)" if missing else ""
-    return f"{min(ones):.1f}–{max(ones):.1f} at the end of the runs{note}"
+    return f"{low:.1f}–{high:.1f} at the end of the runs{note}"
 
 
 def run_seed(run: dict) -> int:
@@ -614,18 +614,9 @@ def main(argv=None):
             for seed in best_seeds if best else ():
                 runs.append(run_once(problem, name, best["lr"], seed, prepared, config))
             runs = [r for r in runs if r is not None]
+    command_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"]
     meta = {
-        "command": " ".join(
-            [
-                "python experiments/optimizer_study.py",
-                *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"),
-            ]
-        ),
-        "wall_seconds": time.perf_counter() - start,
-        "computed": computed,
-        "total": len(runs),
-        "machine": machine_info(),
-        "run_seconds": float(sum(r["seconds"] for r in runs)),
+        **compare.run_meta("experiments/optimizer_study.py", command_args, start, runs, computed),
         "loads": load_range(runs),
         "data": args.data,
         "settings": s,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,11 +22,14 @@ import numpy as np
 __all__ = [
     "differs",
     "format_mean_std",
+    "load_range",
+    "machine_info",
     "markdown_table",
     "mean_curve",
     "mean_std",
     "plot_curves",
     "plot_heatmaps",
+    "run_meta",
     "source_fingerprint",
 ]
 
@@ -244,4 +248,39 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "device": str(jax.devices()[0]),
+    }
+
+
+def load_range(runs: Sequence[dict]) -> tuple[float, float, int] | None:
+    """`(lowest, highest, missing)` 1-minute load average over run records, or None if none
+    recorded one (each record's `"load_average"` is the "1 5 15"-minute string at its end)."""
+    ones = [float(r["load_average"].split()[0]) for r in runs if "load_average" in r]
+    if not ones:
+        return None
+    return min(ones), max(ones), sum("load_average" not in r for r in runs)
+
+
+def run_meta(
+    script: str, argv: Sequence[str], start: float, runs: Sequence[dict], computed: int
+) -> dict:
+    """The metadata every experiment report starts from.
+
+    Args:
+      script: the experiment's path, e.g. "experiments/optimizer_study.py".
+      argv: its command-line arguments (recorded as the reproducing command).
+      start: `time.perf_counter()` when the invocation started.
+      runs: every run record the report covers (each with its `"seconds"`).
+      computed: how many of them this invocation computed (the others were cached).
+
+    Returns:
+      command, wall_seconds (this invocation), computed, total, machine (`machine_info`) and
+      run_seconds (summed over every run record).
+    """
+    return {
+        "command": " ".join(["python", script, *argv]),
+        "wall_seconds": time.perf_counter() - start,
+        "computed": computed,
+        "total": len(runs),
+        "machine": machine_info(),
+        "run_seconds": float(sum(r["seconds"] for r in runs)),
     }

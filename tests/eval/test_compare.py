@@ -1,6 +1,7 @@
 """Seed statistics, tables, curves and heat maps of `nestlearn.eval.compare`."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -106,3 +107,14 @@ def test_source_fingerprint_follows_the_files(tmp_path):
     assert compare.source_fingerprint(tmp_path) == first
     f.write_text("x = 2\n")
     assert compare.source_fingerprint(tmp_path) != first
+
+
+def test_load_range_and_run_meta():
+    runs = [{"load_average": "2.5 1.0 0.5", "seconds": 3.0}, {"seconds": 1.5}]
+    runs.append({"load_average": "0.7 0.6 0.6", "seconds": 0.5})
+    assert compare.load_range(runs) == (0.7, 2.5, 1)
+    assert compare.load_range([{"seconds": 1.0}]) is None
+    meta = compare.run_meta("experiments/x.py", ["--seeds=0"], time.perf_counter(), runs, 1)
+    assert meta["command"] == "python experiments/x.py --seeds=0"
+    assert (meta["computed"], meta["total"], meta["run_seconds"]) == (1, 3, 5.0)
+    assert 0 <= meta["wall_seconds"] < 60 and meta["machine"]["cpu_count"] >= 1
