@@ -315,7 +315,7 @@ def write_report(out: Path, command: str) -> None:
     if not names:
         return
     lengths = [str(x) for x in runs[names[0]]["protocol"]["test_lengths"]]
-    tasks = runs[names[0]]["protocol"].get("tasks", list(niah.TASKS))  # older runs: all three
+    tasks = list(runs[names[0]]["exact"])  # the tested tasks, also in runs from before --tasks
     short = lambda x: f"{int(x) // 1024}K" if int(x) % 1024 == 0 else x
     mean_over_depth = lambda r, kind, t, n: 100 * float(np.mean(r[kind][t][n]))
     rows = []
@@ -453,7 +453,7 @@ def write_report(out: Path, command: str) -> None:
     codes = sorted({runs[m].get("code", "unrecorded") for m in names})
     walls = [runs[m]["wall_s"] for m in names]
     loads = [x for m in names for x in (runs[m]["load_avg_start"][0], runs[m]["load_avg_end"][0])]
-    text = f"""# S-NIAH (passkey, number, uuid) in Shakespeare haystacks
+    text = f"""# S-NIAH ({", ".join(tasks)}) in Shakespeare haystacks
 
 Produced by `{command} {protocol_flags} --out={out}` (`experiments/niah.py`, generators and
 scoring in `nestlearn/eval/niah.py`); every number is read from `runs/*.json`. Regenerate with
