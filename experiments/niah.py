@@ -35,7 +35,6 @@ are skipped (resumable by model). `<out>/README.md`, `results.json`, `heatmap_ex
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -44,9 +43,7 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 from flax import nnx
 
@@ -56,7 +53,7 @@ import results_lm
 
 from nestlearn import models
 from nestlearn.data.dataset import load_dataset
-from nestlearn.eval import compare, niah
+from nestlearn.eval import answer_training, compare, niah
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
 from nestlearn.train.step import split_model
@@ -137,58 +134,13 @@ def stage_tasks(
     return fits
 
 
-def _loss(graphdef, params, rest, inputs, targets, mask, answer_weight):
-    model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(inputs)  # [b, t, V]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [b, t]
-    lm = ce.mean()
-    answer = (ce * mask).sum() / jnp.maximum(mask.sum(), 1)
-    right = (jnp.argmax(logits, axis=-1) == targets) & mask  # [b, t]
-    exact = jnp.mean(jnp.all(right | ~mask, axis=1))
-    byte_acc = right.sum() / jnp.maximum(mask.sum(), 1)
-    return lm + answer_weight * answer, {
-        "lm": lm,
-        "answer": answer,
-        "exact": exact,
-        "byte_acc": byte_acc,
-    }
-
-
-def make_train_step(graphdef, tx, grad_clip: float, answer_weight: float):
-    """Jitted step: loss (LM + weighted answer), global-norm clipping, the levels' update."""
-    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
-
-    @jax.jit
-    def step(params, opt_state, rest, inputs, targets, mask):
-        (loss, aux), grads = grad_fn(params, rest, inputs, targets, mask, answer_weight)
-        norm = optax.tree.norm(grads)
-        scale = jnp.minimum(1.0, grad_clip / jnp.maximum(norm, 1e-12))
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
-
-    return step
-
-
-def make_logits_fn(graphdef):
-    @jax.jit
-    def logits_fn(params, rest, inputs):
-        return nnx.merge(graphdef, params, rest)(inputs)[0]
-
-    return logits_fn
-
-
 def _by_depth(values: list[float], depths: list[float]) -> list[float]:
     return [float(np.mean([x for x, d in zip(values, depths) if d == depth])) for depth in DEPTHS]
 
 
 def train_config(name: str, seed: int, steps: int, quick: bool):
     """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
-    config = results_lm.get_config(f"{name},quick" if quick else name)
-    config.seed = seed
-    config.optim.lr = FLAGS.lr
-    config.optim.warmup_steps = max(1, steps // 10)
-    config.train.num_steps = steps
+    config = results_lm.task_config(name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick)
     if quick:
         config.model.max_len = max(QUICK["test_lengths"])
     return config
@@ -209,7 +161,9 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     n_params = models.count_params(model)
     tx = nested(build_levels(config))
     opt_state = tx.init(params)
-    train_step = make_train_step(graphdef, tx, config.optim.grad_clip, FLAGS.answer_weight)
+    train_step = answer_training.make_train_step(
+        graphdef, tx, grad_clip=config.optim.grad_clip, answer_weight=FLAGS.answer_weight
+    )
     rng = np.random.default_rng([seed, 1])
     load_start = os.getloadavg()
     start = time.perf_counter()
@@ -243,7 +197,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             if not np.isfinite(m["loss"]):
                 break
     train_s = time.perf_counter() - start
-    logits_fn = make_logits_fn(graphdef)
+    logits_fn = answer_training.make_logits_fn(graphdef)
     test_rng = np.random.default_rng([seed, 2])
     exact = {t: {} for t in tasks}
     token = {t: {} for t in tasks}

@@ -141,6 +141,20 @@ def get_config(arg: str | None = "hope"):
     return c
 
 
+def task_config(variant: str, *, seed: int, steps: int, lr: float, quick: bool = False):
+    """`get_config(variant)` retimed for a synthetic-task study (S-NIAH, associative recall).
+
+    The same model and optimizer levels, trained `steps` steps at peak learning rate `lr` with a
+    warmup of a tenth of the steps, then cosine (`nestlearn.train.levels`).
+    """
+    config = get_config(f"{variant},quick" if quick else variant)
+    config.seed = seed
+    config.optim.lr = lr
+    config.optim.warmup_steps = max(1, steps // 10)
+    config.train.num_steps = steps
+    return config
+
+
 def _quick(c):
     m = c.model
     m.d_model = 32

@@ -108,3 +108,12 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     readme = (tmp_path / "niah" / "README.md").read_text()
     assert "Transformer++" in readme and (tmp_path / "niah" / "heatmap_exact.png").exists()
     assert (tmp_path / "niah" / "train_curves.png").exists()
+
+
+def test_recall_script_runs_and_reports(tmp_path):
+    out = tmp_path / "recall"
+    _run("recall.py", "--quick", "--models=gated_deltanet", f"--out={out}", cache=tmp_path)
+    record = json.loads((out / "runs" / "gated_deltanet_s0.json").read_text())
+    assert record["protocol"]["pairs"] == 4 and list(record["accuracy"]) == ["4", "8", "16"]
+    assert all(0 <= a <= 1 for a in record["accuracy"].values())
+    assert "Gated DeltaNet" in (out / "README.md").read_text()
