@@ -169,6 +169,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     start = time.perf_counter()
     curve = []
     example = 0
+    divergence, last_finite = None, None
     for i, length in enumerate(niah.curriculum(steps, stages)):
         size = max(1, FLAGS.tokens_per_step // length)
         here = trained[length]
@@ -185,7 +186,12 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         params, opt_state, m = train_step(
             params, opt_state, rest, batch.inputs, batch.targets, batch.answer_mask
         )
-        if i % 10 == 0 or i == steps - 1:
+        loss = float(m["loss"])  # every step: a non-finite loss stops the run there
+        if not np.isfinite(loss):
+            divergence = {"step": i + 1, "length": length, "last_finite": last_finite}
+        else:
+            last_finite = {"step": i + 1, "loss": loss}
+        if i % 10 == 0 or i == steps - 1 or divergence:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             curve.append({"step": i + 1, "length": length, **m})
             print(
@@ -194,14 +200,15 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
                 f"{time.perf_counter() - start:.0f} s",
                 flush=True,
             )
-            if not np.isfinite(m["loss"]):
-                break
+        if divergence:
+            print(f"  {name} diverged at step {i + 1}: not tested", flush=True)
+            break
     train_s = time.perf_counter() - start
     logits_fn = answer_training.make_logits_fn(graphdef)
     test_rng = np.random.default_rng([seed, 2])
     exact = {t: {} for t in tasks}
     token = {t: {} for t in tasks}
-    for length in test_lengths:
+    for length in test_lengths if divergence is None else ():
         per_batch = max(1, EVAL_TOKENS // length)
         for task in tasks:
             depths = [d for d in DEPTHS for _ in range(FLAGS.samples)]
@@ -240,6 +247,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "depths": list(DEPTHS),
             "samples": FLAGS.samples,
         },
+        "divergence": divergence,  # None, or where the loss became non-finite (then not tested)
         "exact": exact,
         "token_accuracy": token,
         "curve": curve,
@@ -271,26 +279,22 @@ def write_report(out: Path, command: str) -> None:
     lengths = [str(x) for x in runs[names[0]]["protocol"]["test_lengths"]]
     tasks = list(runs[names[0]]["exact"])  # the tested tasks, also in runs from before --tasks
     short = lambda x: f"{int(x) // 1024}K" if int(x) % 1024 == 0 else x
-    mean_over_depth = lambda r, kind, t, n: 100 * float(np.mean(r[kind][t][n]))
-    rows = []
-    for m in names:
-        r = runs[m]
-        rows.append(
-            [LABELS[m]]
-            + [f"{mean_over_depth(r, 'exact', t, n):.0f}" for t in tasks for n in lengths]
-        )
+    diverged = {m: runs[m]["divergence"] for m in names if runs[m].get("divergence")}
+    tested = [m for m in names if m not in diverged]
+
+    def cell(m, kind, t, n):  # mean over depths (%), or why there is none
+        if m in diverged:
+            return "diverged"
+        return f"{100 * float(np.mean(runs[m][kind][t][n])):.0f}"
+
     header = ["model"] + [f"{t} {short(n)}" for t in tasks for n in lengths]
-    exact_table = compare.markdown_table(header, rows)
-    tok_rows = [
-        [LABELS[m]]
-        + [
-            f"{mean_over_depth(runs[m], 'token_accuracy', t, n):.0f}"
-            for t in tasks
-            for n in lengths
-        ]
-        for m in names
-    ]
-    token_table = compare.markdown_table(header, tok_rows)
+    exact_table, token_table = (
+        compare.markdown_table(
+            header,
+            [[LABELS[m]] + [cell(m, kind, t, n) for t in tasks for n in lengths] for m in names],
+        )
+        for kind in ("exact", "token_accuracy")
+    )
     train_rows = []
     for m in names:
         r = runs[m]
@@ -306,6 +310,7 @@ def write_report(out: Path, command: str) -> None:
                 f"{r['train_s']:.0f}",
                 f"{r['wall_s'] - r['train_s']:.0f}",
                 f"{r['load_avg_start'][0]:.1f}–{r['load_avg_end'][0]:.1f}",
+                f"step {diverged[m]['step']} (L={diverged[m]['length']})" if m in diverged else "—",
             ]
         )
     train_table = compare.markdown_table(
@@ -319,6 +324,7 @@ def write_report(out: Path, command: str) -> None:
             "train s",
             "test s",
             "load",
+            "diverged",
         ],
         train_rows,
     )
@@ -343,9 +349,7 @@ def write_report(out: Path, command: str) -> None:
         if m not in PAPER:
             continue
         here = [
-            f"{mean_over_depth(runs[m], 'exact', t, n):.0f}" if n in lengths else "—"
-            for t in tasks
-            for n in ("4096", "8192")
+            cell(m, "exact", t, n) if n in lengths else "—" for t in tasks for n in ("4096", "8192")
         ]
         paper = [f"{PAPER[m][t][i]}" for t in tasks for i in (0, 1)]
         paper_rows.append([LABELS[m], " / ".join(paper), " / ".join(here)])
@@ -362,8 +366,10 @@ def write_report(out: Path, command: str) -> None:
                     for i in range(len(depths))
                 ]
             )
-            for m in names
+            for m in tested
         }
+        if not maps:
+            continue
         compare.plot_heatmaps(
             maps,
             out / fname,
@@ -373,7 +379,7 @@ def write_report(out: Path, command: str) -> None:
             ylabel="needle depth",
         )
     summary = {
-        m: {"exact": runs[m]["exact"], "token_accuracy": runs[m]["token_accuracy"]} for m in names
+        m: {k: runs[m].get(k) for k in ("divergence", "exact", "token_accuracy")} for m in names
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     proto = runs[names[0]]["protocol"]
@@ -438,6 +444,9 @@ Wall time per model {min(walls):.0f}–{max(walls):.0f} s (training and test), t
 ## Training (the last logged steps, at {proto["curriculum"][-1][0]} bytes)
 
 {train_table}
+
+A run whose loss becomes non-finite stops at that step and is not tested ("diverged": the
+step and curriculum length are in the last column).
 
 `train exact` and `train byte acc` are measured on the training batch of the last logged step
 (before its update) — a noisy estimate from {
