@@ -195,6 +195,8 @@ and 4× the training pairs ({proto["test_batches"]} × {proto["batch"]} sequence
 per model {min(walls):.0f}–{max(walls):.0f} s, total {sum(walls) / 60:.1f} min (shared machine:
 see the load column).
 
+{len(names)} of {len(results_lm.MODELS)} models:
+
 {table}
 
 "best train acc., first half" is the highest answer accuracy on a training batch logged in the
