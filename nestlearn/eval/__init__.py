@@ -1,6 +1,6 @@
-"""nestlearn.eval: LM and continual-learning metrics, S-NIAH tasks, seed statistics, reports."""
+"""nestlearn.eval: LM and continual-learning metrics, S-NIAH and MQAR tasks, seed stats, reports."""
 
-from nestlearn.eval import compare, niah
+from nestlearn.eval import answer_training, compare, niah, recall
 from nestlearn.eval.continual import (
     ContinualMetrics,
     average_accuracy,
@@ -16,6 +16,7 @@ from nestlearn.eval.report import plot_losses, write_report
 
 __all__ = [
     "ContinualMetrics",
+    "answer_training",
     "average_accuracy",
     "average_incremental_accuracy",
     "backward_transfer",
@@ -27,6 +28,7 @@ __all__ = [
     "niah",
     "perplexity",
     "plot_losses",
+    "recall",
     "summarize",
     "write_report",
 ]
