@@ -74,6 +74,11 @@ flags.DEFINE_list(
 flags.DEFINE_list("tasks", list(niah.TASKS), "S-NIAH tasks to train and test.")
 flags.DEFINE_list("test_lengths", ["1024", "2048", "4096", "8192"], "Test context lengths.")
 flags.DEFINE_float("lr", 3e-3, "Peak learning rate (the LM comparison's by default).")
+flags.DEFINE_list(
+    "model_overrides",
+    [],
+    "'key=value' model config changes for a sensitivity run (e.g. alpha_bias=7).",
+)
 flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
 flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache ('' = off).")
@@ -141,6 +146,12 @@ def _by_depth(values: list[float], depths: list[float]) -> list[float]:
 def train_config(name: str, seed: int, steps: int, quick: bool):
     """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
     config = results_lm.task_config(name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick)
+    for item in FLAGS.model_overrides:
+        key, _, value = item.partition("=")
+        if key not in config.model or not value:
+            raise ValueError(f"--model_overrides: {item!r} is not 'key=value' for a key of {name}")
+        old = config.model[key]
+        config.model[key] = value.lower() == "true" if isinstance(old, bool) else type(old)(value)
     if quick:
         config.model.max_len = max(QUICK["test_lengths"])
     return config
@@ -243,6 +254,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "tokens_per_step": FLAGS.tokens_per_step,
             "answer_weight": FLAGS.answer_weight,
             "lr": FLAGS.lr,
+            "model_overrides": list(FLAGS.model_overrides),
             "test_lengths": list(test_lengths),
             "depths": list(DEPTHS),
             "samples": FLAGS.samples,
@@ -393,6 +405,11 @@ def write_report(out: Path, command: str) -> None:
             f"--tasks={','.join(tasks)}",
             f"--samples={proto['samples']}",
             f"--lr={proto['lr']:g}",
+            *(
+                [f"--model_overrides={','.join(proto['model_overrides'])}"]
+                if proto.get("model_overrides")
+                else []
+            ),
             "--test_lengths=" + ",".join(lengths),
         ]
     )
@@ -402,7 +419,9 @@ def write_report(out: Path, command: str) -> None:
         + (f" ({', '.join(stage_tasks[str(length)])})" if str(length) in stage_tasks else "")
         for length, fraction in proto["curriculum"]
     )
-    same = lambda r: {k: v for k, v in r["protocol"].items() if k != "start"}
+    same = lambda r: {  # the protocol; older records lack an empty "model_overrides"
+        k: v for k, v in r["protocol"].items() if k != "start" and (v or k != "model_overrides")
+    }
     mixed = [m for m in names if same(runs[m]) != same(runs[names[0]])]
     protocol_note = (
         f"\n**Warning:** {', '.join(LABELS[m] for m in mixed)} ran another protocol than "

@@ -144,6 +144,10 @@ class GatedDeltaNetBlock(MixerBlock):
 
     mixer_cls = GatedDeltaNet
 
+    def make_mixer(self, config, *, rngs):
+        return GatedDeltaNet(config.d_model, alpha_bias=config.alpha_bias,
+                             kernel_impl=config.kernel_impl, **_mixer_kwargs(config), rngs=rngs)
+
 
 class TitansLMMBlock(MixerBlock):
     """Titans (LMM): the neural long-term memory as the mixer, + SwiGLU (Titans §4)."""
@@ -355,8 +359,10 @@ def default_deltanet_config() -> ml_collections.ConfigDict:
 
 
 def default_gated_deltanet_config() -> ml_collections.ConfigDict:
-    """Default model config of `gated_deltanet`."""
-    return base_config("gated_deltanet")
+    """Default model config of `gated_deltanet`; `alpha_bias` initialises the forget gate."""
+    config = base_config("gated_deltanet")
+    config.alpha_bias = GatedDeltaNet.ALPHA_BIAS
+    return config
 
 
 def default_titans_lmm_config() -> ml_collections.ConfigDict:

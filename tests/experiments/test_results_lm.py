@@ -94,6 +94,7 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
         "--quick",
         "--models=transformer_pp",
         "--samples=1",
+        "--model_overrides=rope_theta=5000",
         f"--out={tmp_path / 'niah'}",
         cache=cache,
     )
@@ -101,6 +102,7 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     assert record["protocol"]["start"] == "from scratch"
     assert [c["length"] for c in record["curve"]] == [160, 384]  # the quick curriculum, in order
     assert record["protocol"]["stage_tasks"] == {"160": ["passkey"], "384": list(niah.TASKS)}
+    assert record["protocol"]["model_overrides"] == ["rope_theta=5000"]
     assert set(record["exact"]) == {"passkey", "number", "uuid"}
     for task in record["exact"].values():
         for by_depth in task.values():
