@@ -81,13 +81,7 @@ PAPER_ABLATION_PPL = {
     "hope_adaptive_q": 12.19,
 }
 LABELS = {
-    "transformer_pp": "Transformer++",
-    "deltanet": "DeltaNet",
-    "gated_deltanet": "Gated DeltaNet",
-    "titans_lmm": "Titans (LMM)",
-    "titans_mac": "Titans (MAC)",
-    "hope": "Hope",
-    "hope_attention": "Hope-Attention",
+    **results_lm.LABELS,
     **{name: f"Hope {label}" for name, (label, _) in results_lm.ABLATIONS.items()},
 }
 
@@ -190,11 +184,7 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
         "config": dump_config(config),
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "runs" / f"{run_name(variant, seed)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)  # atomic: a half-written record never counts as finished
+    compare.write_json_atomic(out / "runs" / f"{run_name(variant, seed)}.json", record)
     return record
 
 

@@ -95,15 +95,7 @@ PAPER = {
     "titans_lmm": {"passkey": (100, 100), "number": (99.6, 84.6), "uuid": (74.2, 42.8)},
     "hope": {"passkey": (100, 100), "number": (99.2, 88.4), "uuid": (73.2, 46.2)},
 }
-LABELS = {
-    "transformer_pp": "Transformer++",
-    "deltanet": "DeltaNet",
-    "gated_deltanet": "Gated DeltaNet",
-    "titans_lmm": "Titans (LMM)",
-    "titans_mac": "Titans (MAC)",
-    "hope": "Hope",
-    "hope_attention": "Hope-Attention",
-}
+LABELS = results_lm.LABELS
 
 
 def parse_curriculum(stages: list[str]) -> tuple[tuple[int, float], ...]:
@@ -271,11 +263,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         f"{jax.default_backend()}",
         "code": compare.source_fingerprint(Path(__file__).resolve().parent.parent),
     }
-    path = out / "runs" / f"{name}_s{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    compare.write_json_atomic(out / "runs" / f"{name}_s{seed}.json", record)
     return record
 
 

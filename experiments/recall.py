@@ -47,15 +47,7 @@ from nestlearn.train.step import split_model
 VOCAB = 256  # keys 0–127, values 128–255 (the byte vocabulary of the LM comparison)
 TEST_SCALES = (1, 2, 4)  # test with 1×, 2×, 4× the training pairs
 QUICK = {"steps": 6, "batch": 4, "pairs": 4, "queries": 4, "test_batches": 1}
-LABELS = {
-    "transformer_pp": "Transformer++",
-    "deltanet": "DeltaNet",
-    "gated_deltanet": "Gated DeltaNet",
-    "titans_lmm": "Titans (LMM)",
-    "titans_mac": "Titans (MAC)",
-    "hope": "Hope",
-    "hope_attention": "Hope-Attention",
-}
+LABELS = results_lm.LABELS
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict:
@@ -126,11 +118,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
         "machine": compare.machine_info(),
         "code": compare.source_fingerprint(Path(__file__).resolve().parent.parent),
     }
-    path = args.out / "runs" / f"{name}_s{args.seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    compare.write_json_atomic(args.out / "runs" / f"{name}_s{args.seed}.json", record)
     return record
 
 

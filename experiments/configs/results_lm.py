@@ -46,6 +46,17 @@ MODELS = (
     "hope_attention",
 )
 
+#: Row labels of the compared models in the reports.
+LABELS = {
+    "transformer_pp": "Transformer++",
+    "deltanet": "DeltaNet",
+    "gated_deltanet": "Gated DeltaNet",
+    "titans_lmm": "Titans (LMM)",
+    "titans_mac": "Titans (MAC)",
+    "hope": "Hope",
+    "hope_attention": "Hope-Attention",
+}
+
 #: The Hope ablations of Table 6 (PAPER §7.11): name → (row label, `self_modifying` overrides).
 #: "hope_no_cms" changes the CMS instead (one level; see the module docstring).
 ABLATIONS = {

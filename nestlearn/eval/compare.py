@@ -10,6 +10,7 @@ reports std 0 and is marked `n=1` wherever a table shows counts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -31,6 +32,7 @@ __all__ = [
     "plot_heatmaps",
     "run_meta",
     "source_fingerprint",
+    "write_json_atomic",
 ]
 
 
@@ -284,3 +286,14 @@ def run_meta(
         "machine": machine_info(),
         "run_seconds": float(sum(r["seconds"] for r in runs)),
     }
+
+
+def write_json_atomic(path: str | Path, record: object) -> Path:
+    """Writes `record` as JSON to `path` through a temporary file and a rename, so a half-written
+    run record never counts as finished (the experiments skip runs whose record exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
