@@ -18,7 +18,8 @@ after one compile-and-run, as wall time and as process CPU time (``time.process_
 machine shared with other jobs the CPU time is the steadier of the two; speedups are given for
 both.
 
-    python experiments/memory_benchmark.py [--quick] [--out docs/results/memory_benchmark.json]
+    python experiments/memory_benchmark.py [--quick] [--memories=gated,titans]
+        [--out docs/results/memory_benchmark.json]
 
 ``--quick`` runs T ∈ {256, 1024} with one repeat. Prints a markdown table and writes the JSON.
 """
@@ -159,7 +160,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="T in {256, 1024}, one repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="docs/results/memory_benchmark.json")
+    parser.add_argument(
+        "--memories",
+        default="",
+        help="comma-separated substrings of the memory names to run (default: all), e.g. titans",
+    )
     args = parser.parse_args()
+    wanted = [m.strip().lower() for m in args.memories.split(",") if m.strip()]
     lengths = (256, 1024) if args.quick else (256, 1024, 4096)
     repeats = 1 if args.quick else args.repeats
 
@@ -167,6 +174,8 @@ def main():
     seconds = {}  # (memory, form, T) -> best wall seconds
     cpu_seconds = {}  # (memory, form, T) -> best CPU seconds
     for memory, form, build in cases():
+        if wanted and not any(w in memory.lower() for w in wanted):
+            continue
         layer, params = build()
         for t in lengths:
             row = {"memory": memory, "form": form, "T": t, "seconds": None, "skipped": None}
@@ -218,7 +227,9 @@ def main():
         "repeats": repeats,
         "device": str(jax.devices()[0]),
         "machine": platform.processor() or platform.machine(),
-        "command": "python experiments/memory_benchmark.py" + (" --quick" if args.quick else ""),
+        "command": "python experiments/memory_benchmark.py"
+        + (" --quick" if args.quick else "")
+        + (f" --memories={args.memories}" if args.memories else ""),
         "load_1min_at_end": os.getloadavg()[0],
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -6,11 +6,13 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
 * ``*_recurrent``: a token-by-token ``lax.scan`` written straight from the recurrence. It is the
   reference, and the slow path.
 * the chunk-parallel form (the public name without suffix): the WY representation with the UT
-  transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). A ``lax.scan`` over chunks carries
-  the state; each step builds its own chunk's intra-chunk terms (the [c, c] products, the
-  triangular inverse, U and W) and applies them, so the working set is one chunk whatever the
-  length (building them for all chunks at once fell out of cache and scaled super-linearly in t).
-  It is exact: every output reads the state after the write of its own token, o_t = S_t q_t.
+  transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). Only the chunk-to-chunk state
+  recurrence is sequential: the intra-chunk terms (the [c, c] products, the triangular inverse,
+  U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks with a
+  hand-written backward pass (:func:`_state_scan`), and the outputs of all chunks are one batched
+  product. Long sequences are cut into segments that fit in cache (:data:`_SEGMENT_ELEMENTS`),
+  carried by an outer scan. Linear attention keeps one scan step per chunk. The forms are exact:
+  every output reads the state after the write of its own token, o_t = S_t q_t.
 
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
@@ -40,7 +42,8 @@ broadcast-multiply form transposes into multiply + reduce fusions that XLA:CPU (
 runs up to ~10× slower than the equivalent contraction (``jnp.sum(x * y, -1)`` on
 [1, 1024, 4, 64]: 0.82 ms against 0.09 ms for ``jnp.einsum``). ``remat=True`` (the default)
 recomputes each chunk's terms in the backward pass instead of storing them, which was also the
-faster choice at t ≥ 1024.
+faster choice at t ≥ 1024 for the per-chunk scan of linear attention and for the segments of the
+delta rules.
 """
 
 from __future__ import annotations
@@ -307,74 +310,180 @@ def _linear_chunk(s, q, k, v):
     return s + jnp.einsum("bhcv,bhck->bhvk", v, k), o
 
 
-def _delta_chunk(s, q, k, v, log_alpha, beta):
-    """One chunk of the (gated) delta rule in the WY/UT form, intra-chunk terms built here.
+def _wy_terms(q, k, v, log_alpha, beta):
+    """State-independent WY/UT terms of every chunk at once (the intra-chunk part of PAPER §6.2).
 
-    PAPER §6.2 (GDN §3.1 Eqs. 6–9 with the gate of Eq. 10): with γ_r = Π_{j≤r} α_j inside the
-    chunk and Γ_ij = γ_i/γ_j (i ≥ j),
+    GDN §3.1 Eqs. 6–9 with the gate of Eq. 10: with γ_r = Π_{j≤r} α_j inside the chunk and
+    Γ_ij = γ_i/γ_j (i ≥ j),
 
       T = [I + strictLower(diag(β)(Γ ⊙ K Kᵀ))]⁻¹ diag(β),  U = T V,  W = T diag(γ) K,
-      Δ = U − W Sᵀ,  O = diag(γ) Q Sᵀ + (Q Kᵀ ⊙ Γ ⊙ M) Δ,  S ← γ_c S + Δᵀ K̃,  k̃_r = (γ_c/γ_r) k_r.
+      Q̂ = diag(γ) Q,  P = Q Kᵀ ⊙ Γ ⊙ M,  k̃_r = (γ_c/γ_r) k_r,  decay γ_c.
 
     T is never formed: the inverse of the unit lower-triangular factor (forward substitution,
     :func:`_inverse_unit_lower`) multiplies diag(β) V and diag(β γ) K. The ungated delta rule is
     ``log_alpha`` None (γ ≡ 1, Γ = M).
 
     Args:
-      s: state at the chunk start [b, h, d_v, d_k].
-      q, k: [b, h, c, d_k]; v: [b, h, c, d_v]; beta: [b, h, c].
-      log_alpha: log α [b, h, c], or None for the ungated delta rule.
+      q, k: [..., c, d_k]; v: [..., c, d_v]; beta: [..., c]; log_alpha: log α [..., c] or None.
+        The leading dimensions are [n, b, h] (every chunk of every sequence and head).
 
     Returns:
-      ``(S_end, O)`` with O [b, h, c, d_v].
+      ``(q_hat, p, u, w, k_tilde, decay)``: [..., c, d_k], [..., c, c], [..., c, d_v],
+      [..., c, d_k], [..., c, d_k] and [...].
     """
     c = q.shape[-2]
     k_beta = _scale_rows(beta, k)  # diag(β) K
-    kk = jnp.einsum("bhid,bhjd->bhij", k_beta, k)  # diag(β) K Kᵀ [b, h, c, c]
-    qk = jnp.einsum("bhid,bhjd->bhij", q, k)
+    kk = jnp.einsum("...id,...jd->...ij", k_beta, k)  # diag(β) K Kᵀ [..., c, c]
+    qk = jnp.einsum("...id,...jd->...ij", q, k)
     if log_alpha is None:
         causal = jnp.tril(jnp.ones((c, c), dtype=bool))
         lower, p = kk, jnp.where(causal, qk, 0.0)
-        q_hat, k_write, k_tilde, decay = q, k_beta, k, None
+        q_hat, k_write, k_tilde = q, k_beta, k
+        decay = jnp.ones(q.shape[:-2], q.dtype)
     else:
         # Cumulative sums as products with 0/1 triangles (dot_generals in both directions):
         # log γ_r = Σ_{j≤r} log α_j and log(γ_c/γ_r) = Σ_{j>r} log α_j.
         upper = jnp.triu(jnp.ones((c, c), log_alpha.dtype))  # [j, r]: 1 where j ≤ r
-        log_gamma = jnp.einsum("bhj,jr->bhr", log_alpha, upper)
-        log_tail = jnp.einsum("bhj,jr->bhr", log_alpha, 1.0 - upper)
+        log_gamma = jnp.einsum("...j,jr->...r", log_alpha, upper)
+        log_tail = jnp.einsum("...j,jr->...r", log_alpha, 1.0 - upper)
         ratios = _decay_ratios(log_gamma)  # Γ ⊙ M
         gamma = jnp.exp(log_gamma)
         lower, p = ratios * kk, ratios * qk
         q_hat, k_write = _scale_rows(gamma, q), _scale_rows(gamma, k_beta)
         k_tilde = _scale_rows(jnp.exp(log_tail), k)
-        decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c [b, h]
+        decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c
     inverse = _inverse_unit_lower(lower)  # strictly lower part used
-    u = inverse @ _scale_rows(beta, v)  # [b, h, c, d_v]
-    w = inverse @ k_write  # [b, h, c, d_k]
-    delta = u - jnp.einsum("bhck,bhvk->bhcv", w, s)
-    o = jnp.einsum("bhck,bhvk->bhcv", q_hat, s) + p @ delta
-    if decay is not None:
-        s = jnp.einsum("bh,bhvk->bhvk", decay, s)
-    return s + jnp.einsum("bhcv,bhck->bhvk", delta, k_tilde), o
+    u = inverse @ _scale_rows(beta, v)  # [..., c, d_v]
+    w = inverse @ k_write  # [..., c, d_k]
+    return q_hat, p, u, w, k_tilde, decay
+
+
+def _state_scan_impl(s0, u, w, k_tilde, decay):
+    def step(s, x):  # s: [b, h, d_v, d_k]
+        u, w, k_tilde, decay = x
+        delta = u - jnp.einsum("bhck,bhvk->bhcv", w, s)
+        s_next = jnp.einsum("bh,bhvk->bhvk", decay, s)
+        s_next = s_next + jnp.einsum("bhcv,bhck->bhvk", delta, k_tilde)
+        return s_next, (s, delta)
+
+    final, (states, deltas) = lax.scan(step, s0, (u, w, k_tilde, decay))
+    return states, deltas, final
+
+
+@jax.custom_jvp
+def _state_scan(s0, u, w, k_tilde, decay):
+    """The chunk-to-chunk recurrence of the WY form: the only part that is sequential.
+
+    Δ_n = U_n − W_n S_nᵀ,  S_{n+1} = γ_n S_n + Δ_nᵀ K̃_n  (PAPER §6.2, one step per chunk n).
+
+    Its derivative is a custom JVP (:func:`_state_scan_jvp`) that keeps only the state tangent in
+    a scan (two products per chunk) and computes every other term batched over all chunks;
+    reverse mode transposes it into a reverse scan of the same two products.
+
+    Args:
+      s0: S_0 [b, h, d_v, d_k].
+      u: [n, b, h, c, d_v]; w, k_tilde: [n, b, h, c, d_k]; decay: γ_n [n, b, h].
+
+    Returns:
+      ``(states, deltas, final)``: the chunk-start states S_0..S_{n−1} [n, b, h, d_v, d_k], the
+      Δ_n [n, b, h, c, d_v] and S_n [b, h, d_v, d_k].
+    """
+    return _state_scan_impl(s0, u, w, k_tilde, decay)
+
+
+@_state_scan.defjvp
+def _state_scan_jvp(primals, tangents):
+    """Tangent of the recurrence, split into its sequential and its batched parts.
+
+    Differentiating S_{n+1} = γ_n S_n + (U_n − W_n S_nᵀ)ᵀ K̃_n:
+      dΔ_n = A_n − W_n dS_nᵀ,  dS_{n+1} = γ_n dS_n + dΔ_nᵀ K̃_n + B_n,
+    with A_n = dU_n − dW_n S_nᵀ and B_n = dγ_n S_n + Δ_nᵀ dK̃_n built from the primal states
+    for all chunks at once; only dS is carried.
+    """
+    s0, u, w, k_tilde, decay = primals
+    d_s0, d_u, d_w, d_k_tilde, d_decay = tangents
+    states, deltas, final = _state_scan_impl(s0, u, w, k_tilde, decay)
+    a = d_u - jnp.einsum("...ck,...vk->...cv", d_w, states)
+    b = jnp.einsum("...,...vk->...vk", d_decay, states)
+    b = b + jnp.einsum("...cv,...ck->...vk", deltas, d_k_tilde)
+
+    def step(d_s, x):  # d_s: [b, h, d_v, d_k]
+        a, b, w, k_tilde, decay = x
+        d_delta = a - jnp.einsum("bhck,bhvk->bhcv", w, d_s)
+        d_next = jnp.einsum("bh,bhvk->bhvk", decay, d_s)
+        d_next = d_next + jnp.einsum("bhcv,bhck->bhvk", d_delta, k_tilde) + b
+        return d_next, (d_s, d_delta)
+
+    d_final, (d_states, d_deltas) = lax.scan(step, d_s0, (a, b, w, k_tilde, decay))
+    return (states, deltas, final), (d_states, d_deltas, d_final)
+
+
+def _delta_segment(s, q, k, v, log_alpha, beta):
+    """Consecutive chunks of the (gated) delta rule from the state ``s`` at their start.
+
+    The intra-chunk terms of all chunks are built at once (:func:`_wy_terms`), the state is
+    carried across them (:func:`_state_scan`), and the outputs O = Q̂ Sᵀ + P Δ of all chunks are
+    again one batched product.
+
+    Args:
+      s: state at the segment start [b, h, d_v, d_k].
+      q, k: [n, b, h, c, d_k]; v: [n, b, h, c, d_v]; beta: [n, b, h, c];
+      log_alpha: log α [n, b, h, c], or None for the ungated delta rule.
+
+    Returns:
+      ``(S_end, O)`` with O [n, b, h, c, d_v].
+    """
+    q_hat, p, u, w, k_tilde, decay = _wy_terms(q, k, v, log_alpha, beta)
+    states, delta, s = _state_scan(s, u, w, k_tilde, decay)
+    return s, jnp.einsum("...ck,...vk->...cv", q_hat, states) + p @ delta
+
+
+# Working-set budget of one segment of the delta rules, in elements of q, k, v: b·h·t·(d_k + d_v).
+# Measured on the 2-core CPU (d 64, 4 heads, chunk 32, session 5): building every chunk's terms at
+# once is fastest up to t = 1024 (2¹⁹ elements) and slows down past it (t = 4096: 82 ms, against
+# 53 ms in segments of 512 tokens and 68 ms in segments of 1024), as the terms fall out of cache.
+_SEGMENT_ELEMENTS = 2**19
+
+
+def _segment_chunks(b, h, t, width, chunk_size):
+    """Chunks per segment: all of them if the sequence fits the budget, else half the budget."""
+    n = -(-t // chunk_size)
+    per_token = b * h * width
+    if n * chunk_size * per_token <= _SEGMENT_ELEMENTS:
+        return n
+    return max(1, _SEGMENT_ELEMENTS // 2 // (per_token * chunk_size))
 
 
 def _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, kind):
-    """Pads to whole chunks and carries S across them with ``lax.scan`` (one step per chunk)."""
+    """Pads to whole chunks (and segments) and carries S across them.
+
+    Linear attention takes one ``lax.scan`` step per chunk (:func:`_linear_chunk`). The delta
+    rules process segments of chunks (:func:`_delta_segment`): one segment when the sequence fits
+    :data:`_SEGMENT_ELEMENTS`, else a ``lax.scan`` over segments of half that size.
+    """
     out_dtype, dtype = _dtypes(q, k, v)
-    t = q.shape[1]
+    b, t, h = q.shape[:3]
     state = _initial_state(initial_state, q, v, dtype)
-    # Padded steps: k = v = 0, β = 0 and log α = 0 (α = 1), so they leave the state unchanged.
-    xs = [_to_chunks(x.astype(dtype), chunk_size) for x in (q, k, v)]
     if kind == "linear":
-        step = _linear_chunk
+        xs = tuple(_to_chunks(x.astype(dtype), chunk_size) for x in (q, k, v))
+        body = lambda s, x: _linear_chunk(s, *x)
+        state, o = lax.scan(jax.checkpoint(body) if remat else body, state, xs)
+        return _from_chunks(o, t).astype(out_dtype), state
+    # Padded steps: k = v = 0, β = 0 and log α = 0 (α = 1), so they leave the state unchanged.
+    g = _segment_chunks(b, h, t, k.shape[-1] + v.shape[-1], chunk_size)
+    m = -(-t // (g * chunk_size))  # segments
+    pad = [(0, 0), (0, m * g * chunk_size - t)]
+    padded = lambda x: jnp.pad(x.astype(dtype), pad + [(0, 0)] * (x.ndim - 2))
+    xs = [_to_chunks(padded(x), chunk_size) for x in (q, k, v)]  # [n, b, h, c, d]
+    xs.append(None if kind == "delta" else _to_chunks(padded(_log_alpha(alpha, dtype)), chunk_size))
+    xs.append(_to_chunks(padded(beta), chunk_size))
+    if m == 1:
+        state, o = _delta_segment(state, *xs)
     else:
-        xs.append(None if kind == "delta" else _to_chunks(_log_alpha(alpha, dtype), chunk_size))
-        xs.append(_to_chunks(beta.astype(dtype), chunk_size))
-        step = _delta_chunk
-    body = lambda s, x: step(s, *x)
-    if remat:
-        body = jax.checkpoint(body)
-    state, o = lax.scan(body, state, tuple(xs))  # o: [n, b, h, c, d_v]
+        xs = tuple(None if x is None else x.reshape(m, g, *x.shape[1:]) for x in xs)
+        body = lambda s, x: _delta_segment(s, *x)
+        state, o = lax.scan(jax.checkpoint(body) if remat else body, state, xs)
+        o = o.reshape(m * g, *o.shape[2:])
     return _from_chunks(o, t).astype(out_dtype), state
 
 
@@ -421,8 +530,10 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=True):
       beta: step sizes β [b, t, h].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
-      remat: recompute each chunk step in the backward pass instead of storing its intra-chunk
-        terms (less memory; also faster on CPU at t ≥ 1024). The result is the same either way.
+      remat: when the sequence is processed in several segments (long sequences, see
+        :func:`_segment_chunks`), recompute each segment's intra-chunk terms in the backward pass
+        instead of storing them (less memory; also faster on CPU). The result is the same either
+        way.
 
     Returns:
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k]
@@ -453,8 +564,10 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
       beta: step sizes β [b, t, h].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
-      remat: recompute each chunk step in the backward pass instead of storing its intra-chunk
-        terms (less memory; also faster on CPU at t ≥ 1024). The result is the same either way.
+      remat: when the sequence is processed in several segments (long sequences, see
+        :func:`_segment_chunks`), recompute each segment's intra-chunk terms in the backward pass
+        instead of storing them (less memory; also faster on CPU). The result is the same either
+        way.
 
     Returns:
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k]
