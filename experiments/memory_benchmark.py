@@ -6,8 +6,11 @@ token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
 
 (a) the matrix gated delta rule (GDN Eq. 10): ``matrix_memory.gated_delta_rule`` (WY chunk form,
     chunk 32 and 64, default ``remat=True``) vs ``gated_delta_rule_recurrent``;
-(b) Titans' MLP memory (2 layers, hidden 64, Titans Eqs. 13–18): ``titans_memory`` with chunk 16
-    and 64 vs chunk 1 (the same code token by token; both with the default ``remat=True``);
+(b) Titans' MLP memory (2 layers, hidden 64, SiLU, Titans Eqs. 13–18): ``titans_memory`` with
+    chunk 16 and 64 (on CPU the XLA chunk step of ``nestlearn.kernels.mlp_memory``, which covers
+    this configuration) and the generic ``nestlearn.memory.scan`` at chunk 64, vs the generic scan
+    at chunk 1 (token by token; the faster of the two token-by-token forms, 243 against 261 ms
+    at T = 1024 in session 5). All with ``remat=True``;
 (c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
     16/64 and 32/64 (k, v, η, α memories / output memory; 32 is the generator chunk of the
     ``hope`` model) vs ``self_modifying_memory_recurrent``.
@@ -34,7 +37,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from nestlearn.memory import architectures
+from nestlearn.memory import architectures, objectives, rules
+from nestlearn.memory.scan import scan
 from nestlearn.memory.titans import titans_memory
 
 D, HEADS, BATCH = 64, 4, 1
@@ -73,11 +77,20 @@ def gated_delta(chunk):
     return layer, {}
 
 
-def titans(chunk):
+def titans(chunk, generic=False):
+    """``titans_memory`` (on CPU: the MLP op's XLA chunk step), or with ``generic`` the generic
+    ``scan`` with ``rules.titans()`` (one pullback per coefficient row), both ``remat=True``."""
     arch = architectures.mlp(2, D)
     params = arch.init(jax.random.key(0), heads=HEADS, d_in=D, d_out=D)
 
     def layer(params, x):
+        if generic:
+            inputs = {"q": x["q"], "k": x["k"], "v": x["v"], "step_size": 0.1 * x["b"]}
+            inputs.update(retention=1 - x["a"], momentum_decay=x["c"])
+            o, _ = scan(
+                arch, objectives.l2(), rules.titans(), params, inputs, chunk_size=chunk, remat=True
+            )
+            return o
         o, _ = titans_memory(
             x["q"], x["k"], x["v"], 0.1 * x["b"], 1 - x["a"], x["c"],
             arch=arch, params=params, chunk_size=chunk,
@@ -123,7 +136,8 @@ def cases():
     out += [
         ("Titans MLP memory", "chunk 16", lambda: titans(16)),
         ("Titans MLP memory", "chunk 64", lambda: titans(64)),
-        ("Titans MLP memory", "recurrent", lambda: titans(1)),
+        ("Titans MLP memory", "chunk 64, generic scan", lambda: titans(64, generic=True)),
+        ("Titans MLP memory", "recurrent", lambda: titans(1, generic=True)),
     ]
     if _available("self_modifying"):
         out += [
