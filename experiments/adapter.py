@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from nestlearn import tune_host_allocator
 from nestlearn.core import Level
 from nestlearn.data import load_corpus, split_documents
 from nestlearn.models import count_params
@@ -573,6 +574,7 @@ def passkey_markdown(config, results) -> str:
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     if len(sys.argv) < 2:
         raise SystemExit(
             "usage: python experiments/adapter.py <config name, e.g. adapter_shakespeare> "

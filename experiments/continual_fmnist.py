@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from nestlearn import tune_host_allocator
 from nestlearn.core import Level
 from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
@@ -595,4 +596,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

@@ -42,7 +42,7 @@ import matplotlib
 import numpy as np
 from flax import nnx
 
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval import compare
@@ -410,4 +410,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

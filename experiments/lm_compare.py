@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
 import results_lm
 
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 from nestlearn.eval import compare
 from nestlearn.train import NonFiniteError, train_and_evaluate
 from nestlearn.train.checkpoint import dump_config
@@ -610,4 +610,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     app.run(main)

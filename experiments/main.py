@@ -10,6 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import nestlearn.train
+from nestlearn import tune_host_allocator
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -40,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     app.run(main)

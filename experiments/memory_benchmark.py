@@ -24,7 +24,9 @@ both.
     python experiments/memory_benchmark.py [--quick] [--memories=gated,titans]
         [--out docs/results/memory_benchmark.json]
 
-``--quick`` runs T ∈ {256, 1024} with one repeat. Prints a markdown table and writes the JSON.
+The process first calls ``nestlearn.tune_host_allocator()`` (``NESTLEARN_TUNE_MALLOC=0`` for
+glibc's defaults; recorded in the JSON meta). ``--quick`` runs T ∈ {256, 1024} with one repeat.
+Prints a markdown table and writes the JSON.
 """
 
 import argparse
@@ -37,6 +39,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from nestlearn import tune_host_allocator
 from nestlearn.memory import architectures, objectives, rules
 from nestlearn.memory.scan import scan
 from nestlearn.memory.titans import titans_memory
@@ -245,10 +248,12 @@ def main():
         + (" --quick" if args.quick else "")
         + (f" --memories={args.memories}" if args.memories else ""),
         "load_1min_at_end": os.getloadavg()[0],
+        "host_allocator": tune_host_allocator(),  # as set at start-up (idempotent)
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

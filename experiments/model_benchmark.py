@@ -11,6 +11,11 @@ runs in a fresh Python process, as a user training that one model would: measure
 after the nine other models, Transformer++ ran 22% slower (18,464 vs 23,699 tokens/s, idle
 machine, session 3), and the peak RSS would be the largest so far rather than the model's own.
 
+Every process first calls `nestlearn.tune_host_allocator()` (glibc keeps XLA's freed buffers
+instead of returning them to the kernel; ~20 ms of page faults per Transformer++ step otherwise,
+`nestlearn/core/host_memory.py`); `NESTLEARN_TUNE_MALLOC=0` measures glibc's defaults. The JSON
+records the settings under "host_allocator".
+
 Shapes: (a) small: d 128, 2 layers, 4 heads, vocab 256, T 256, batch 4;
         (b) medium: d 256, 4 layers, 4 heads, vocab 256, T 512, batch 4.
 Targets at (a): Transformer++ >= 25,000 tokens/s, Hope >= 3,300 tokens/s (2-core CPU).
@@ -37,7 +42,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 
 SHAPES = {
     "small": dict(d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=256, batch=4),
@@ -158,6 +163,7 @@ def main() -> None:
         parser.error(f"--models: unknown {unknown}; available: {models.available()}")
     shapes = ["small"] if args.quick else list(SHAPES)
     steps = 5 if args.quick else args.steps
+    allocator = tune_host_allocator()  # the children call it too (their __main__)
     rate = matmul_gflops()
     print(
         f"float32 matmul (1024^3): {rate:.1f} GFLOP/s; cores: {os.cpu_count()}; "
@@ -197,6 +203,7 @@ def main() -> None:
                 "cpu_count": os.cpu_count(),
                 "load_avg_1min": os.getloadavg()[0],
                 "jax": jax.__version__,
+                "host_allocator": allocator,
                 "results": results,
             },
             f,
@@ -206,4 +213,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

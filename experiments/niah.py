@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
 import results_lm
 
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 from nestlearn.data.dataset import load_dataset
 from nestlearn.eval import answer_training, compare, niah
 from nestlearn.optim.scheduler import nested
@@ -516,4 +516,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     app.run(main)

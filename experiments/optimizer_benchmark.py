@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 import nestlearn.optim as no
+from nestlearn import tune_host_allocator
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -295,4 +296,5 @@ def main():
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

@@ -49,7 +49,7 @@ import optax
 from flax import nnx
 
 import nestlearn.optim as no
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 from nestlearn.core import Level
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
@@ -642,4 +642,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
 import results_lm
 
-from nestlearn import models
+from nestlearn import models, tune_host_allocator
 from nestlearn.eval import answer_training, compare, recall
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
@@ -226,4 +226,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

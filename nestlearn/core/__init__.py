@@ -1,5 +1,6 @@
-"""nestlearn.core: level specs and pytree path helpers."""
+"""nestlearn.core: level specs, pytree path helpers and the host allocator settings."""
 
+from nestlearn.core.host_memory import tune_host_allocator
 from nestlearn.core.level import ACCUMULATIONS, Level, Selector, assign_levels, check_levels
 from nestlearn.core.tree import flatten_with_paths, key_path_str, tree_paths
 
@@ -12,4 +13,5 @@ __all__ = [
     "flatten_with_paths",
     "key_path_str",
     "tree_paths",
+    "tune_host_allocator",
 ]

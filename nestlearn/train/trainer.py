@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from nestlearn.core.host_memory import tune_host_allocator
 from nestlearn.data.dataset import Dataset, load_dataset
 from nestlearn.data.iterator import Batch, BatchIterator, eval_batches
 from nestlearn.eval.perplexity import bits_per_char, perplexity
@@ -300,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       NonFiniteError: `train.max_consecutive_nonfinite` non-finite steps in a row.
       nestlearn.data.fetch.DataError: the corpus could not be fetched or is malformed.
     """
+    tune_host_allocator()  # XLA:CPU's per-step buffers stay in the process (host_memory)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = build_run(config, workdir)
