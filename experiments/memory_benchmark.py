@@ -16,9 +16,11 @@ token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
     ``hope`` model) vs ``self_modifying_memory_recurrent``.
 
 A recurrent run at T = 4096 whose estimate (4 × its T = 1024 time) exceeds 60 s is skipped and
-marked in the table. Times are the best of ``--repeats`` runs (fewer when they exceed 10 s)
-after one compile-and-run, as wall time and as process CPU time (``time.process_time``). On a
-machine shared with other jobs the CPU time is the steadier of the two; speedups are given for
+marked in the table. After one compile-and-run of each, the forms of a memory at one T are timed
+in interleaved rounds (one timed call of each form per round, after an untimed one for calls
+under 1 s; ``--repeats`` rounds, fewer once 30 s have been spent), so that a burst of load on the
+shared machine hits all of them; the table gives the best round of each form as wall time and
+as process CPU time (``time.process_time``), and the JSON also the median. Speedups are given for
 both.
 
     python experiments/memory_benchmark.py [--quick] [--memories=gated,titans]
@@ -34,6 +36,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import time
 
 import jax
@@ -46,6 +49,8 @@ from nestlearn.memory.titans import titans_memory
 
 D, HEADS, BATCH = 64, 4, 1
 SKIP_SECONDS = 60.0
+ROUND_SECONDS = 30.0
+WARM_SECONDS = 1.0
 
 
 def _inputs(t, key):
@@ -151,31 +156,50 @@ def cases():
     return out
 
 
-def time_fwd_bwd(layer, params, x, repeats):
-    """Best-of-``repeats`` wall and CPU seconds of one jitted forward + backward pass.
-
-    Returns ``(wall, cpu, first)``, ``first`` the wall time of the compile-and-run call. The minimum
-    is the estimate least disturbed by other processes on a shared machine; repeats stop early
-    once 10 s of wall time have been spent.
-    """
+def compile_fwd_bwd(layer, params, x):
+    """The jitted forward + backward pass (gradient of sum(o²)) and its compile-and-run seconds."""
     loss = lambda params, x: jnp.sum(layer(params, x) ** 2)
     step = jax.jit(jax.grad(loss, argnums=(0, 1)))
     start = time.perf_counter()
     jax.block_until_ready(step(params, x))
-    first = time.perf_counter() - start
-    walls, cpus = [], []
-    while len(walls) < repeats and sum(walls) < 10.0:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        jax.block_until_ready(step(params, x))
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu_start)
-    return min(walls), min(cpus), first
+    return step, time.perf_counter() - start
+
+
+def time_interleaved(steps, repeats, budget=ROUND_SECONDS):
+    """Times ``steps`` (name -> (step, params, x)) in interleaved rounds, one call each per round.
+
+    Interleaving puts every form of a comparison under the same machine conditions: on the shared
+    2-core machine a burst of load lasts longer than the repeats of one form. Each timed call of a
+    form shorter than ``WARM_SECONDS`` follows an untimed call of the same form, so that it does not
+    pay for the caches the other forms evicted. Rounds stop after ``repeats`` or once ``budget``
+    seconds have been spent (at least one round).
+
+    Returns:
+      name -> (best wall, best CPU, median wall) seconds.
+    """
+    if not steps:
+        return {}
+    walls = {name: [] for name in steps}
+    cpus = {name: [] for name in steps}
+    spent = 0.0
+    while min(map(len, walls.values())) < repeats:
+        for name, (step, params, x) in steps.items():
+            if not walls[name] or walls[name][-1] < WARM_SECONDS:
+                jax.block_until_ready(step(params, x))  # untimed: the form's data back in cache
+            start, cpu_start = time.perf_counter(), time.process_time()
+            jax.block_until_ready(step(params, x))
+            walls[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - cpu_start)
+            spent += walls[name][-1]
+        if spent > budget:
+            break
+    return {n: (min(walls[n]), min(cpus[n]), statistics.median(walls[n])) for n in steps}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T in {256, 1024}, one repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="docs/results/memory_benchmark.json")
     parser.add_argument(
         "--memories",
@@ -190,28 +214,39 @@ def main():
     rows = []
     seconds = {}  # (memory, form, T) -> best wall seconds
     cpu_seconds = {}  # (memory, form, T) -> best CPU seconds
+    by_memory = {}
     for memory, form, build in cases():
-        if wanted and not any(w in memory.lower() for w in wanted):
-            continue
-        layer, params = build()
+        if not wanted or any(w in memory.lower() for w in wanted):
+            by_memory.setdefault(memory, []).append((form, build))
+    for memory, forms in by_memory.items():
+        layers = {form: build() for form, build in forms}
         for t in lengths:
-            row = {"memory": memory, "form": form, "T": t, "seconds": None, "skipped": None}
-            previous = seconds.get((memory, form, t // 4))
-            if form == "recurrent" and previous is not None and 4 * previous > SKIP_SECONDS:
-                row["skipped"] = f"estimated {4 * previous:.0f} s > {SKIP_SECONDS:.0f} s"
-            else:
-                x = _inputs(t, jax.random.key(t))
-                wall, cpu, first = time_fwd_bwd(layer, params, x, repeats)
-                row.update(seconds=wall, cpu_seconds=cpu, compile_and_run=first)
-                row["load_1min"] = os.getloadavg()[0]  # machine load right after the timing
-                seconds[(memory, form, t)] = wall
-                cpu_seconds[(memory, form, t)] = cpu
-            rows.append(row)
-            print(
-                f"{memory:24s} {form:14s} T={t:5d} {row['seconds'] or row['skipped']} "
-                f"load {row.get('load_1min', '—')}",
-                flush=True,
-            )
+            x = _inputs(t, jax.random.key(t))
+            steps, skipped, first = {}, {}, {}
+            for form, (layer, params) in layers.items():
+                previous = seconds.get((memory, form, t // 4))
+                if form == "recurrent" and previous is not None and 4 * previous > SKIP_SECONDS:
+                    skipped[form] = f"estimated {4 * previous:.0f} s > {SKIP_SECONDS:.0f} s"
+                    continue
+                step, first[form] = compile_fwd_bwd(layer, params, x)
+                steps[form] = (step, params, x)
+            timed = time_interleaved(steps, repeats)
+            load = os.getloadavg()[0]  # machine load right after the timing
+            for form in layers:
+                row = {"memory": memory, "form": form, "T": t, "seconds": None}
+                row["skipped"] = skipped.get(form)
+                if form in timed:
+                    wall, cpu, median = timed[form]
+                    row.update(seconds=wall, cpu_seconds=cpu, median_seconds=median)
+                    row.update(compile_and_run=first[form], load_1min=load)
+                    seconds[(memory, form, t)] = wall
+                    cpu_seconds[(memory, form, t)] = cpu
+                rows.append(row)
+                print(
+                    f"{memory:24s} {form:22s} T={t:5d} {row['seconds'] or row['skipped']} "
+                    f"load {row.get('load_1min', '—')}",
+                    flush=True,
+                )
 
     for row in rows:
         key = (row["memory"], "recurrent", row["T"])
