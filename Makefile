@@ -21,6 +21,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests

@@ -211,8 +211,7 @@ def divergence(records: list[dict], message: str) -> dict:
 def load_runs(out: Path) -> dict[str, list[dict]]:
     """Recorded runs under `out/runs` (finished and diverged), grouped by variant, by seed."""
     groups: dict[str, list[dict]] = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in compare.read_records(out / "runs"):
         groups.setdefault(record["variant"], []).append(record)
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
 

@@ -269,10 +269,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
 
 def write_report(out: Path, command: str) -> None:
     """README.md, results.json and the heat maps from every finished run under `out`."""
-    runs = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
-        runs[record["model"]] = record
+    runs = {record["model"]: record for record in compare.read_records(out / "runs")}
     names = [m for m in results_lm.MODELS if m in runs]
     if not names:
         return

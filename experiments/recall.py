@@ -124,10 +124,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
 
 def write_report(out: Path, command: str) -> None:
     """README.md and results.json from every finished run under `out`."""
-    runs = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
-        runs[record["model"]] = record
+    runs = {record["model"]: record for record in compare.read_records(out / "runs")}
     names = [m for m in results_lm.MODELS if m in runs]
     if not names:
         return

@@ -288,6 +288,11 @@ def run_meta(
     }
 
 
+def read_records(directory: str | Path) -> list[dict]:
+    """Every run record (`*.json`) in `directory`, in file-name order; [] when it does not exist."""
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
+
+
 def write_json_atomic(path: str | Path, record: object) -> Path:
     """Writes `record` as JSON to `path` through a temporary file and a rename, so a half-written
     run record never counts as finished (the experiments skip runs whose record exists)."""

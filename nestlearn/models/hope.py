@@ -51,14 +51,19 @@ class HopeBlock(nnx.Module):
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         if config.kernel_impl == "pallas":
-            raise ValueError("kernel_impl='pallas': nestlearn.kernels has no op for the "
-                             "self-modifying memory's residual-MLP memories; use 'auto' or 'xla'")
+            raise ValueError(
+                "kernel_impl='pallas': nestlearn.kernels has no op for the "
+                "self-modifying memory's residual-MLP memories; use 'auto' or 'xla'"
+            )
         memory_config = self_modifying_config(config.self_modifying, config.chunk_size)
         self.norm = RMSNorm(config.d_model)
         self.mixer = SelfModifyingTitans(
-            config.d_model, num_heads=config.num_heads,
+            config.d_model,
+            num_heads=config.num_heads,
             head_dim=config.head_dim or config.d_model // config.num_heads,
-            config=memory_config, dtype=config.dtype, rngs=rngs,
+            config=memory_config,
+            dtype=config.dtype,
+            rngs=rngs,
         )
         self.cms = CMS.from_config(config, rngs=rngs)
 

@@ -202,8 +202,12 @@ class Mixer(nnx.Module):
         conv_window: int = 4,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("d_model", d_model), ("num_heads", num_heads),
-                            ("head_dim", head_dim), ("chunk_size", chunk_size)):
+        for name, value in (
+            ("d_model", d_model),
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+            ("chunk_size", chunk_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.num_heads = num_heads
@@ -212,16 +216,21 @@ class Mixer(nnx.Module):
         self.dtype = compute_dtype(dtype)
         inner = num_heads * head_dim
         self.proj = nnx.Linear(d_model, self.num_inputs * inner, use_bias=False, rngs=rngs)
-        self.conv = ShortConv(self.num_inputs * inner, window=conv_window, act="silu",
-                              dtype=self.dtype, rngs=rngs)
+        self.conv = ShortConv(
+            self.num_inputs * inner, window=conv_window, act="silu", dtype=self.dtype, rngs=rngs
+        )
         if self.gate_biases:
             self.gates = nnx.Linear(
-                d_model, len(self.gate_biases) * num_heads, use_bias=True,
+                d_model,
+                len(self.gate_biases) * num_heads,
+                use_bias=True,
                 kernel_init=nnx.initializers.normal(0.02),
-                bias_init=gate_bias_init(self.gate_biases, num_heads), rngs=rngs,
+                bias_init=gate_bias_init(self.gate_biases, num_heads),
+                rngs=rngs,
             )
-        self.out_gate = OutputGate(d_model, num_heads=num_heads, head_dim=head_dim,
-                                   dtype=self.dtype, rngs=rngs)
+        self.out_gate = OutputGate(
+            d_model, num_heads=num_heads, head_dim=head_dim, dtype=self.dtype, rngs=rngs
+        )
         self.out_proj = nnx.Linear(inner, d_model, use_bias=False, rngs=rngs)
 
     def features(
@@ -287,8 +296,9 @@ class _MatrixMixer(Mixer):
 
     def kernel_backend(self) -> kernel_switch.Backend | None:
         """The `gated_delta` backend for `kernel_impl`, or None for `nestlearn.memory`."""
-        return kernel_switch.resolve(self.kernel_impl, what=type(self).__name__,
-                                     chunk_size=self.chunk_size)
+        return kernel_switch.resolve(
+            self.kernel_impl, what=type(self).__name__, chunk_size=self.chunk_size
+        )
 
     def memory_init(self, batch_size: int) -> jax.Array:
         return jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32)
@@ -316,13 +326,22 @@ class LinearAttention(_MatrixMixer):
         q, k, v = self.qkv(inputs)
         backend = self.kernel_backend()
         if backend is None:
-            return matrix_memory.linear_attention(q, k, v, chunk_size=self.chunk_size,
-                                                  initial_state=state)
+            return matrix_memory.linear_attention(
+                q, k, v, chunk_size=self.chunk_size, initial_state=state
+            )
         s0 = self.memory_init(q.shape[0]) if state is None else state
         ones = jnp.ones(q.shape[:3], jnp.float32)
-        o, final = _gated_delta(q, k, v, jnp.zeros_like(ones), ones, momentum=ones,
-                               chunk_size=self.chunk_size, initial_state=GatedDeltaState(s0, s0),
-                               **backend.kwargs())
+        o, final = _gated_delta(
+            q,
+            k,
+            v,
+            jnp.zeros_like(ones),
+            ones,
+            momentum=ones,
+            chunk_size=self.chunk_size,
+            initial_state=GatedDeltaState(s0, s0),
+            **backend.kwargs(),
+        )
         return o, final.memory
 
 
@@ -341,10 +360,19 @@ class DeltaNet(_MatrixMixer):
         beta = jax.nn.sigmoid(gates[:, :, 0])
         backend = self.kernel_backend()
         if backend is None:
-            return matrix_memory.delta_rule(q, k, v, beta, chunk_size=self.chunk_size,
-                                            initial_state=state)
-        return _gated_delta(q, k, v, jnp.ones_like(beta), beta, chunk_size=self.chunk_size,
-                           initial_state=state, **backend.kwargs())
+            return matrix_memory.delta_rule(
+                q, k, v, beta, chunk_size=self.chunk_size, initial_state=state
+            )
+        return _gated_delta(
+            q,
+            k,
+            v,
+            jnp.ones_like(beta),
+            beta,
+            chunk_size=self.chunk_size,
+            initial_state=state,
+            **backend.kwargs(),
+        )
 
 
 class GatedDeltaNet(_MatrixMixer):
@@ -373,10 +401,19 @@ class GatedDeltaNet(_MatrixMixer):
         beta = jax.nn.sigmoid(gates[:, :, 1])
         backend = self.kernel_backend()
         if backend is None:
-            return matrix_memory.gated_delta_rule(q, k, v, alpha, beta, chunk_size=self.chunk_size,
-                                                  initial_state=state)
-        return _gated_delta(q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state,
-                           **backend.kwargs())
+            return matrix_memory.gated_delta_rule(
+                q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state
+            )
+        return _gated_delta(
+            q,
+            k,
+            v,
+            alpha,
+            beta,
+            chunk_size=self.chunk_size,
+            initial_state=state,
+            **backend.kwargs(),
+        )
 
 
 def titans_memory_config() -> ml_collections.ConfigDict:
@@ -398,8 +435,9 @@ def titans_arch(memory: ml_collections.ConfigDict, head_dim: int) -> architectur
     """The memory architecture of a Titans `memory` sub-config; `ValueError` names a bad key."""
     unknown = sorted(set(memory.keys()) - set(titans_memory_config().keys()))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in memory; allowed: "
-                         f"{sorted(titans_memory_config().keys())}")
+        raise ValueError(
+            f"unknown key(s) {unknown} in memory; allowed: {sorted(titans_memory_config().keys())}"
+        )
     if not isinstance(memory.depth, int) or memory.depth < 1:
         raise ValueError(f"memory.depth must be an int >= 1, got {memory.depth!r}")
     for key in ("expansion", "chunk_step_max"):
@@ -424,8 +462,9 @@ def check_titans_kernel(
     """
     kernel_switch.check_kernel_impl(kernel_impl)
     if kernel_impl == "pallas":
-        reason = titans.kernel_support(arch, params,
-                                       stop_gradient_writes=bool(memory.stop_gradient_writes))
+        reason = titans.kernel_support(
+            arch, params, stop_gradient_writes=bool(memory.stop_gradient_writes)
+        )
         if reason:
             raise ValueError(
                 f"kernel_impl='pallas' with memory.depth={memory.depth}, "
@@ -457,8 +496,11 @@ class TitansGating(NamedTuple):
     @classmethod
     def from_config(cls, memory: ml_collections.ConfigDict, chunk_size: int) -> TitansGating:
         """The gating of a `memory` sub-config for chunks of `chunk_size` tokens."""
-        return cls(float(memory.chunk_step_max) / chunk_size, float(memory.momentum_max),
-                   bool(memory.normalize_v))
+        return cls(
+            float(memory.chunk_step_max) / chunk_size,
+            float(memory.momentum_max),
+            bool(memory.normalize_v),
+        )
 
 
 def titans_inputs(
@@ -470,8 +512,11 @@ def titans_inputs(
     θ = theta_max·sigmoid, α = sigmoid (forget gate), η = momentum_max·sigmoid (Eqs. 13–14).
     """
     return TitansInputs(
-        l2_normalize(q), l2_normalize(k), l2_normalize(v) if gating.normalize_v else v,
-        gating.theta_max * jax.nn.sigmoid(gates[:, :, 0]), jax.nn.sigmoid(gates[:, :, 1]),
+        l2_normalize(q),
+        l2_normalize(k),
+        l2_normalize(v) if gating.normalize_v else v,
+        gating.theta_max * jax.nn.sigmoid(gates[:, :, 0]),
+        jax.nn.sigmoid(gates[:, :, 1]),
         gating.momentum_max * jax.nn.sigmoid(gates[:, :, 2]),
     )
 
@@ -507,8 +552,9 @@ class TitansMemory(Mixer):
         self.arch = titans_arch(memory, self.head_dim)
         self.gating = TitansGating.from_config(memory, self.chunk_size)
         self.stop_gradient_writes = bool(memory.stop_gradient_writes)
-        params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
-                                d_out=self.head_dim)
+        params = self.arch.init(
+            rngs.params(), heads=self.num_heads, d_in=self.head_dim, d_out=self.head_dim
+        )
         self.kernel_impl = check_titans_kernel(kernel_impl, memory, self.arch, params)
         self.memory_params = param_tree(params)
 
@@ -526,9 +572,17 @@ class TitansMemory(Mixer):
     def run(self, state: titans.TitansState, xs: TitansInputs):
         """`titans_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
         return titans.titans_memory(
-            xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
-            params=param_values(self.memory_params), chunk_size=self.chunk_size,
-            initial_state=state, stop_gradient_writes=self.stop_gradient_writes,
+            xs.q,
+            xs.k,
+            xs.v,
+            xs.theta,
+            xs.alpha,
+            xs.eta,
+            arch=self.arch,
+            params=param_values(self.memory_params),
+            chunk_size=self.chunk_size,
+            initial_state=state,
+            stop_gradient_writes=self.stop_gradient_writes,
             kernel_impl=self.kernel_impl,
         )
 
@@ -550,8 +604,10 @@ def self_modifying_config(
     allowed = fields - {"memory_chunk_size"}
     unknown = sorted(set(sub.keys()) - allowed)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in self_modifying; allowed: {sorted(allowed)} "
-                         "(memory_chunk_size is the model's chunk_size)")
+        raise ValueError(
+            f"unknown key(s) {unknown} in self_modifying; allowed: {sorted(allowed)} "
+            "(memory_chunk_size is the model's chunk_size)"
+        )
     return self_modifying.SelfModifyingConfig(**sub.to_dict(), memory_chunk_size=memory_chunk_size)
 
 
@@ -602,10 +658,17 @@ class SelfModifyingTitans(Mixer):
             raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
         self.memory_config = config
         self.align = math.lcm(config.chunk_size, config.memory_chunk_size)
-        super().__init__(d_model, num_heads=num_heads, head_dim=head_dim,
-                         chunk_size=config.memory_chunk_size, dtype=dtype, rngs=rngs)
-        params = self_modifying.self_modifying_init(rngs.params(), heads=num_heads, dim=head_dim,
-                                                    config=config)
+        super().__init__(
+            d_model,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            chunk_size=config.memory_chunk_size,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        params = self_modifying.self_modifying_init(
+            rngs.params(), heads=num_heads, dim=head_dim, config=config
+        )
         self.memory_params = param_tree(params)
 
     def initial_memory(self, batch_size: int) -> self_modifying.SelfModifyingState:
@@ -626,7 +689,10 @@ class SelfModifyingTitans(Mixer):
     def run(self, state, xs: SelfModifyingInputs):
         """`self_modifying_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
         return self_modifying.self_modifying_memory(
-            xs.x, xs.q, params=param_values(self.memory_params), config=self.memory_config,
+            xs.x,
+            xs.q,
+            params=param_values(self.memory_params),
+            config=self.memory_config,
             initial_state=state,
         )
 

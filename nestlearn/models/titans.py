@@ -80,8 +80,12 @@ def _head_dim(config: ml_collections.ConfigDict) -> int:
 
 
 def _mixer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return dict(num_heads=config.num_heads, head_dim=_head_dim(config),
-                chunk_size=config.chunk_size, dtype=config.dtype)
+    return dict(
+        num_heads=config.num_heads,
+        head_dim=_head_dim(config),
+        chunk_size=config.chunk_size,
+        dtype=config.dtype,
+    )
 
 
 def _swa(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Attention:
@@ -95,8 +99,9 @@ class _FeedForward(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
         self.norm = RMSNorm(d)
-        self.mlp = SwiGLU(d, mlp_hidden_size(d, config.mlp_ratio),
-                          dtype=compute_dtype(config.dtype), rngs=rngs)
+        self.mlp = SwiGLU(
+            d, mlp_hidden_size(d, config.mlp_ratio), dtype=compute_dtype(config.dtype), rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.mlp(self.norm(x)).astype(x.dtype)
@@ -114,8 +119,9 @@ class MixerBlock(nnx.Module):
 
     def make_mixer(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Mixer:
         """Builds the mixer of a model config."""
-        return self.mixer_cls(config.d_model, kernel_impl=config.kernel_impl,
-                              **_mixer_kwargs(config), rngs=rngs)
+        return self.mixer_cls(
+            config.d_model, kernel_impl=config.kernel_impl, **_mixer_kwargs(config), rngs=rngs
+        )
 
     def init_state(self, batch_size: int) -> MixerState:
         """The mixer state of `batch_size` fresh sequences."""
@@ -145,8 +151,13 @@ class GatedDeltaNetBlock(MixerBlock):
     mixer_cls = GatedDeltaNet
 
     def make_mixer(self, config, *, rngs):
-        return GatedDeltaNet(config.d_model, alpha_bias=config.alpha_bias,
-                             kernel_impl=config.kernel_impl, **_mixer_kwargs(config), rngs=rngs)
+        return GatedDeltaNet(
+            config.d_model,
+            alpha_bias=config.alpha_bias,
+            kernel_impl=config.kernel_impl,
+            **_mixer_kwargs(config),
+            rngs=rngs,
+        )
 
 
 class TitansLMMBlock(MixerBlock):
@@ -155,8 +166,13 @@ class TitansLMMBlock(MixerBlock):
     mixer_cls = TitansMemory
 
     def make_mixer(self, config, *, rngs):
-        return TitansMemory(config.d_model, memory=config.memory, kernel_impl=config.kernel_impl,
-                            **_mixer_kwargs(config), rngs=rngs)
+        return TitansMemory(
+            config.d_model,
+            memory=config.memory,
+            kernel_impl=config.kernel_impl,
+            **_mixer_kwargs(config),
+            rngs=rngs,
+        )
 
 
 def _gate(norm_y: RMSNorm, norm_m: RMSNorm, y: jax.Array, m: jax.Array) -> jax.Array:
@@ -171,8 +187,13 @@ class MAGBlock(nnx.Module):
         d = config.d_model
         self.norm = RMSNorm(d)
         self.attn = _swa(config, rngs=rngs)
-        self.memory = TitansMemory(d, memory=config.memory, kernel_impl=config.kernel_impl,
-                                   **_mixer_kwargs(config), rngs=rngs)
+        self.memory = TitansMemory(
+            d,
+            memory=config.memory,
+            kernel_impl=config.kernel_impl,
+            **_mixer_kwargs(config),
+            rngs=rngs,
+        )
         self.norm_y = RMSNorm(d)
         self.norm_m = RMSNorm(d)
         self.ffn = _FeedForward(config, rngs=rngs)
@@ -197,8 +218,13 @@ class MALBlock(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
         self.memory_norm = RMSNorm(d)
-        self.memory = TitansMemory(d, memory=config.memory, kernel_impl=config.kernel_impl,
-                                   **_mixer_kwargs(config), rngs=rngs)
+        self.memory = TitansMemory(
+            d,
+            memory=config.memory,
+            kernel_impl=config.kernel_impl,
+            **_mixer_kwargs(config),
+            rngs=rngs,
+        )
         self.attn_norm = RMSNorm(d)
         self.attn = _swa(config, rngs=rngs)
         self.ffn = _FeedForward(config, rngs=rngs)
@@ -236,24 +262,35 @@ class MACBlock(nnx.Module):
         inner = self.num_heads * self.head_dim
         self.norm = RMSNorm(d)
         self.attn = Attention(
-            d, num_heads=config.num_heads, head_dim=self.head_dim, max_len=self.segment,
-            num_kv_heads=config.num_kv_heads, window=config.window,
-            num_persistent=config.num_persistent, rope_theta=config.rope_theta,
-            dtype=config.dtype, rngs=rngs,
+            d,
+            num_heads=config.num_heads,
+            head_dim=self.head_dim,
+            max_len=self.segment,
+            num_kv_heads=config.num_kv_heads,
+            window=config.window,
+            num_persistent=config.num_persistent,
+            rope_theta=config.rope_theta,
+            dtype=config.dtype,
+            rngs=rngs,
         )
         self.read_q = nnx.Linear(d, inner, use_bias=False, rngs=rngs)  # q = x W_Q (Eq. 21)
         self.read_out = nnx.Linear(inner, d, use_bias=False, rngs=rngs)  # h tokens → width d
         self.write_qkv = nnx.Linear(d, 3 * inner, use_bias=False, rngs=rngs)  # from y
         self.write_gates = nnx.Linear(
-            d, 3 * self.num_heads, use_bias=True, kernel_init=nnx.initializers.normal(0.02),
-            bias_init=gate_bias_init((0.0, self.FORGET_BIAS, 0.0), self.num_heads), rngs=rngs,
+            d,
+            3 * self.num_heads,
+            use_bias=True,
+            kernel_init=nnx.initializers.normal(0.02),
+            bias_init=gate_bias_init((0.0, self.FORGET_BIAS, 0.0), self.num_heads),
+            rngs=rngs,
         )
         self.memory_out = nnx.Linear(inner, d, use_bias=False, rngs=rngs)
         self.arch = titans_arch(config.memory, self.head_dim)
         self.gating = TitansGating.from_config(config.memory, self.segment)
         self.stop_gradient_writes = bool(config.memory.stop_gradient_writes)
-        params = self.arch.init(rngs.params(), heads=self.num_heads, d_in=self.head_dim,
-                                d_out=self.head_dim)
+        params = self.arch.init(
+            rngs.params(), heads=self.num_heads, d_in=self.head_dim, d_out=self.head_dim
+        )
         self.kernel_impl = check_titans_kernel(config.kernel_impl, config.memory, self.arch, params)
         self.memory_params = param_tree(params)
         self.norm_y = RMSNorm(d)
@@ -292,12 +329,18 @@ class MACBlock(nnx.Module):
         _, k_h, v_h = self.attn.project(h_tokens, positions)
         persistent = {}
         if self.attn.num_persistent:
-            persistent = {"persistent_k": self.attn.persistent_k[...],
-                          "persistent_v": self.attn.persistent_v[...]}
+            persistent = {
+                "persistent_k": self.attn.persistent_k[...],
+                "persistent_v": self.attn.persistent_v[...],
+            }
         o = causal_attention(
-            q, jnp.concatenate([k_h, k], axis=1), jnp.concatenate([v_h, v], axis=1),
-            q_pos=positions, k_pos=jnp.concatenate([positions, positions]),
-            window=self.attn.window, **persistent,
+            q,
+            jnp.concatenate([k_h, k], axis=1),
+            jnp.concatenate([v_h, v], axis=1),
+            q_pos=positions,
+            k_pos=jnp.concatenate([positions, positions]),
+            window=self.attn.window,
+            **persistent,
         )
         y = matmul(o.reshape(b, c, -1), self.attn.wo.kernel[...])  # [b, c, d]
         # Write with y and read M*(y) at the segment start (Eq. 25, causal reading).
@@ -308,9 +351,18 @@ class MACBlock(nnx.Module):
         gates = raw.astype(jnp.float32).reshape(b, c, 3, self.num_heads)
         xs = titans_inputs(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gates, self.gating)
         m, memory = titans_lib.titans_memory(
-            xs.q, xs.k, xs.v, xs.theta, xs.alpha, xs.eta, arch=self.arch,
-            params=param_values(self.memory_params), chunk_size=self.segment, initial_state=memory,
-            stop_gradient_writes=self.stop_gradient_writes, kernel_impl=self.kernel_impl,
+            xs.q,
+            xs.k,
+            xs.v,
+            xs.theta,
+            xs.alpha,
+            xs.eta,
+            arch=self.arch,
+            params=param_values(self.memory_params),
+            chunk_size=self.segment,
+            initial_state=memory,
+            stop_gradient_writes=self.stop_gradient_writes,
+            kernel_impl=self.kernel_impl,
         )
         m = matmul(m.reshape(b, c, -1).astype(self.dtype), self.memory_out.kernel[...])
         return _gate(self.norm_y, self.norm_m, y, m), memory
@@ -332,8 +384,9 @@ class MACBlock(nnx.Module):
     def __call__(self, x: jax.Array, state: ChunkStream | None) -> tuple[jax.Array, ChunkStream]:
         """Args: x [b, t, d]; state or None. Returns (y [b, t, d], new state)."""
         initial = self.initial_memory(x.shape[0]) if state is None else None
-        o, state = chunk_aligned(self._run, self.norm(x).astype(self.dtype), state,
-                                 chunk=self.segment, initial=initial)
+        o, state = chunk_aligned(
+            self._run, self.norm(x).astype(self.dtype), state, chunk=self.segment, initial=initial
+        )
         return self.ffn(x + o.astype(x.dtype)), state
 
 

@@ -118,3 +118,11 @@ def test_load_range_and_run_meta():
     assert meta["command"] == "python experiments/x.py --seeds=0"
     assert (meta["computed"], meta["total"], meta["run_seconds"]) == (1, 3, 5.0)
     assert 0 <= meta["wall_seconds"] < 60 and meta["machine"]["cpu_count"] >= 1
+
+
+def test_records_written_atomically_read_back_in_name_order(tmp_path):
+    assert compare.read_records(tmp_path / "missing") == []
+    compare.write_json_atomic(tmp_path / "runs" / "b_s0.json", {"model": "b"})
+    compare.write_json_atomic(tmp_path / "runs" / "a_s1.json", {"model": "a", "x": [1, 2]})
+    (tmp_path / "runs" / "c_s0.tmp").write_text("{half")  # an interrupted write is not a record
+    assert compare.read_records(tmp_path / "runs") == [{"model": "a", "x": [1, 2]}, {"model": "b"}]

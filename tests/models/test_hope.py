@@ -33,12 +33,27 @@ def _config(**self_modifying):
 
 # A non-default value for every SelfModifyingConfig field but memory_chunk_size.
 ABLATIONS = {
-    "chunk_size": 4, "adaptive_q": True, "momentum": 0.0, "use_dgd": False, "use_decay": False,
-    "adaptive_k": False, "adaptive_v": False, "stop_gradient_vhat": False,
-    "stop_gradient_writes": True, "eta_max": 0.25, "eta_bias_init": -1.0,
-    "alpha_bias_init": 2.0, "eta_alpha_per_channel": True, "normalize_qk": False,
-    "normalize_v": False, "normalize_x": False, "kv_init_scale": 0.5,
-    "activation": "gelu", "hidden_expansion": 2.0, "dgd_step": "normalized", "remat": True,
+    "chunk_size": 4,
+    "adaptive_q": True,
+    "momentum": 0.0,
+    "use_dgd": False,
+    "use_decay": False,
+    "adaptive_k": False,
+    "adaptive_v": False,
+    "stop_gradient_vhat": False,
+    "stop_gradient_writes": True,
+    "eta_max": 0.25,
+    "eta_bias_init": -1.0,
+    "alpha_bias_init": 2.0,
+    "eta_alpha_per_channel": True,
+    "normalize_qk": False,
+    "normalize_v": False,
+    "normalize_x": False,
+    "kv_init_scale": 0.5,
+    "activation": "gelu",
+    "hidden_expansion": 2.0,
+    "dgd_step": "normalized",
+    "remat": True,
 }
 
 
@@ -55,7 +70,10 @@ def test_block_uses_the_configured_ablation():
     block = hope.HopeBlock(ml_collections.FrozenConfigDict(config), rngs=nnx.Rngs(0))
     memory_config = block.mixer.memory_config
     assert (memory_config.adaptive_q, memory_config.momentum, memory_config.use_dgd) == (
-        True, 0.0, False)
+        True,
+        0.0,
+        False,
+    )
     assert memory_config.memory_chunk_size == config.chunk_size
     assert "q" in block.mixer.memory_params  # the adaptive-q memory exists
 

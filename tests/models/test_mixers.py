@@ -20,8 +20,12 @@ def _build(name):
     if name == "self_modifying":
         config = self_modifying.SelfModifyingConfig(chunk_size=2, memory_chunk_size=CHUNK)
         return mixers.SelfModifyingTitans(D, config=config, **kw)
-    cls = {"linear": mixers.LinearAttention, "delta": mixers.DeltaNet,
-           "gated_delta": mixers.GatedDeltaNet, "titans": mixers.TitansMemory}[name]
+    cls = {
+        "linear": mixers.LinearAttention,
+        "delta": mixers.DeltaNet,
+        "gated_delta": mixers.GatedDeltaNet,
+        "titans": mixers.TitansMemory,
+    }[name]
     return cls(D, chunk_size=CHUNK, **kw)
 
 
@@ -45,8 +49,9 @@ class Built:
         return self(self.x)
 
 
-@pytest.fixture(scope="module", params=["linear", "delta", "gated_delta", "titans",
-                                        "self_modifying"])
+@pytest.fixture(
+    scope="module", params=["linear", "delta", "gated_delta", "titans", "self_modifying"]
+)
 def built(request):
     return Built(request.param)
 
@@ -85,9 +90,15 @@ def _by_hand(mixer, x):
         if isinstance(mixer, mixers.TitansMemory):
             # Defaults: θ ≤ chunk_step_max / C = 1 / C, η ≤ momentum_max = 0.5, v ℓ2-normalised.
             o, _ = titans.titans_memory(
-                q, k, _l2(v), _sigmoid(gates[:, :, 0]) / CHUNK, _sigmoid(gates[:, :, 1]),
-                0.5 * _sigmoid(gates[:, :, 2]), arch=mixer.arch,
-                params=mixers.param_values(mixer.memory_params), chunk_size=CHUNK,
+                q,
+                k,
+                _l2(v),
+                _sigmoid(gates[:, :, 0]) / CHUNK,
+                _sigmoid(gates[:, :, 1]),
+                0.5 * _sigmoid(gates[:, :, 2]),
+                arch=mixer.arch,
+                params=mixers.param_values(mixer.memory_params),
+                chunk_size=CHUNK,
             )
         elif isinstance(mixer, mixers.GatedDeltaNet):
             o, _ = matrix_memory.gated_delta_rule_recurrent(
@@ -179,11 +190,23 @@ def test_titans_gates_are_bounded():
 
 def test_gated_deltanet_kernel_impl_switch():
     with pytest.raises(ValueError, match="kernel_impl"):
-        mixers.GatedDeltaNet(D, num_heads=HEADS, head_dim=HEAD_DIM, chunk_size=CHUNK,
-                             kernel_impl="cuda", rngs=nnx.Rngs(0))
+        mixers.GatedDeltaNet(
+            D,
+            num_heads=HEADS,
+            head_dim=HEAD_DIM,
+            chunk_size=CHUNK,
+            kernel_impl="cuda",
+            rngs=nnx.Rngs(0),
+        )
     if jax.default_backend() == "cpu":
-        mixer = mixers.GatedDeltaNet(D, num_heads=HEADS, head_dim=HEAD_DIM, chunk_size=CHUNK,
-                                     kernel_impl="pallas", rngs=nnx.Rngs(0))
+        mixer = mixers.GatedDeltaNet(
+            D,
+            num_heads=HEADS,
+            head_dim=HEAD_DIM,
+            chunk_size=CHUNK,
+            kernel_impl="pallas",
+            rngs=nnx.Rngs(0),
+        )
         with pytest.raises(dispatch.Unavailable):  # an explicit backend fails loudly
             mixer(jnp.zeros((1, 3, D)))
 

@@ -123,10 +123,7 @@ _BF16_FAST = ("transformer_pp", "gated_deltanet", "hope")
 
 @pytest.mark.parametrize(
     "name",
-    [
-        n if n in _BF16_FAST else pytest.param(n, marks=pytest.mark.slow)
-        for n in models.available()
-    ],
+    [n if n in _BF16_FAST else pytest.param(n, marks=pytest.mark.slow) for n in models.available()],
 )
 def test_bfloat16_compute_trains_every_model(name):
     """dtype="bfloat16": float32 params and logits, finite float32 gradients close to float32's."""

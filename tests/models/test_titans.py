@@ -86,8 +86,14 @@ def test_unknown_memory_key_is_named(name):
 
 
 def test_default_configs_hold_tuples_and_registered_names():
-    for name in ("deltanet", "gated_deltanet", "titans_lmm", "titans_mac", "titans_mag",
-                 "titans_mal"):
+    for name in (
+        "deltanet",
+        "gated_deltanet",
+        "titans_lmm",
+        "titans_mac",
+        "titans_mag",
+        "titans_mal",
+    ):
         assert name in models.available()
         config = models.default_config(name)
         assert config.name == name
