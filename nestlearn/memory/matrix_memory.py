@@ -8,9 +8,9 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
 * the chunk-parallel form (the public name without suffix): the WY representation with the UT
   transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). Only the chunk-to-chunk state
   recurrence is sequential: the intra-chunk terms (the [c, c] products, the triangular inverse,
-  U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks with a
-  hand-written backward pass (:func:`_state_scan`), and the outputs of all chunks are one batched
-  product. Long sequences are cut into segments that fit in cache (:data:`_SEGMENT_ELEMENTS`),
+  U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks (with a
+  custom JVP whose tangent carries only the state, :func:`_state_scan`), and the outputs of all
+  chunks are one batched product. Long sequences are cut into segments that fit in cache (:data:`_SEGMENT_ELEMENTS`),
   carried by an outer scan. Linear attention keeps one scan step per chunk. The forms are exact:
   every output reads the state after the write of its own token, o_t = S_t q_t.
 
