@@ -10,9 +10,10 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
   recurrence is sequential: the intra-chunk terms (the [c, c] products, the triangular inverse,
   U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks (with a
   custom JVP whose tangent carries only the state, :func:`_state_scan`), and the outputs of all
-  chunks are one batched product. Long sequences are cut into segments that fit in cache (:data:`_SEGMENT_ELEMENTS`),
-  carried by an outer scan. Linear attention keeps one scan step per chunk. The forms are exact:
-  every output reads the state after the write of its own token, o_t = S_t q_t.
+  chunks are one batched product. Long sequences are cut into segments that fit in cache
+  (:data:`_SEGMENT_ELEMENTS`), carried by an outer scan. Linear attention keeps one scan step per
+  chunk. The forms are exact: every output reads the state after the write of its own token,
+  o_t = S_t q_t.
 
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
