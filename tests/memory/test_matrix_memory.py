@@ -276,6 +276,18 @@ def test_state_scan_derivatives(x64):
     )
 
 
+def test_unit_lower_solve_and_its_derivatives(x64):
+    # X B for X = (I + strictLower(L))⁻¹, batched; its custom JVP d(XB) = X(dB − dL XB).
+    rng = np.random.default_rng(14)
+    lower = 0.3 * rng.normal(size=(2, 5, 5))
+    b1, b2 = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5, 2))
+    got = matrix_memory._solve_unit_lower(lower, b1, b2)
+    unit = np.eye(5) + np.tril(lower, -1)
+    for g, b in zip(got, (b1, b2)):
+        _assert_close(g, np.linalg.solve(unit, b), 1e-12)
+    check_grads(matrix_memory._solve_unit_lower, (lower, b1, b2), order=2, modes=("fwd", "rev"))
+
+
 def test_bf16_inputs_accumulate_in_float32():
     args32 = [jnp.asarray(x, jnp.float32) for x in _inputs(11, alpha_low=0.9)]
     args16 = [x.astype(jnp.bfloat16) for x in args32[:5]] + [args32[5]]
