@@ -469,12 +469,15 @@ _SEGMENT_ELEMENTS = 2**19
 
 
 def _segment_chunks(b, h, t, width, chunk_size):
-    """Chunks per segment: all of them if the sequence fits the budget, else half the budget."""
+    """Chunks per segment: all of them if the sequence fits the budget, else as few segments of
+    at most half the budget as cover the sequence, with their chunks spread evenly over them (so
+    the last segment is not mostly padding: 33 chunks run as 3 × 11, not 3 × 16)."""
     n = -(-t // chunk_size)
     per_token = b * h * width
     if n * chunk_size * per_token <= _SEGMENT_ELEMENTS:
         return n
-    return max(1, _SEGMENT_ELEMENTS // 2 // (per_token * chunk_size))
+    most = max(1, _SEGMENT_ELEMENTS // 2 // (per_token * chunk_size))
+    return -(-n // -(-n // most))
 
 
 def _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, kind):

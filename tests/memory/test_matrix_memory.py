@@ -223,10 +223,12 @@ def small_segments(monkeypatch):
     """Shrinks the segment budget so that t = 37 (b 2, h 2, d_k + d_v 9) runs as 3 segments.
 
     Sequences up to 2¹⁹ / (b·h·(d_k + d_v)) tokens run as one segment; longer ones in segments
-    of half that, here 8 chunks of 2 (``_segment_chunks``).
+    of at most half that (here 8 chunks of 2), balanced: 19 chunks as 3 segments of 7.
     """
     monkeypatch.setattr(matrix_memory, "_SEGMENT_ELEMENTS", 2 * 2 * 2 * 9 * 16)
-    assert matrix_memory._segment_chunks(2, 2, 37, 9, 2) == 8  # ⌈37 / 16⌉ = 3 segments
+    assert matrix_memory._segment_chunks(2, 2, 37, 9, 2) == 7
+    assert matrix_memory._segment_chunks(2, 2, 32, 9, 2) == 16  # fits: one segment
+    assert matrix_memory._segment_chunks(2, 2, 34, 9, 2) == 6  # 17 chunks: 3 × 6, not 3 × 8
 
 
 @pytest.mark.parametrize("rule", ["delta", "gated"])
