@@ -9,8 +9,8 @@ token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
 (b) Titans' MLP memory (2 layers, hidden 64, SiLU, Titans Eqs. 13–18): ``titans_memory`` with
     chunk 16 and 64 (on CPU the XLA chunk step of ``nestlearn.kernels.mlp_memory``, which covers
     this configuration) and the generic ``nestlearn.memory.scan`` at chunk 64, vs the generic scan
-    at chunk 1 (token by token; the faster of the two token-by-token forms, 243 against 261 ms
-    at T = 1024 in session 5). All with ``remat=True``;
+    at chunk 1 (token by token; in a session-5 check it was a little faster than the op's chunk
+    step at chunk 1, so it is the stricter reference). All with ``remat=True``;
 (c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
     16/64 and 32/64 (k, v, η, α memories / output memory; 32 is the generator chunk of the
     ``hope`` model) vs ``self_modifying_memory_recurrent``.
@@ -197,6 +197,7 @@ def time_interleaved(steps, repeats, budget=ROUND_SECONDS):
 
 
 def main():
+    allocator = tune_host_allocator()  # first, before any XLA buffer
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T in {256, 1024}, one repeat")
     parser.add_argument("--repeats", type=int, default=10)
@@ -283,12 +284,11 @@ def main():
         + (" --quick" if args.quick else "")
         + (f" --memories={args.memories}" if args.memories else ""),
         "load_1min_at_end": os.getloadavg()[0],
-        "host_allocator": tune_host_allocator(),  # as set at start-up (idempotent)
+        "host_allocator": allocator,
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
-    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

@@ -142,6 +142,7 @@ def run_isolated(name: str, shape_name: str, steps: int) -> dict:
 
 
 def main() -> None:
+    allocator = tune_host_allocator()  # first: the parent and each --one child
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models",
@@ -163,7 +164,6 @@ def main() -> None:
         parser.error(f"--models: unknown {unknown}; available: {models.available()}")
     shapes = ["small"] if args.quick else list(SHAPES)
     steps = 5 if args.quick else args.steps
-    allocator = tune_host_allocator()  # the children call it too (their __main__)
     rate = matmul_gflops()
     print(
         f"float32 matmul (1024^3): {rate:.1f} GFLOP/s; cores: {os.cpu_count()}; "
@@ -213,5 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    tune_host_allocator()  # keep XLA's freed buffers in the process
     main()

@@ -4,10 +4,12 @@ XLA:CPU allocates the temporary buffers of every executable call with the C libr
 and frees them when the call returns. With glibc's defaults, freed memory is handed back to the
 kernel (``munmap`` of large chunks, trimming of the heap tops, including the per-thread arenas
 that XLA's worker threads allocate from), so the next call page-faults the same memory in again.
-On the 2-core CPU machine this cost the Transformer++ train step of the small benchmark shape
-(d 128, 2 layers, T 256, batch 4) about 20 ms of kernel time per step: 41.5 ms per step with the
-defaults, 30.0 ms with :func:`tune_host_allocator` (median of 30 steps, session 5; 2,944 against
-65 minor page faults per call of a small jitted function, ``tests/core/test_host_memory.py``).
+On the 2-core CPU machine the Transformer++ train step of the small benchmark shape (d 128, 2
+layers, T 256, batch 4) took 42.5–54.9 ms with the defaults and 30.3–30.6 ms with
+:func:`tune_host_allocator` (``python experiments/model_benchmark.py --quick
+--models=transformer_pp`` with and without ``NESTLEARN_TUNE_MALLOC=0``, session 5); the small
+jitted function of ``tests/core/test_host_memory.py`` took 2,944 against 65 minor page faults per
+call.
 
 :func:`tune_host_allocator` keeps freed memory in the process instead (``mallopt``):
 

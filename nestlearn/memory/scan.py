@@ -127,7 +127,9 @@ def default_state(
     return MemoryState(weights, rule_state, context)
 
 
-def _check_state(initial_state: Any, default: MemoryState) -> None:
+def check_state(initial_state: Any, default: MemoryState) -> None:
+    """ValueError naming the first leaf of ``initial_state`` whose structure or shape differs from
+    ``default`` (:func:`default_state`)."""
     want = jax.tree.structure(default)
     got = jax.tree.structure(initial_state)
     if want != got:
@@ -194,7 +196,7 @@ def scan(
     if initial_state is None:
         initial_state = default
     else:
-        _check_state(initial_state, default)
+        check_state(initial_state, default)
 
     n = -(-t // chunk_size)
     chunks = {name: _to_chunks(jnp.asarray(x), n, chunk_size) for name, x in inputs.items()}

@@ -24,11 +24,11 @@ runs that op instead of the generic scan: its Pallas kernel on GPU/TPU, or on CP
 ``kernel_impl="xla"``) its XLA chunk step (:func:`nestlearn.kernels.mlp_memory.mlp_memory_chunked`),
 which writes the MLP's gradient sums with the backpropagated error shared by the two
 coefficient rows (Σ_i c_i ∇_{W₁}ℓ_i = Rᵀ diag(c) A, Σ_i c_i ∇_{W₂}ℓ_i = ((R W₁) ⊙ σ'(H))ᵀ diag(c) K)
-instead of one pullback per row: 19 against 22 ms forward + backward at t 1024, chunk 64, d 64,
-4 heads on the 2-core CPU. Both compute exactly these equations (equal to float64 rounding,
-tests/memory/test_titans.py). ``kernel_impl`` (``"auto" | "xla" | "pallas"``,
-:mod:`nestlearn.kernels.kernel_impl`) picks the backend; ``nestlearn.memory.scan.scan`` with
-``rules.titans()`` is the generic path for any architecture.
+instead of one pullback per row: faster on the 2-core CPU (``experiments/memory_benchmark.py``
+reports both, rows "chunk 64" and "chunk 64, generic scan"). Both compute exactly these
+equations (equal to float64 rounding, tests/memory/test_titans.py). ``kernel_impl``
+(``"auto" | "xla" | "pallas"``, :mod:`nestlearn.kernels.kernel_impl`) picks the backend;
+``nestlearn.memory.scan.scan`` with ``rules.titans()`` is the generic path for any architecture.
 
 Layout: b batch, t tokens, h heads, d width.
 """
@@ -36,14 +36,13 @@ Layout: b batch, t tokens, h heads, d width.
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels.mlp_memory import MLPMemoryState, mlp_memory, mlp_memory_chunked
 from nestlearn.memory import architectures, objectives, rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
-from nestlearn.memory.scan import MemoryState, scan
+from nestlearn.memory.scan import MemoryState, check_state, default_state, scan
 from nestlearn.parallel.sharded_kernel import sharded_kernel
 
 
@@ -105,26 +104,6 @@ def _from_kernel(tree: dict, residual: bool) -> dict:
     return dict(tree) if residual else {"w0": tree["w2"], "w1": tree["w1"]}
 
 
-def _check_state(state: Any, params: Any, batch: int) -> None:
-    """ValueError unless ``state`` is a TitansState whose leaves are ``params`` [batch, h, ...]."""
-    if not isinstance(state, TitansState):
-        raise ValueError(f"initial_state must be a TitansState, got {type(state)}")
-    want = jax.tree.structure(params)
-    for field in TitansState._fields:
-        tree = getattr(state, field)
-        if jax.tree.structure(tree) != want:
-            raise ValueError(
-                f"initial_state.{field} has structure {jax.tree.structure(tree)}, expected {want}"
-            )
-        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-        for (path, leaf), p in zip(flat, jax.tree.leaves(params)):
-            if jnp.shape(leaf) != (batch, *p.shape):
-                raise ValueError(
-                    f"initial_state.{field}{jax.tree_util.keystr(path)} has shape "
-                    f"{jnp.shape(leaf)}, expected {(batch, *p.shape)}"
-                )
-
-
 def titans_memory(
     q: jax.Array,
     k: jax.Array,
@@ -174,8 +153,13 @@ def titans_memory(
       ValueError: a bad ``initial_state``, ``objective`` or ``kernel_impl``, or
         ``kernel_impl="pallas"`` where it cannot run.
     """
-    if initial_state is not None:
-        _check_state(initial_state, params, q.shape[0])
+    if initial_state is not None:  # checked here, before the path is chosen: same error on both
+        if not isinstance(initial_state, TitansState):
+            raise ValueError(f"initial_state must be a TitansState, got {type(initial_state)}")
+        check_state(
+            MemoryState(initial_state.weights, rules.MomentumState(initial_state.momentum), None),
+            default_state(rules.titans(), params, q.shape[0]),
+        )
     unsupported = kernel_support(
         arch, params, objective=objective, stop_gradient_writes=stop_gradient_writes
     )
