@@ -8,12 +8,11 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
 * the chunk-parallel form (the public name without suffix): the WY representation with the UT
   transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). Only the chunk-to-chunk state
   recurrence is sequential: the intra-chunk terms (the [c, c] products, the triangular inverse,
-  U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks (with a
-  custom JVP whose tangent carries only the state, :func:`_state_scan`), and the outputs of all
-  chunks are one batched product. Long sequences are cut into segments that fit in cache
-  (:data:`_SEGMENT_ELEMENTS`), carried by an outer scan. Linear attention keeps one scan step per
-  chunk. The forms are exact: every output reads the state after the write of its own token,
-  o_t = S_t q_t.
+  U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks, and the
+  outputs of all chunks are one batched product. Long sequences are cut into segments that fit in
+  cache (:data:`_SEGMENT_ELEMENTS`), carried by an outer scan. Linear attention keeps one scan
+  step per chunk. The forms are exact: every output reads the state after the write of its own
+  token, o_t = S_t q_t.
 
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
@@ -27,29 +26,38 @@ log space: γ_r = exp(Σ_{j≤r} log α_j) and every ratio γ_i/γ_j (i ≥ j) i
 cumulative logs, never a quotient of two products, so small α underflows to a zero decay instead of
 producing 0/0. α is clamped to the smallest normal number of the compute dtype before the log (α = 0
 therefore means "forget all but the current write" up to that clamp). All exponents are ≤ 0 for
-α ∈ (0, 1], the intended range.
+α ∈ (0, 1], the intended range. The UT transform needs X = (I + L)⁻¹ for a strictly
+lower-triangular L per chunk: blocked forward substitution (:func:`_inverse_unit_lower`).
+``jax.scipy.linalg.solve_triangular`` is not used: its batched LAPACK calls made forward +
+backward ~5–20× slower on the 2-core CPU machine (session 2).
 
-The UT transform needs (I + L)⁻¹ for a strictly lower-triangular L per chunk. It is computed by
-forward substitution in a ``lax.fori_loop`` over the rows. U, W = X [diag(β) V, diag(βγ) K] have
-the custom JVP d(X B) = X (dB − dL X B) (:func:`_solve_unit_lower`), which avoids the two [c, c]
-products of X's own derivative −X dL X (3% faster forward + backward, session 5). Not used:
-``jax.scipy.linalg.solve_triangular``, whose batched LAPACK calls made forward + backward ~5–20×
-slower on the 2-core CPU machine (session 2); a level-wise 2×2-block inverse (session 2 per
-chunk; session 5 with all chunks batched: 0.27 against 0.46 ms alone, no change in the layer) and
-the Neumann product (I + N)(I + N²)(I + N⁴)…, which is no faster and loses precision in float32.
+Gradients. The segments of the delta rules (:func:`_delta_segment`) have a hand-written VJP. With
+R_n = S_nᵀ, Δ_n = U_n − W_n R_n, R_{n+1} = γ_n R_n + K̃_nᵀ Δ_n and O_n = Q̂_n R_n + P_n Δ_n, the
+reverse pass carries G_n = ∂L/∂R_n backwards over the chunks,
 
-Speed on XLA:CPU. Per-token scalings (diag(β) K, diag(γ) Q, the decay of S) are einsums, and the
-decay ratios Γ and cumulative log decays are built so that their derivatives are ``dot_general``
-ops too (:func:`_scale_rows`, :func:`_decay_ratios`, products with 0/1 triangles): the
-broadcast-multiply form transposes into multiply + reduce fusions that XLA:CPU (jaxlib 0.10)
-runs up to ~10× slower than the equivalent contraction (``jnp.sum(x * y, -1)`` on
-[1, 1024, 4, 64]: 0.82 ms against 0.09 ms for ``jnp.einsum``). ``remat=True`` (the default)
-recomputes each chunk's terms in the backward pass instead of storing them, which was also the
-faster choice at t ≥ 1024 for the per-chunk scan of linear attention and for the segments of the
-delta rules.
+  dΔ_n = P_nᵀ dO_n + K̃_n G_{n+1},   G_n = γ_n G_{n+1} + Q̂_nᵀ dO_n − W_nᵀ dΔ_n,
+
+(two products per chunk in the loop) and everything else batched over all chunks: dK̃ = Δ Gᵀ,
+dγ_n = ⟨G_{n+1}, R_n⟩, dW = −dΔ Rᵀ, dQ̂ = dO Rᵀ, dP = dO Δᵀ; through U = X diag(β) V and
+W = X diag(γβ) K, dB = Xᵀ [dU, dW] and dL = −strictLower(dB_V Uᵀ + dB_K Wᵀ); then the products
+K Kᵀ and Q Kᵀ, the row scalings and the log-space decays (dlog γ from Γ_ij = exp(log γ_i −
+log γ_j), γ and γ_c/γ). A custom VJP rules out forward mode (``jax.jvp``) through the delta rules'
+chunk form; reverse mode, also of second order, is supported (tests check both orders against
+finite differences). The recurrent forms and linear attention take forward mode as well.
+
+Speed on XLA:CPU (jaxlib 0.10, session 6), which decided the layout of each product: a
+``dot_general`` that contracts the last axis of its first operand runs through XLA:CPU's fast
+fused path; one that contracts a leading axis runs through a generic path up to 2× slower, and a
+transpose inside the chunk loop costs ~20 µs per step. So the forward loop carries R = Sᵀ, its
+outputs are written as flat rows, transposed operands are materialized once outside the loops (an
+optimization barrier keeps XLA from folding them back into the product), and row-wise inner
+products are einsums (a multiply + reduce over the minor axis ran ~10× slower).
+``experiments/memory_benchmark.py`` times the result against the recurrence.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -231,53 +239,9 @@ def _from_chunks(o, t):
     return jnp.moveaxis(o, (0, 2), (1, 3)).reshape(b, n * c, h, d)[:, :t]
 
 
-def _scale_rows(s, x):
-    """diag(s) X per chunk: s [..., c], x [..., c, d] -> [..., c, d].
-
-    Written as an einsum (a ``dot_general`` with batch dimensions only) rather than
-    ``s[..., None] * x`` so that its transpose is a ``dot_general`` too: the multiply + reduce
-    fusions that the broadcast form transposes into ran up to ~10× slower on XLA:CPU
-    (module docstring).
-    """
-    return jnp.einsum("...c,...cd->...cd", s, x)
-
-
-@jax.custom_jvp
-def _decay_ratios(log_gamma):
-    """Γ ⊙ M with Γ_ij = γ_i/γ_j = exp(log γ_i − log γ_j), M causal with its diagonal.
-
-    Args:
-      log_gamma: cumulative log decays inside the chunk, log γ_r = Σ_{j≤r} log α_j [..., c].
-
-    Returns:
-      [..., c, c], zero above the diagonal; exponents on and below it are ≤ 0 for α ≤ 1.
-    """
-    c = log_gamma.shape[-1]
-    causal = jnp.tril(jnp.ones((c, c), dtype=bool))
-    diff = log_gamma[..., :, None] - log_gamma[..., None, :]
-    return jnp.exp(jnp.where(causal, diff, -jnp.inf))
-
-
-@_decay_ratios.defjvp
-def _decay_ratios_jvp(primals, tangents):
-    # dΓ_ij = Γ_ij (d log γ_i − d log γ_j), as einsums so that the transpose is a dot_general.
-    (log_gamma,), (d_log_gamma,) = primals, tangents
-    ratios = _decay_ratios(log_gamma)
-    d_ratios = jnp.einsum("...ij,...i->...ij", ratios, d_log_gamma) - jnp.einsum(
-        "...ij,...j->...ij", ratios, d_log_gamma
-    )
-    return ratios, d_ratios
-
-
-@jax.custom_jvp
-def _inverse_unit_lower(lower):
-    """(I + L)⁻¹ for the strictly lower-triangular part L of ``lower`` [..., c, c].
-
-    Forward substitution, one row per step of a ``lax.fori_loop``: X_i = e_i − Σ_{j<i} L_ij X_j.
-    The derivative is the closed form d(I + L)⁻¹ = −X dL X (custom JVP; reverse mode transposes
-    it), so neither direction differentiates through the loop.
-    """
-    lower = jnp.tril(lower, -1)
+def _substitute_rows(lower):
+    """(I + L)⁻¹ for strictly lower-triangular L [..., c, c], by forward substitution: one row
+    per step of a ``lax.fori_loop``, X_i = e_i − Σ_{j<i} L_ij X_j."""
     c = lower.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(c, dtype=lower.dtype), lower.shape)
 
@@ -289,33 +253,31 @@ def _inverse_unit_lower(lower):
     return lax.fori_loop(0, c, substitute, eye)
 
 
-@_inverse_unit_lower.defjvp
-def _inverse_unit_lower_jvp(primals, tangents):
-    (lower,), (d_lower,) = primals, tangents
-    inv = _inverse_unit_lower(lower)
-    return inv, -inv @ jnp.tril(d_lower, -1) @ inv
+# Block size of the blocked forward substitution in :func:`_inverse_unit_lower`.
+_INVERSE_BLOCK = 8
 
 
-@jax.custom_jvp
-def _solve_unit_lower(lower, *rhs):
-    """X B for each B in ``rhs``, X = (I + L)⁻¹ for the strictly lower part L of ``lower``.
+def _inverse_unit_lower(lower):
+    """(I + L)⁻¹ for the strictly lower-triangular part L of ``lower`` [..., c, c].
 
-    The derivative needs no derivative of X: d(X B) = X (dB − dL (X B)) with dL strictly lower
-    (custom JVP; reverse mode transposes it into Xᵀ and two products with X B).
+    Blocked forward substitution: the diagonal blocks D_i = (I + L_ii)⁻¹ (b × b, b =
+    :data:`_INVERSE_BLOCK`) by row substitution, all blocks at once; then block-row by block-row,
+    X_ij = −D_i Σ_{l<i} L_il X_lj for j < i and X_ii = D_i. At c = 32 this is 8 + 2·3 dependent
+    steps instead of 32 (about half the time of the row-by-row loop on the 2-core CPU).
     """
-    inverse = _inverse_unit_lower(lower)
-    return tuple(inverse @ b for b in rhs)
-
-
-@_solve_unit_lower.defjvp
-def _solve_unit_lower_jvp(primals, tangents):
-    lower, *rhs = primals
-    d_lower, *d_rhs = tangents
-    inverse = _inverse_unit_lower(lower)
-    d_lower = jnp.tril(d_lower, -1)
-    out = tuple(inverse @ b for b in rhs)
-    d_out = tuple(inverse @ (db - d_lower @ o) for db, o in zip(d_rhs, out))
-    return out, d_out
+    lower = jnp.tril(lower, -1)
+    c, bs = lower.shape[-1], _INVERSE_BLOCK
+    if c % bs or c == bs:
+        return _substitute_rows(lower)
+    blocks = range(c // bs)
+    diag = jnp.stack([lower[..., i * bs : (i + 1) * bs, i * bs : (i + 1) * bs] for i in blocks], -3)
+    diag = _substitute_rows(diag)  # D_i [..., c / b, b, b]
+    x = jnp.zeros_like(lower).at[..., :bs, :bs].set(diag[..., 0, :, :])
+    for i in blocks[1:]:
+        rows, done = slice(i * bs, (i + 1) * bs), slice(0, i * bs)
+        left = -(diag[..., i, :, :] @ (lower[..., rows, done] @ x[..., done, done]))
+        x = x.at[..., rows, done].set(left).at[..., rows, rows].set(diag[..., i, :, :])
+    return x
 
 
 def _linear_chunk(s, q, k, v):
@@ -335,130 +297,192 @@ def _linear_chunk(s, q, k, v):
     return s + jnp.einsum("bhcv,bhck->bhvk", v, k), o
 
 
-def _wy_terms(q, k, v, log_alpha, beta):
-    """State-independent WY/UT terms of every chunk at once (the intra-chunk part of PAPER §6.2).
+def _nt(a, b):
+    """a bᵀ over the last two axes: [..., i, d] × [..., j, d] -> [..., i, j]."""
+    return jnp.einsum("...id,...jd->...ij", a, b)
 
-    GDN §3.1 Eqs. 6–9 with the gate of Eq. 10: with γ_r = Π_{j≤r} α_j inside the chunk and
-    Γ_ij = γ_i/γ_j (i ≥ j),
 
-      T = [I + strictLower(diag(β)(Γ ⊙ K Kᵀ))]⁻¹ diag(β),  U = T V,  W = T diag(γ) K,
-      Q̂ = diag(γ) Q,  P = Q Kᵀ ⊙ Γ ⊙ M,  k̃_r = (γ_c/γ_r) k_r,  decay γ_c.
+def _tn(a, b):
+    """aᵀ b over the last two axes: [..., d, i] × [..., d, j] -> [..., i, j].
 
-    T is never formed: the inverse of the unit lower-triangular factor (forward substitution,
-    :func:`_inverse_unit_lower`) multiplies diag(β) V and diag(β γ) K. The ungated delta rule is
-    ``log_alpha`` None (γ ≡ 1, Γ = M).
-
-    Args:
-      q, k: [..., c, d_k]; v: [..., c, d_v]; beta: [..., c]; log_alpha: log α [..., c] or None.
-        The leading dimensions are [n, b, h] (every chunk of every sequence and head).
-
-    Returns:
-      ``(q_hat, p, u, w, k_tilde, decay)``: [..., c, d_k], [..., c, c], [..., c, d_v],
-      [..., c, d_k], [..., c, d_k] and [...].
+    aᵀ is materialized first (the optimization barrier keeps XLA from folding the transpose into
+    the product): a ``dot_general`` contracting the leading axis of both operands runs on
+    XLA:CPU's generic path, 1.5–2× slower than a transpose plus the plain product.
     """
+    return lax.optimization_barrier(jnp.swapaxes(a, -1, -2)) @ b
+
+
+def _rowdot(a, b):
+    """Row-wise inner products: [..., c, d] × [..., c, d] -> [..., c].
+
+    An einsum (a batched ``dot_general``), not ``jnp.sum(a * b, -1)``: XLA:CPU (jaxlib 0.10) runs
+    that multiply + reduce fusion ~10× slower on these shapes.
+    """
+    return jnp.einsum("...cd,...cd->...c", a, b)
+
+
+def _masked_exp(log_gamma):
+    """Γ ⊙ M: Γ_ij = γ_i/γ_j = exp(log γ_i − log γ_j) on and below the diagonal, 0 above."""
+    c = log_gamma.shape[-1]
+    causal = jnp.tril(jnp.ones((c, c), dtype=bool))
+    diff = log_gamma[..., :, None] - log_gamma[..., None, :]
+    return jnp.exp(jnp.where(causal, diff, -jnp.inf))
+
+
+class _Residuals(NamedTuple):
+    """What the forward pass of :func:`_delta_segment` keeps for its backward pass (all chunks;
+    leading dimensions [n, b, h])."""
+
+    q: jax.Array  # [..., c, d_k]
+    k: jax.Array  # [..., c, d_k]
+    v: jax.Array  # [..., c, d_v]
+    beta: jax.Array  # [..., c]
+    upper: jax.Array  # [c, c], 1 where row ≤ column
+    ratios: jax.Array  # Γ ⊙ M [..., c, c]
+    gamma: jax.Array  # γ_r [..., c]
+    tail: jax.Array  # γ_c/γ_r [..., c]
+    decay: jax.Array  # γ_c [...]
+    k_beta: jax.Array  # diag(β) K
+    kk: jax.Array  # diag(β) K Kᵀ [..., c, c]
+    x: jax.Array  # (I + L)⁻¹ [..., c, c]
+    u: jax.Array  # [..., c, d_v]
+    w: jax.Array  # [..., c, d_k]
+    qk: jax.Array  # Q Kᵀ [..., c, c]
+    p: jax.Array  # Q Kᵀ ⊙ Γ ⊙ M
+    q_hat: jax.Array  # diag(γ) Q
+    k_tilde: jax.Array  # diag(γ_c/γ) K
+    states: jax.Array  # S_n [..., d_v, d_k]
+    deltas: jax.Array  # Δ_n [..., c, d_v]
+
+
+def _segment_fwd(s0, q, k, v, log_alpha, beta):
+    """Forward pass of :func:`_delta_segment`; returns ``((S_end, O), residuals)``."""
     c = q.shape[-2]
-    k_beta = _scale_rows(beta, k)  # diag(β) K
-    kk = jnp.einsum("...id,...jd->...ij", k_beta, k)  # diag(β) K Kᵀ [..., c, c]
-    qk = jnp.einsum("...id,...jd->...ij", q, k)
-    if log_alpha is None:
-        causal = jnp.tril(jnp.ones((c, c), dtype=bool))
-        lower, p = kk, jnp.where(causal, qk, 0.0)
-        q_hat, k_write, k_tilde = q, k_beta, k
-        decay = jnp.ones(q.shape[:-2], q.dtype)
-    else:
-        # Cumulative sums as products with 0/1 triangles (dot_generals in both directions):
-        # log γ_r = Σ_{j≤r} log α_j and log(γ_c/γ_r) = Σ_{j>r} log α_j.
-        upper = jnp.triu(jnp.ones((c, c), log_alpha.dtype))  # [j, r]: 1 where j ≤ r
-        log_gamma = jnp.einsum("...j,jr->...r", log_alpha, upper)
-        log_tail = jnp.einsum("...j,jr->...r", log_alpha, 1.0 - upper)
-        ratios = _decay_ratios(log_gamma)  # Γ ⊙ M
-        gamma = jnp.exp(log_gamma)
-        lower, p = ratios * kk, ratios * qk
-        q_hat, k_write = _scale_rows(gamma, q), _scale_rows(gamma, k_beta)
-        k_tilde = _scale_rows(jnp.exp(log_tail), k)
-        decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c
-    u, w = _solve_unit_lower(lower, _scale_rows(beta, v), k_write)  # [..., c, d_v], [..., c, d_k]
-    return q_hat, p, u, w, k_tilde, decay
+    upper = jnp.triu(jnp.ones((c, c), q.dtype))  # [j, r]: 1 where j ≤ r
+    log_gamma = jnp.einsum("...j,jr->...r", log_alpha, upper)  # log γ_r = Σ_{j≤r} log α_j
+    log_tail = jnp.einsum("...j,jr->...r", log_alpha, 1.0 - upper)  # Σ_{j>r} log α_j
+    ratios = _masked_exp(log_gamma)  # Γ ⊙ M [..., c, c]
+    gamma, tail = jnp.exp(log_gamma), jnp.exp(log_tail)  # [..., c]
+    decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c [...]
+    k_beta = beta[..., None] * k  # diag(β) K
+    kk = _nt(k_beta, k)  # diag(β) K Kᵀ
+    lower = jnp.tril(ratios * kk, -1)
+    x = _inverse_unit_lower(lower)  # (I + L)⁻¹
+    u = x @ (beta[..., None] * v)  # [..., c, d_v]
+    w = x @ (gamma[..., None] * k_beta)  # [..., c, d_k]
+    qk = _nt(q, k)
+    p = ratios * qk
+    q_hat, k_tilde = gamma[..., None] * q, tail[..., None] * k
+
+    def step(r, xs):  # r = Sᵀ: [b, h, d_k, d_v]
+        u, w, k_tilde_t, decay = xs
+        delta = u - w @ r  # Δ = U − W Sᵀ  [b, h, c, d_v]
+        r_next = decay[..., None, None] * r + k_tilde_t @ delta
+        return r_next, (r.reshape(-1), delta.reshape(-1))
+
+    r_end, (states, deltas) = lax.scan(
+        step, jnp.swapaxes(s0, -1, -2), (u, w, jnp.swapaxes(k_tilde, -1, -2), decay)
+    )
+    states = states.reshape(*u.shape[:-2], *s0.shape[-2:][::-1])  # R_n [n, b, h, d_k, d_v]
+    deltas = deltas.reshape(u.shape)  # Δ_n [n, b, h, c, d_v]
+    o = q_hat @ states + p @ deltas
+    states = lax.optimization_barrier(jnp.swapaxes(states, -1, -2))  # S_n [n, b, h, d_v, d_k]
+    residuals = _Residuals(
+        q,
+        k,
+        v,
+        beta,
+        upper,
+        ratios,
+        gamma,
+        tail,
+        decay,
+        k_beta,
+        kk,
+        x,
+        u,
+        w,
+        qk,
+        p,
+        q_hat,
+        k_tilde,
+        states,
+        deltas,
+    )
+    return (jnp.swapaxes(r_end, -1, -2), o), residuals
 
 
-def _state_scan_impl(s0, u, w, k_tilde, decay):
-    def step(s, x):  # s: [b, h, d_v, d_k]
-        u, w, k_tilde, decay = x
-        delta = u - jnp.einsum("bhck,bhvk->bhcv", w, s)
-        s_next = jnp.einsum("bh,bhvk->bhvk", decay, s)
-        s_next = s_next + jnp.einsum("bhcv,bhck->bhvk", delta, k_tilde)
-        return s_next, (s, delta)
+def _segment_bwd(residuals, cotangents):
+    """Reverse pass of :func:`_delta_segment`, written out (module docstring, "Gradients")."""
+    (q, k, v, beta, upper, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat, k_tilde,
+     states, deltas) = residuals  # fmt: skip
+    d_s_end, d_o = cotangents
 
-    final, (states, deltas) = lax.scan(step, s0, (u, w, k_tilde, decay))
-    return states, deltas, final
+    # State cotangents G_n = ∂/∂R_n, carried backwards over the chunks:
+    #   dΔ_n = Pᵀ dO_n + K̃_n G_{n+1},  G_n = γ_n G_{n+1} + Q̂_nᵀ dO_n − W_nᵀ dΔ_n.
+    def step(g, xs):  # g: [b, h, d_k, d_v]
+        e, f, k_tilde, w_t, decay = xs
+        d_delta = e + k_tilde @ g
+        g_prev = decay[..., None, None] * g + f - w_t @ d_delta
+        return g_prev, (g.reshape(-1), d_delta.reshape(-1))
 
+    xs = (_tn(p, d_o), _tn(q_hat, d_o), k_tilde, jnp.swapaxes(w, -1, -2), decay)
+    g0, (g_next, d_delta) = lax.scan(step, jnp.swapaxes(d_s_end, -1, -2), xs, reverse=True)
+    g_next = g_next.reshape(*states.shape[:-2], *states.shape[-2:][::-1])
+    g_next = lax.optimization_barrier(jnp.swapaxes(g_next, -1, -2))  # G_{n+1}ᵀ [n, b, h, d_v, d_k]
+    d_delta = d_delta.reshape(deltas.shape)  # dΔ_n = dU_n
 
-@jax.custom_jvp
-def _state_scan(s0, u, w, k_tilde, decay):
-    """The chunk-to-chunk recurrence of the WY form: the only part that is sequential.
-
-    Δ_n = U_n − W_n S_nᵀ,  S_{n+1} = γ_n S_n + Δ_nᵀ K̃_n  (PAPER §6.2, one step per chunk n).
-
-    Its derivative is a custom JVP (:func:`_state_scan_jvp`) that keeps only the state tangent in
-    a scan (two products per chunk) and computes every other term batched over all chunks;
-    reverse mode transposes it into a reverse scan of the same two products.
-
-    Args:
-      s0: S_0 [b, h, d_v, d_k].
-      u: [n, b, h, c, d_v]; w, k_tilde: [n, b, h, c, d_k]; decay: γ_n [n, b, h].
-
-    Returns:
-      ``(states, deltas, final)``: the chunk-start states S_0..S_{n−1} [n, b, h, d_v, d_k], the
-      Δ_n [n, b, h, c, d_v] and S_n [b, h, d_v, d_k].
-    """
-    return _state_scan_impl(s0, u, w, k_tilde, decay)
-
-
-@_state_scan.defjvp
-def _state_scan_jvp(primals, tangents):
-    """Tangent of the recurrence, split into its sequential and its batched parts.
-
-    Differentiating S_{n+1} = γ_n S_n + (U_n − W_n S_nᵀ)ᵀ K̃_n:
-      dΔ_n = A_n − W_n dS_nᵀ,  dS_{n+1} = γ_n dS_n + dΔ_nᵀ K̃_n + B_n,
-    with A_n = dU_n − dW_n S_nᵀ and B_n = dγ_n S_n + Δ_nᵀ dK̃_n built from the primal states
-    for all chunks at once; only dS is carried.
-    """
-    s0, u, w, k_tilde, decay = primals
-    d_s0, d_u, d_w, d_k_tilde, d_decay = tangents
-    states, deltas, final = _state_scan_impl(s0, u, w, k_tilde, decay)
-    a = d_u - jnp.einsum("...ck,...vk->...cv", d_w, states)
-    b = jnp.einsum("...,...vk->...vk", d_decay, states)
-    b = b + jnp.einsum("...cv,...ck->...vk", deltas, d_k_tilde)
-
-    def step(d_s, x):  # d_s: [b, h, d_v, d_k]
-        a, b, w, k_tilde, decay = x
-        d_delta = a - jnp.einsum("bhck,bhvk->bhcv", w, d_s)
-        d_next = jnp.einsum("bh,bhvk->bhvk", decay, d_s)
-        d_next = d_next + jnp.einsum("bhcv,bhck->bhvk", d_delta, k_tilde) + b
-        return d_next, (d_s, d_delta)
-
-    d_final, (d_states, d_deltas) = lax.scan(step, d_s0, (a, b, w, k_tilde, decay))
-    return (states, deltas, final), (d_states, d_deltas, d_final)
+    # Chunk terms (all chunks at once).
+    d_k_tilde = deltas @ g_next  # [..., c, d_k]
+    d_decay = jnp.einsum("...vk,...vk->...", g_next, states)
+    d_w = -d_delta @ states
+    d_q_hat = d_o @ states
+    d_p = _nt(d_o, deltas)  # [..., c, c]
+    # U = X diag(β) V, W = X diag(γ) K_β with X = (I + L)⁻¹: dL = −Xᵀ (dU Uᵀ... ) restricted.
+    x_t = lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+    d_bv, d_bk = x_t @ d_delta, x_t @ d_w
+    d_lower = -jnp.tril(_nt(d_bv, u) + _nt(d_bk, w), -1)
+    d_kk = d_lower * ratios
+    d_ratios = d_p * qk + d_lower * kk
+    d_qk = d_p * ratios
+    d_k_beta = d_kk @ k + gamma[..., None] * d_bk
+    dq = gamma[..., None] * d_q_hat + d_qk @ k
+    dk = tail[..., None] * d_k_tilde + _tn(d_qk, q) + _tn(d_kk, k_beta) + beta[..., None] * d_k_beta
+    dv = beta[..., None] * d_bv
+    d_beta = _rowdot(d_bv, v) + _rowdot(d_k_beta, k)
+    # Log-space decays: Γ_ij = exp(log γ_i − log γ_j), γ = exp(log γ), tail = exp(log tail).
+    d_r = d_ratios * ratios
+    d_log_gamma = jnp.sum(d_r, axis=-1) - jnp.sum(d_r, axis=-2)
+    d_log_gamma = d_log_gamma + (_rowdot(d_q_hat, q) + _rowdot(d_bk, k_beta)) * gamma
+    d_log_tail = _rowdot(d_k_tilde, k) * tail
+    d_log_alpha = jnp.einsum("...r,jr->...j", d_log_gamma, upper)
+    d_log_alpha = d_log_alpha + jnp.einsum("...r,jr->...j", d_log_tail, 1.0 - upper)
+    d_log_alpha = d_log_alpha + (d_decay * decay)[..., None]
+    return jnp.swapaxes(g0, -1, -2), dq, dk, dv, d_log_alpha, d_beta
 
 
+@jax.custom_vjp
 def _delta_segment(s, q, k, v, log_alpha, beta):
     """Consecutive chunks of the (gated) delta rule from the state ``s`` at their start.
 
-    The intra-chunk terms of all chunks are built at once (:func:`_wy_terms`), the state is
-    carried across them (:func:`_state_scan`), and the outputs O = Q̂ Sᵀ + P Δ of all chunks are
-    again one batched product.
+    Forward (:func:`_segment_fwd`, PAPER §6.2 / GDN Eqs. 6–10): the intra-chunk terms of all
+    chunks at once — γ_r = Π_{j≤r} α_j, Γ_ij = γ_i/γ_j (i ≥ j), X = [I + strictLower(diag(β)
+    (Γ ⊙ K Kᵀ))]⁻¹, U = X diag(β) V, W = X diag(γβ) K, P = Q Kᵀ ⊙ Γ ⊙ M, Q̂ = diag(γ) Q,
+    K̃ = diag(γ_c/γ) K —, then a ``lax.scan`` of Δ_n = U_n − W_n S_nᵀ, S_{n+1} = γ_c S_n + Δ_nᵀ K̃_n,
+    then O_n = Q̂_n S_nᵀ + P_n Δ_n for all chunks at once. The ungated delta rule is log α ≡ 0.
+    Backward: :func:`_segment_bwd` (module docstring, "Gradients").
 
     Args:
       s: state at the segment start [b, h, d_v, d_k].
-      q, k: [n, b, h, c, d_k]; v: [n, b, h, c, d_v]; beta: [n, b, h, c];
-      log_alpha: log α [n, b, h, c], or None for the ungated delta rule.
+      q, k: [n, b, h, c, d_k]; v: [n, b, h, c, d_v]; log_alpha (log α), beta: [n, b, h, c].
 
     Returns:
       ``(S_end, O)`` with O [n, b, h, c, d_v].
     """
-    q_hat, p, u, w, k_tilde, decay = _wy_terms(q, k, v, log_alpha, beta)
-    states, delta, s = _state_scan(s, u, w, k_tilde, decay)
-    return s, jnp.einsum("...ck,...vk->...cv", q_hat, states) + p @ delta
+    return _segment_fwd(s, q, k, v, log_alpha, beta)[0]
+
+
+_delta_segment.defvjp(_segment_fwd, _segment_bwd)
 
 
 # Working-set budget of one segment of the delta rules, in elements of q, k, v: b·h·t·(d_k + d_v).
@@ -501,12 +525,13 @@ def _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, kind):
     pad = [(0, 0), (0, m * g * chunk_size - t)]
     padded = lambda x: jnp.pad(x.astype(dtype), pad + [(0, 0)] * (x.ndim - 2))
     xs = [_to_chunks(padded(x), chunk_size) for x in (q, k, v)]  # [n, b, h, c, d]
-    xs.append(None if kind == "delta" else _to_chunks(padded(_log_alpha(alpha, dtype)), chunk_size))
+    log_alpha = jnp.zeros(q.shape[:3], dtype) if kind == "delta" else _log_alpha(alpha, dtype)
+    xs.append(_to_chunks(padded(log_alpha), chunk_size))
     xs.append(_to_chunks(padded(beta), chunk_size))
     if m == 1:
         state, o = _delta_segment(state, *xs)
     else:
-        xs = tuple(None if x is None else x.reshape(m, g, *x.shape[1:]) for x in xs)
+        xs = tuple(x.reshape(m, g, *x.shape[1:]) for x in xs)
         body = lambda s, x: _delta_segment(s, *x)
         state, o = lax.scan(jax.checkpoint(body) if remat else body, state, xs)
         o = o.reshape(m * g, *o.shape[2:])

@@ -157,6 +157,10 @@ def test_tiny_and_zero_alpha_stay_exact(x64):
     assert np.all(np.isfinite(o)) and np.all(np.isfinite(s))
     _assert_close(o, o_ref, 1e-9)
     _assert_close(s, s_ref, 1e-9)
+    # The hand-written backward pass stays finite too (it reads the same log-space decays).
+    loss = lambda *a: jnp.sum(chunked("gated", *a, chunk_size=16)[0] ** 2)
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5))(q, k, v, alpha, beta, s0)
+    assert all(np.all(np.isfinite(g)) for g in grads[:3] + grads[4:])
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -189,13 +193,15 @@ def test_causality(x64, rule):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_check_grads_chunked(x64, rule):
+    # Forward mode for linear attention only: the delta rules' chunk form has a custom VJP.
     q, k, v, alpha, beta, s0 = _inputs(8, b=1, t=5, h=1, d_k=3, d_v=2, alpha_low=0.6)
 
     @jax.jit
     def f(q, k, v, alpha, beta, s0):
         return _chunked(rule, q, k, v, alpha, beta, s0, chunk_size=2)
 
-    check_grads(f, (q, k, v, alpha, beta, s0), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+    modes = ("fwd", "rev") if rule == "linear" else ("rev",)
+    check_grads(f, (q, k, v, alpha, beta, s0), order=1, modes=modes, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(("rule", "remat"), [("linear", False), ("delta", True), ("gated", False)])
@@ -255,39 +261,39 @@ def test_segments_match_recurrent_values_and_gradients(x64, small_segments, rule
         _assert_close(gc, gr, 1e-9)
 
 
-def test_state_scan_derivatives(x64):
-    # The chunk-to-chunk recurrence Δ_n = U_n − W_n S_nᵀ, S_{n+1} = γ_n S_n + Δ_nᵀ K̃_n has a
-    # custom JVP (sequential state tangent, batched rest); forward and reverse mode against
-    # finite differences, on a loop written straight from the recurrence.
+def test_segment_vjp_first_and_second_order(x64):
+    # The delta rules' chunks run under a hand-written VJP (_delta_segment): reverse mode against
+    # finite differences, to second order (the backward pass is itself differentiated).
     rng = np.random.default_rng(13)
-    n, b, h, c, d_k, d_v = 3, 1, 2, 2, 3, 2
-    s0 = rng.normal(size=(b, h, d_v, d_k))
-    u = rng.normal(size=(n, b, h, c, d_v))
-    w, k_tilde = 0.5 * rng.normal(size=(2, n, b, h, c, d_k))
-    decay = rng.uniform(0.5, 1.0, size=(n, b, h))
-    states, deltas, final = matrix_memory._state_scan(s0, u, w, k_tilde, decay)
-    s = s0
-    for i in range(n):
-        _assert_close(states[i], s, 1e-14)
-        delta = u[i] - np.einsum("bhck,bhvk->bhcv", w[i], s)
-        _assert_close(deltas[i], delta, 1e-14)
-        s = decay[i][..., None, None] * s + np.einsum("bhcv,bhck->bhvk", delta, k_tilde[i])
-    _assert_close(final, s, 1e-14)
-    check_grads(
-        matrix_memory._state_scan, (s0, u, w, k_tilde, decay), order=2, modes=("fwd", "rev")
+    n, b, h, c, d_k, d_v = 3, 1, 2, 4, 3, 2
+    k = rng.normal(size=(n, b, h, c, d_k))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    args = (
+        rng.normal(size=(b, h, d_v, d_k)),
+        rng.normal(size=(n, b, h, c, d_k)),
+        k,
+        rng.normal(size=(n, b, h, c, d_v)),
+        np.log(rng.uniform(0.5, 1.0, size=(n, b, h, c))),
+        rng.uniform(0.0, 1.5, size=(n, b, h, c)),
     )
+    check_grads(matrix_memory._delta_segment, args, order=2, modes=("rev",))
 
 
-def test_unit_lower_solve_and_its_derivatives(x64):
-    # X B for X = (I + strictLower(L))⁻¹, batched; its custom JVP d(XB) = X(dB − dL XB).
+@pytest.mark.parametrize("c", [5, 8, 16, 32, 40])
+def test_inverse_unit_lower(x64, c):
+    # (I + strictLower(L))⁻¹: row substitution (c = 5, 8) or blocks of 8 (c = 16, 32, 40), batched.
     rng = np.random.default_rng(14)
-    lower = 0.3 * rng.normal(size=(2, 5, 5))
-    b1, b2 = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5, 2))
-    got = matrix_memory._solve_unit_lower(lower, b1, b2)
-    unit = np.eye(5) + np.tril(lower, -1)
-    for g, b in zip(got, (b1, b2)):
-        _assert_close(g, np.linalg.solve(unit, b), 1e-12)
-    check_grads(matrix_memory._solve_unit_lower, (lower, b1, b2), order=2, modes=("fwd", "rev"))
+    lower = 0.3 * rng.normal(size=(2, 3, c, c))
+    got = matrix_memory._inverse_unit_lower(lower)
+    _assert_close(got, np.linalg.inv(np.eye(c) + np.tril(lower, -1)), 1e-12)
+    check_grads(matrix_memory._inverse_unit_lower, (lower[:1, :1],), order=1, modes=("rev",))
+
+
+def test_forward_mode_is_refused_with_a_clear_error(x64):
+    # The chunk forms of the delta rules have a custom VJP; jax.jvp cannot go through it.
+    q, k, v, alpha, beta, _ = _inputs(15, b=1, t=5, h=1, d_k=3, d_v=2)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda q: gated_delta_rule(q, k, v, alpha, beta, chunk_size=2)[0], (q,), (q,))
 
 
 def test_bf16_inputs_accumulate_in_float32():
