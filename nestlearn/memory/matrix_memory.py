@@ -302,14 +302,17 @@ def _nt(a, b):
     return jnp.einsum("...id,...jd->...ij", a, b)
 
 
-def _tn(a, b):
-    """aᵀ b over the last two axes: [..., d, i] × [..., d, j] -> [..., i, j].
+def _transposed(a):
+    """aᵀ over the last two axes, materialized: the optimization barrier keeps XLA from folding
+    the transpose back into the product that reads it. A ``dot_general`` contracting the leading
+    axis of an operand runs on XLA:CPU's generic path, 1.5–2× slower than a transpose plus the
+    plain product (jaxlib 0.10)."""
+    return lax.optimization_barrier(jnp.swapaxes(a, -1, -2))
 
-    aᵀ is materialized first (the optimization barrier keeps XLA from folding the transpose into
-    the product): a ``dot_general`` contracting the leading axis of both operands runs on
-    XLA:CPU's generic path, 1.5–2× slower than a transpose plus the plain product.
-    """
-    return lax.optimization_barrier(jnp.swapaxes(a, -1, -2)) @ b
+
+def _tn(a, b):
+    """aᵀ b over the last two axes: [..., d, i] × [..., d, j] -> [..., i, j]."""
+    return _transposed(a) @ b
 
 
 def _rowdot(a, b):
@@ -366,8 +369,7 @@ def _segment_fwd(s0, q, k, v, log_alpha, beta):
     decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c [...]
     k_beta = beta[..., None] * k  # diag(β) K
     kk = _nt(k_beta, k)  # diag(β) K Kᵀ
-    lower = jnp.tril(ratios * kk, -1)
-    x = _inverse_unit_lower(lower)  # (I + L)⁻¹
+    x = _inverse_unit_lower(ratios * kk)  # (I + L)⁻¹, L = strictLower(Γ ⊙ diag(β) K Kᵀ)
     u = x @ (beta[..., None] * v)  # [..., c, d_v]
     w = x @ (gamma[..., None] * k_beta)  # [..., c, d_k]
     qk = _nt(q, k)
@@ -386,29 +388,11 @@ def _segment_fwd(s0, q, k, v, log_alpha, beta):
     states = states.reshape(*u.shape[:-2], *s0.shape[-2:][::-1])  # R_n [n, b, h, d_k, d_v]
     deltas = deltas.reshape(u.shape)  # Δ_n [n, b, h, c, d_v]
     o = q_hat @ states + p @ deltas
-    states = lax.optimization_barrier(jnp.swapaxes(states, -1, -2))  # S_n [n, b, h, d_v, d_k]
+    states = _transposed(states)  # S_n [n, b, h, d_v, d_k]
     residuals = _Residuals(
-        q,
-        k,
-        v,
-        beta,
-        upper,
-        ratios,
-        gamma,
-        tail,
-        decay,
-        k_beta,
-        kk,
-        x,
-        u,
-        w,
-        qk,
-        p,
-        q_hat,
-        k_tilde,
-        states,
-        deltas,
-    )
+        q, k, v, beta, upper, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat,
+        k_tilde, states, deltas,
+    )  # fmt: skip
     return (jnp.swapaxes(r_end, -1, -2), o), residuals
 
 
@@ -429,7 +413,7 @@ def _segment_bwd(residuals, cotangents):
     xs = (_tn(p, d_o), _tn(q_hat, d_o), k_tilde, jnp.swapaxes(w, -1, -2), decay)
     g0, (g_next, d_delta) = lax.scan(step, jnp.swapaxes(d_s_end, -1, -2), xs, reverse=True)
     g_next = g_next.reshape(*states.shape[:-2], *states.shape[-2:][::-1])
-    g_next = lax.optimization_barrier(jnp.swapaxes(g_next, -1, -2))  # G_{n+1}ᵀ [n, b, h, d_v, d_k]
+    g_next = _transposed(g_next)  # G_{n+1}ᵀ [n, b, h, d_v, d_k]
     d_delta = d_delta.reshape(deltas.shape)  # dΔ_n = dU_n
 
     # Chunk terms (all chunks at once).
@@ -438,8 +422,9 @@ def _segment_bwd(residuals, cotangents):
     d_w = -d_delta @ states
     d_q_hat = d_o @ states
     d_p = _nt(d_o, deltas)  # [..., c, c]
-    # U = X diag(β) V, W = X diag(γ) K_β with X = (I + L)⁻¹: dL = −Xᵀ (dU Uᵀ... ) restricted.
-    x_t = lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+    # U = X diag(β) V, W = X diag(γβ) K, X = (I + L)⁻¹: dB = Xᵀ dU (dB_K = Xᵀ dW) and
+    # dL = −strictLower(dB_V Uᵀ + dB_K Wᵀ).
+    x_t = _transposed(x)
     d_bv, d_bk = x_t @ d_delta, x_t @ d_w
     d_lower = -jnp.tril(_nt(d_bv, u) + _nt(d_bk, w), -1)
     d_kk = d_lower * ratios
