@@ -572,12 +572,7 @@ class TitansMemory(Mixer):
     def run(self, state: titans.TitansState, xs: TitansInputs):
         """`titans_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
         return titans.titans_memory(
-            xs.q,
-            xs.k,
-            xs.v,
-            xs.theta,
-            xs.alpha,
-            xs.eta,
+            *xs,  # q, k, v, θ, α, η
             arch=self.arch,
             params=param_values(self.memory_params),
             chunk_size=self.chunk_size,

@@ -351,12 +351,7 @@ class MACBlock(nnx.Module):
         gates = raw.astype(jnp.float32).reshape(b, c, 3, self.num_heads)
         xs = titans_inputs(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gates, self.gating)
         m, memory = titans_lib.titans_memory(
-            xs.q,
-            xs.k,
-            xs.v,
-            xs.theta,
-            xs.alpha,
-            xs.eta,
+            *xs,  # q, k, v, θ, α, η
             arch=self.arch,
             params=param_values(self.memory_params),
             chunk_size=self.segment,
