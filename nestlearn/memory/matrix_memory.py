@@ -324,6 +324,12 @@ def _rowdot(a, b):
     return jnp.einsum("...cd,...cd->...c", a, b)
 
 
+def _upper(c, dtype):
+    """[c, c] with 1 where row j ≤ column r: Σ_j log α_j upper[j, r] = log γ_r (cumulative sums
+    as products, no scan)."""
+    return jnp.triu(jnp.ones((c, c), dtype))
+
+
 def _masked_exp(log_gamma):
     """Γ ⊙ M: Γ_ij = γ_i/γ_j = exp(log γ_i − log γ_j) on and below the diagonal, 0 above."""
     c = log_gamma.shape[-1]
@@ -340,7 +346,6 @@ class _Residuals(NamedTuple):
     k: jax.Array  # [..., c, d_k]
     v: jax.Array  # [..., c, d_v]
     beta: jax.Array  # [..., c]
-    upper: jax.Array  # [c, c], 1 where row ≤ column
     ratios: jax.Array  # Γ ⊙ M [..., c, c]
     gamma: jax.Array  # γ_r [..., c]
     tail: jax.Array  # γ_c/γ_r [..., c]
@@ -361,7 +366,7 @@ class _Residuals(NamedTuple):
 def _segment_fwd(s0, q, k, v, log_alpha, beta):
     """Forward pass of :func:`_delta_segment`; returns ``((S_end, O), residuals)``."""
     c = q.shape[-2]
-    upper = jnp.triu(jnp.ones((c, c), q.dtype))  # [j, r]: 1 where j ≤ r
+    upper = _upper(c, q.dtype)
     log_gamma = jnp.einsum("...j,jr->...r", log_alpha, upper)  # log γ_r = Σ_{j≤r} log α_j
     log_tail = jnp.einsum("...j,jr->...r", log_alpha, 1.0 - upper)  # Σ_{j>r} log α_j
     ratios = _masked_exp(log_gamma)  # Γ ⊙ M [..., c, c]
@@ -390,7 +395,7 @@ def _segment_fwd(s0, q, k, v, log_alpha, beta):
     o = q_hat @ states + p @ deltas
     states = _transposed(states)  # S_n [n, b, h, d_v, d_k]
     residuals = _Residuals(
-        q, k, v, beta, upper, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat,
+        q, k, v, beta, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat,
         k_tilde, states, deltas,
     )  # fmt: skip
     return (jnp.swapaxes(r_end, -1, -2), o), residuals
@@ -398,7 +403,7 @@ def _segment_fwd(s0, q, k, v, log_alpha, beta):
 
 def _segment_bwd(residuals, cotangents):
     """Reverse pass of :func:`_delta_segment`, written out (module docstring, "Gradients")."""
-    (q, k, v, beta, upper, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat, k_tilde,
+    (q, k, v, beta, ratios, gamma, tail, decay, k_beta, kk, x, u, w, qk, p, q_hat, k_tilde,
      states, deltas) = residuals  # fmt: skip
     d_s_end, d_o = cotangents
 
@@ -440,6 +445,7 @@ def _segment_bwd(residuals, cotangents):
     d_log_gamma = jnp.sum(d_r, axis=-1) - jnp.sum(d_r, axis=-2)
     d_log_gamma = d_log_gamma + (_rowdot(d_q_hat, q) + _rowdot(d_bk, k_beta)) * gamma
     d_log_tail = _rowdot(d_k_tilde, k) * tail
+    upper = _upper(k.shape[-2], k.dtype)
     d_log_alpha = jnp.einsum("...r,jr->...j", d_log_gamma, upper)
     d_log_alpha = d_log_alpha + jnp.einsum("...r,jr->...j", d_log_tail, 1.0 - upper)
     d_log_alpha = d_log_alpha + (d_decay * decay)[..., None]
@@ -474,6 +480,8 @@ _delta_segment.defvjp(_segment_fwd, _segment_bwd)
 # Measured on the 2-core CPU (d 64, 4 heads, chunk 32, session 5): building every chunk's terms at
 # once is fastest up to t = 1024 (2¹⁹ elements) and slows down past it (t = 4096: 82 ms, against
 # 53 ms in segments of 512 tokens and 68 ms in segments of 1024), as the terms fall out of cache.
+# Re-checked in session 6 with the hand-written VJP: budgets 2¹⁸ and 2¹⁹ best at t = 4096, 2²⁰
+# and 2²¹ slower, remat still faster than storing the segments' residuals.
 _SEGMENT_ELEMENTS = 2**19
 
 
