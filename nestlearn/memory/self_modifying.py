@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nestlearn.memory import architectures
+from nestlearn.memory import architectures, instruments
 
 __all__ = [
     "SelfModifyingConfig",
@@ -562,11 +562,47 @@ def _scan_chunks(body, carry, xs, chunk: int, remat: bool):
     return carry, ys
 
 
-def _chunked_one(x, q_in, weights, momentum, static, *, config: SelfModifyingConfig):
+def _inner_losses(start: _Memory, end: _Memory, tok: _Tokens, sigma: Callable, config):
+    """Per-token inner losses ½‖M(k_t) − v̂_t‖² of one chunk at its start and end states: ([c], [c]).
+
+    Leaves of ``start`` and ``end`` are [d, n] or stacked [g, d, n] (then averaged over g). The
+    target v̂ = M(v) is the chunk-start one when ``stop_gradient_vhat`` (the constant the write
+    aimed at), else it is read at the same state as M(k).
+    """
+
+    def read(m: _Memory, x: jax.Array) -> jax.Array:  # x [c, d] -> M(x) [..., c, d]
+        hidden = sigma(jnp.einsum("cd,...nd->...cn", x, m.w2))
+        return x + jnp.einsum("...cn,...dn->...cd", hidden, m.w1)
+
+    def loss(m: _Memory, target: jax.Array) -> jax.Array:
+        err = read(m, tok.k) - target
+        return 0.5 * jnp.sum(err * err, axis=-1).reshape(-1, tok.k.shape[0]).mean(0)  # [c]
+
+    target = read(start, tok.v)
+    after_target = target if config.stop_gradient_vhat else read(end, tok.v)
+    return loss(start, target), loss(end, after_target)
+
+
+def _with_losses(body: Callable, tokens_of: Callable, sigma: Callable, config) -> Callable:
+    """A chunk body that also outputs the chunk's inner losses (:func:`_inner_losses`)."""
+
+    def wrapped(mem, xs):
+        new, out = body(mem, xs)
+        return new, (out, _inner_losses(mem, new, tokens_of(xs, out), sigma, config))
+
+    return wrapped
+
+
+def _chunked_one(
+    x, q_in, weights, momentum, static, *, config: SelfModifyingConfig, stats: bool = False
+):
     """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S).
 
     The generator memories are stacked on a leading axis g inside the scan, so that their reads
-    M_□(x) are two products for all of them.
+    M_□(x) are two products for all of them. With ``stats`` a fourth output holds per-token
+    instruments: the output memory's and the generators' (mean over g) inner losses at the start
+    and end of each token's chunk, {"memory": ([t], [t]), "generators": ([t], [t])}, and the
+    step sizes and retentions, "eta" [t, e] and "alpha" [t, e].
     """
     gen_names = _adaptive_generators(config)
     sigma = architectures.ACTIVATIONS[config.activation]
@@ -586,9 +622,13 @@ def _chunked_one(x, q_in, weights, momentum, static, *, config: SelfModifyingCon
         pick = lambda tree, leaf: jnp.stack([tree[n][leaf] for n in names])
         return _Memory(*(pick(tree, leaf) for leaf in ("w1", "w2") for tree in (weights, momentum)))
 
+    if stats:
+        generator_body = _with_losses(generator_body, lambda xs, tok: tok, sigma, config)
     gen, tokens = _scan_chunks(
         generator_body, stacked(gen_names), (x, q_in), config.chunk_size, config.remat
     )
+    if stats:
+        tokens, gen_losses = tokens
 
     def memory_body(mem, tok):
         new, o = _write_chunk(mem, tok, config, reads=tok.q)
@@ -596,12 +636,24 @@ def _chunked_one(x, q_in, weights, momentum, static, *, config: SelfModifyingCon
             new = _straight_through(mem, new)
         return new, o
 
+    if stats:
+        memory_body = _with_losses(memory_body, lambda tok, o: tok, sigma, config)
     initial = jax.tree.map(lambda a: a[0], stacked(["memory"]))
     mem, o = _scan_chunks(memory_body, initial, tokens, config.memory_chunk_size, config.remat)
+    if stats:
+        o, mem_losses = o
     new_w = {n: {"w1": gen.w1[i], "w2": gen.w2[i]} for i, n in enumerate(gen_names)}
     new_s = {n: {"w1": gen.s1[i], "w2": gen.s2[i]} for i, n in enumerate(gen_names)}
     new_w["memory"] = {"w1": mem.w1, "w2": mem.w2}
     new_s["memory"] = {"w1": mem.s1, "w2": mem.s2}
+    if stats:
+        record = {
+            "memory": mem_losses,
+            "generators": gen_losses,
+            "eta": tokens.eta,
+            "alpha": jnp.exp(tokens.log_alpha),
+        }
+        return o, new_w, new_s, record
     return o, new_w, new_s
 
 
@@ -694,17 +746,43 @@ def _check_and_prepare(x, q, params, config, initial_state):
     return dtype, static, weights, momentum
 
 
-def _run(one, x, q, params, config, initial_state):
+def _run(one, x, q, params, config, initial_state, stats: bool = False):
     dtype, static, weights, momentum = _check_and_prepare(x, q, params, config, initial_state)
+    kwargs = {"config": config, "stats": True} if stats else {"config": config}
     fn = jax.vmap(
-        jax.vmap(lambda *a: one(*a, config=config), in_axes=(1, 1, 0, 0, 0), out_axes=(1, 0, 0)),
+        jax.vmap(
+            lambda *a: one(*a, **kwargs),
+            in_axes=(1, 1, 0, 0, 0),
+            out_axes=(1, 0, 0, 0) if stats else (1, 0, 0),
+        ),
         in_axes=(0, 0, 0, 0, None),
     )
     x_in = x.astype(dtype)
     if config.normalize_x:
         x_in = _l2_normalize(x_in)
-    o, new_w, new_s = fn(x_in, q.astype(dtype), weights, momentum, static)
-    return o.astype(x.dtype), SelfModifyingState(new_w, new_s)
+    o, new_w, new_s, *record = fn(x_in, q.astype(dtype), weights, momentum, static)
+    state = SelfModifyingState(new_w, new_s)
+    if not stats:
+        return o.astype(x.dtype), state
+    record = record[0]  # leaves [b, h, t, ...]
+    generators = [n for n in weights if n != "memory"]
+    summary = {
+        "memory": instruments.summarize(
+            *record["memory"],
+            eta=record["eta"],
+            alpha=record["alpha"],
+            start=weights["memory"],
+            end=new_w["memory"],
+        ),
+        "generators": instruments.summarize(
+            *record["generators"],
+            eta=None,
+            alpha=None,
+            start={n: weights[n] for n in generators},
+            end={n: new_w[n] for n in generators},
+        ),
+    }
+    return o.astype(x.dtype), state, summary
 
 
 def self_modifying_memory(
@@ -714,7 +792,11 @@ def self_modifying_memory(
     params: Params,
     config: SelfModifyingConfig,
     initial_state: SelfModifyingState | None = None,
-) -> tuple[jax.Array, SelfModifyingState]:
+    stats: bool = False,
+) -> (
+    tuple[jax.Array, SelfModifyingState]
+    | tuple[jax.Array, SelfModifyingState, dict[str, instruments.MemoryStats]]
+):
     """Self-modifying Titans, chunk-parallel (Eqs. 83–93, arXiv 2512.24695; causal index §8.2).
 
     Args:
@@ -723,13 +805,22 @@ def self_modifying_memory(
       params: from ``self_modifying_init`` (leaves with a leading head axis).
       config: the layer's options.
       initial_state: state to continue from; None starts every sequence from ``params``.
+      stats: also return the instruments of the memories (`nestlearn.memory.instruments`); off,
+        the computation is exactly the one without them.
 
     Returns:
       o: [b, t, h, d], o_t = M_memory(q_t) read at the start of the output memory's chunk.
       state: the memories after the last token. Feeding it back as ``initial_state`` continues the
         stream; pieces whose lengths are multiples of both chunk sizes reproduce one call.
+      stats (only with ``stats``): {"memory": MemoryStats of the output memory M_memory,
+        "generators": MemoryStats of the generator memories together (inner losses averaged over
+        them, norms over all their weights; η and α None: they are the output memory's)}. Inner
+        losses ½‖M(k_t) − v̂_t‖² at the start and end of each token's chunk of that memory, v̂ =
+        M(v_t) the chunk-start target (re-read at the end when not ``stop_gradient_vhat``); η is
+        the generated step (η′ with ``dgd_step="normalized"``, before any per-layer
+        normalisation); norms over the weights W₁, W₂ (momentum not included).
     """
-    return _run(_chunked_one, x, q, params, config, initial_state)
+    return _run(_chunked_one, x, q, params, config, initial_state, stats)
 
 
 def self_modifying_memory_recurrent(
