@@ -72,6 +72,7 @@ __all__ = [
     "gated_delta_rule_recurrent",
     "linear_attention",
     "linear_attention_recurrent",
+    "read_only",
 ]
 
 
@@ -623,3 +624,30 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
     chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {"alpha": alpha, "beta": beta}, initial_state)
     return _chunked(q, k, v, alpha, beta, initial_state, chunk_size, remat, "gated")
+
+
+def read_only(q, k, v, *, initial_state=None):
+    """Any of the matrix memories with its writes switched off: S_t = S_0, o_t = S_0 q_t.
+
+    The read of linear attention, the delta rule and the gated delta rule (o_t = S_t q_t) from a
+    state that no token writes, decays or erases; k and v fix the shapes and dtypes only. With
+    a fresh state (S_0 = 0) every output is 0.
+
+    Args:
+      q: queries [b, t, h, d_k].
+      k: keys [b, t, h, d_k].
+      v: values [b, t, h, d_v].
+      initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
+
+    Returns:
+      ``(o, S_0)``: outputs [b, t, h, d_v] in the input dtype and S_0 in the compute dtype, as
+      the writing forms return their final state.
+
+    Raises:
+      ValueError: on mismatched shapes.
+    """
+    _check_inputs(q, k, v, {}, initial_state)
+    out_dtype, dtype = _dtypes(q, k, v)
+    state = _initial_state(initial_state, q, v, dtype)  # [b, h, d_v, d_k]
+    o = jnp.einsum("bhvk,bthk->bthv", state, q.astype(dtype))
+    return o.astype(out_dtype), state

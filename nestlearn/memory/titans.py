@@ -36,6 +36,7 @@ Layout: b batch, t tokens, h heads, d width.
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels.mlp_memory import MLPMemoryState, mlp_memory, mlp_memory_chunked
@@ -104,6 +105,31 @@ def _from_kernel(tree: dict, residual: bool) -> dict:
     return dict(tree) if residual else {"w0": tree["w2"], "w1": tree["w1"]}
 
 
+def _read_only(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    arch: MemoryArch,
+    params: Any,
+    initial_state: TitansState | None,
+) -> tuple[jax.Array, TitansState]:
+    """``titans_memory`` with ``writes=False``: y_t = M_0(q_t), the state left as it was.
+
+    Returns ``(o [b, t, h, d_out] in the input dtype, the initial state)``; a fresh state is
+    ``params`` broadcast over the batch with zero momentum, in the compute dtype (the input dtype
+    promoted with float32), like the state the writing paths return.
+    """
+    out_dtype = jnp.result_type(q, k, v)
+    if initial_state is None:
+        dtype = jnp.promote_types(out_dtype, jnp.float32)
+        fresh = default_state(rules.titans(), params, q.shape[0])
+        cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
+        initial_state = TitansState(cast(fresh.weights), cast(fresh.rule.momentum))
+    o = jax.vmap(lambda w, x: architectures.apply_heads(arch, w, x))(initial_state.weights, q)
+    return o.astype(out_dtype), initial_state  # o [b, t, h, d_out]
+
+
 def titans_memory(
     q: jax.Array,
     k: jax.Array,
@@ -120,6 +146,7 @@ def titans_memory(
     stop_gradient_writes: bool = False,
     remat: bool = True,
     kernel_impl: str = "auto",
+    writes: bool = True,
 ) -> tuple[jax.Array, TitansState]:
     """Titans' memory layer: write with momentum and forgetting, read the chunk-start weights.
 
@@ -145,6 +172,10 @@ def titans_memory(
         backend; ValueError when :func:`kernel_support` gives a reason or the platform has
         none). On XLA a covered configuration runs the op's XLA chunk step, any other the
         generic scan (module docstring). See :mod:`nestlearn.kernels.kernel_impl`.
+      writes: the in-context writes. False keeps the memory at its initial state (no write, no
+        forgetting, no momentum: the state returned is ``initial_state`` itself, or the fresh
+        state of ``params``) and every token reads it, y_t = M_0(q_t) (Eq. 15 with M_{t'} = M_0);
+        k, v, θ, α and η are unused. The same on every ``kernel_impl``.
 
     Returns:
       ``(o [b, t, h, d_out], TitansState)``.
@@ -169,6 +200,8 @@ def titans_memory(
         unsupported=unsupported,
         chunk_size=chunk_size,
     )
+    if not writes:
+        return _read_only(q, k, v, arch=arch, params=params, initial_state=initial_state)
     if unsupported is None:  # the op's configuration: its kernel, or its XLA form
         residual = _kernel_layout(arch, params)
         kernel_state = None

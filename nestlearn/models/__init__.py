@@ -1,8 +1,8 @@
 """nestlearn.models: Flax NNX language models built from registered blocks.
 
 `available()`, `default_config(name)`, `build(config, rngs=...)`, `generate(...)`,
-`count_params(...)` and `cms_level_selectors(config)` are the public entry points; `register`
-adds a model (see `nestlearn.models.registry` for the block protocol).
+`count_params(...)`, `cms_level_selectors(config)` and `has_memory(config)` are the public entry
+points; `register` adds a model (see `nestlearn.models.registry` for the block protocol).
 """
 
 from nestlearn.models import hope, titans, transformer
@@ -53,6 +53,7 @@ from nestlearn.models.registry import (
     base_config,
     cms_config,
     default_config,
+    has_memory,
     register,
 )
 from nestlearn.models.titans import (
@@ -114,6 +115,7 @@ __all__ = [
     "count_params",
     "default_config",
     "generate",
+    "has_memory",
     "hope",
     "l2_normalize",
     "mlp_hidden_size",

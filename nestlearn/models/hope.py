@@ -5,10 +5,11 @@ Eqs. 94–97, arXiv 2512.24695, inside pre-norm residuals (PAPER §9 item 9, opt
     x ← x + SelfModifyingTitans(RMSNorm(x))      o_t of Eq. 94, memories written by Eq. 96
     y = CMS(x)                                   Eq. 97 (each level is x + MLP(RMSNorm(x)))
 
-The self-modifying memory's options are the `self_modifying` sub-config (every field of
-`nestlearn.memory.SelfModifyingConfig`, so each ablation of Table 6 is one config switch); its
-output-memory chunk (`memory_chunk_size`) is the model's `chunk_size`. The CMS comes from the `cms`
-sub-config (scheduled or online mode, sequential / nested / independent variant).
+The self-modifying memory's options are the `self_modifying` sub-config (the fields of
+`nestlearn.memory.SelfModifyingConfig`, so each ablation of Table 6 is one config switch), but for
+two that come from the model config: the output-memory chunk (`memory_chunk_size`) is the model's
+`chunk_size` and `writes` its `memory_writes`. The CMS comes from the `cms` sub-config (scheduled
+or online mode, sequential / nested / independent variant).
 
 `kernel_impl`: the self-modifying memory has residual-MLP memories, for which `nestlearn.kernels`
 provides no op (its `gated_delta` kernel covers matrix memories), so "auto" and "xla" run
@@ -49,13 +50,17 @@ class HopeBlock(nnx.Module):
       >>> y, state = block(jnp.ones((2, 8, 128)), None)
     """
 
+    in_context_memory = True  # the self-modifying memory (registry: block protocol)
+
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         if config.kernel_impl == "pallas":
             raise ValueError(
                 "kernel_impl='pallas': nestlearn.kernels has no op for the "
                 "self-modifying memory's residual-MLP memories; use 'auto' or 'xla'"
             )
-        memory_config = self_modifying_config(config.self_modifying, config.chunk_size)
+        memory_config = self_modifying_config(
+            config.self_modifying, config.chunk_size, writes=config.memory_writes
+        )
         self.norm = RMSNorm(config.d_model)
         self.mixer = SelfModifyingTitans(
             config.d_model,

@@ -14,7 +14,9 @@ to the level's accumulator, and level ℓ steps every `chunk_sizes[ℓ]` tokens 
 The fast weights start from the CMS parameters, and the outer loss backpropagates through the
 inner steps (DESIGN §4). Tokens of an incomplete chunk are kept in the state and recomputed with
 the next call, so pieces of any length (generation included) equal one call; the in-context update
-of a chunk happens once all of its tokens have been seen (no flush of a final partial chunk).
+of a chunk happens once all of its tokens have been seen (no flush of a final partial chunk). With
+`memory_writes` False there is no in-context update: the online levels keep their initial weights
+(the CMS parameters) and the model runs in one pass, like a scheduled CMS.
 
 Shapes: b batch, t tokens, d width, V vocabulary, c base chunk.
 """
@@ -85,6 +87,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"kernel_impl={config.kernel_impl!r} is not one of {KERNEL_IMPLS}")
     if not config.mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be > 0, got {config.mlp_ratio!r}")
+    if not isinstance(config.memory_writes, bool):
+        raise ValueError(f"memory_writes must be a bool, got {config.memory_writes!r}")
     for key, value in config.items():
         if isinstance(value, list):
             raise ValueError(f"{key} is a list; configs hold tuples")
@@ -95,6 +99,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"unknown key(s) {cms_unknown} in cms; allowed: {sorted(default.cms.keys())}"
             )
         validate_cms_config(config.cms)
+    if not config.memory_writes and not registry.has_memory(config):
+        raise ValueError(
+            f"model.memory_writes=False, but model {config.name!r} has no in-context memory to "
+            "switch off (models with one: the matrix mixers, Titans, Hope, or any model with "
+            "cms.mode='online'); leave it True"
+        )
 
 
 class LanguageModel(nnx.Module):
@@ -112,7 +122,8 @@ class LanguageModel(nnx.Module):
         self.config = ml_collections.FrozenConfigDict(config)
         self.dtype = compute_dtype(config.dtype)
         self.remat = bool(config.remat)
-        self.online = "cms" in config and config.cms.mode == "online"
+        # Online CMS: dynamic evaluation, unless the in-context writes are off.
+        self.online = "cms" in config and config.cms.mode == "online" and config.memory_writes
         self.base_chunk = int(config.cms.chunk_sizes[0]) if self.online else 0
         self.embed = nnx.Embed(
             config.vocab_size,

@@ -29,6 +29,14 @@ Gated DeltaNet all run on `gated_delta`; Titans' 2-layer SiLU MLP memory on `mlp
 linear Titans memory and the self-modifying memory have no kernel. Every path gives the same state
 layout, so a stream may switch between them.
 
+`writes` (the model config's `memory_writes`, docs/SEMANTICS.md §4) switches the in-context writes:
+False keeps the memory at its initial state — a matrix memory reads o_t = S_0 q_t
+(`matrix_memory.read_only`, before either path: the same on every `kernel_impl`), Titans reads
+the meta-learned initial weights with zero momentum (`titans_memory(writes=False)`), the
+self-modifying memory its initial memories (`SelfModifyingConfig.writes`) — while projections,
+conv, gates and output are computed as before. It adds no parameters, so one parameter tree
+serves both settings.
+
 Shapes: b batch, t tokens, h heads, d model width, d_h head width, c chunk, g gates.
 """
 
@@ -185,7 +193,7 @@ class Mixer(nnx.Module):
 
     Subclasses set `num_inputs` (per-head input streams after the conv, e.g. q, k, v) and
     `gate_biases` (initial bias of each gate, one gate per entry) and implement `memory_init` and
-    `memory`.
+    `memory`; `memory` honours `writes` (False: the memory state is returned unchanged).
     """
 
     num_inputs: int = 3
@@ -200,8 +208,12 @@ class Mixer(nnx.Module):
         chunk_size: int,
         dtype: str = "float32",
         conv_window: int = 4,
+        writes: bool = True,
         rngs: nnx.Rngs,
     ):
+        if not isinstance(writes, bool):
+            raise ValueError(f"writes must be a bool, got {writes!r}")
+        self.writes = writes
         for name, value in (
             ("d_model", d_model),
             ("num_heads", num_heads),
@@ -308,6 +320,10 @@ class _MatrixMixer(Mixer):
         q, k, v = inputs
         return l2_normalize(q), l2_normalize(k), v
 
+    def read_only(self, q, k, v, state):
+        """The memory with `writes` off: o_t = S_0 q_t, S unchanged (`matrix_memory.read_only`)."""
+        return matrix_memory.read_only(q, k, v, initial_state=state)
+
 
 class LinearAttention(_MatrixMixer):
     """Linear attention, S_t = S_{t−1} + v_t k_tᵀ, o_t = S_t q_t (Eqs. 14–18, arXiv 2512.24695).
@@ -325,6 +341,8 @@ class LinearAttention(_MatrixMixer):
         del gates
         q, k, v = self.qkv(inputs)
         backend = self.kernel_backend()
+        if not self.writes:
+            return self.read_only(q, k, v, state)
         if backend is None:
             return matrix_memory.linear_attention(
                 q, k, v, chunk_size=self.chunk_size, initial_state=state
@@ -359,6 +377,8 @@ class DeltaNet(_MatrixMixer):
         q, k, v = self.qkv(inputs)
         beta = jax.nn.sigmoid(gates[:, :, 0])
         backend = self.kernel_backend()
+        if not self.writes:
+            return self.read_only(q, k, v, state)
         if backend is None:
             return matrix_memory.delta_rule(
                 q, k, v, beta, chunk_size=self.chunk_size, initial_state=state
@@ -378,8 +398,9 @@ class DeltaNet(_MatrixMixer):
 class GatedDeltaNet(_MatrixMixer):
     """Gated DeltaNet, S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ (GDN Eq. 10).
 
-    α_t = sigmoid(x_t w_α + b_α) with b_α = `alpha_bias` (default `ALPHA_BIAS` = 4: α ≈ 0.98 at
-    init, a memory horizon of about 50 tokens; 7 gives α ≈ 0.999), β_t = sigmoid(·).
+    α_t = sigmoid(x_t w_α + b_α) with b_α = `alpha_bias` (default `ALPHA_BIAS` = 7: α ≈ 0.999 at
+    init, a memory horizon of about 1,000 tokens; 4 gives α ≈ 0.98, about 50 tokens, too short to
+    learn retrieval: docs/SEMANTICS.md §5), β_t = sigmoid(·).
     `kernel_impl` (module docstring): "xla" is `nestlearn.memory.gated_delta_rule`, the kernel
     path `nestlearn.kernels.gated_delta`.
 
@@ -388,7 +409,7 @@ class GatedDeltaNet(_MatrixMixer):
       >>> y, state = mixer(jnp.ones((2, 10, 32)))
     """
 
-    ALPHA_BIAS = 4.0
+    ALPHA_BIAS = 7.0
     gate_biases = (ALPHA_BIAS, 0.0)  # α, β
 
     def __init__(self, d_model: int, *, alpha_bias: float = ALPHA_BIAS, **kwargs):
@@ -400,6 +421,8 @@ class GatedDeltaNet(_MatrixMixer):
         alpha = jax.nn.sigmoid(gates[:, :, 0])
         beta = jax.nn.sigmoid(gates[:, :, 1])
         backend = self.kernel_backend()
+        if not self.writes:
+            return self.read_only(q, k, v, state)
         if backend is None:
             return matrix_memory.gated_delta_rule(
                 q, k, v, alpha, beta, chunk_size=self.chunk_size, initial_state=state
@@ -579,6 +602,7 @@ class TitansMemory(Mixer):
             initial_state=state,
             stop_gradient_writes=self.stop_gradient_writes,
             kernel_impl=self.kernel_impl,
+            writes=self.writes,
         )
 
     def memory(self, inputs, gates, state):
@@ -588,30 +612,44 @@ class TitansMemory(Mixer):
         return chunk_aligned(self.run, xs, state, chunk=self.chunk_size, initial=initial)
 
 
+#: `SelfModifyingConfig` fields that come from the model config, not its `self_modifying` section.
+_MODEL_FIELDS = {"memory_chunk_size": "chunk_size", "writes": "memory_writes"}
+
+
 def self_modifying_config(
-    sub: ml_collections.ConfigDict, memory_chunk_size: int
+    sub: ml_collections.ConfigDict, memory_chunk_size: int, *, writes: bool = True
 ) -> self_modifying.SelfModifyingConfig:
-    """`SelfModifyingConfig` from a model's `self_modifying` sub-config and its `chunk_size`.
+    """`SelfModifyingConfig` from a model's `self_modifying` sub-config and two model fields.
+
+    Args:
+      sub: the `self_modifying` sub-config (`default_self_modifying_config`).
+      memory_chunk_size: the model's `chunk_size`.
+      writes: the model's `memory_writes`.
 
     Raises `ValueError` naming an unknown key or a bad value.
     """
     fields = {f for f in self_modifying.SelfModifyingConfig.__dataclass_fields__}
-    allowed = fields - {"memory_chunk_size"}
+    allowed = fields - set(_MODEL_FIELDS)
     unknown = sorted(set(sub.keys()) - allowed)
     if unknown:
         raise ValueError(
             f"unknown key(s) {unknown} in self_modifying; allowed: {sorted(allowed)} "
-            "(memory_chunk_size is the model's chunk_size)"
+            "(memory_chunk_size is the model's chunk_size, writes its memory_writes)"
         )
-    return self_modifying.SelfModifyingConfig(**sub.to_dict(), memory_chunk_size=memory_chunk_size)
+    return self_modifying.SelfModifyingConfig(
+        **sub.to_dict(), memory_chunk_size=memory_chunk_size, writes=writes
+    )
 
 
 def default_self_modifying_config() -> ml_collections.ConfigDict:
-    """The `self_modifying` sub-config: every `SelfModifyingConfig` field but memory_chunk_size."""
+    """The `self_modifying` sub-config: the `SelfModifyingConfig` fields the model doesn't set.
+
+    memory_chunk_size is the model's `chunk_size` and writes its `memory_writes`.
+    """
     defaults = self_modifying.SelfModifyingConfig()
     fields = self_modifying.SelfModifyingConfig.__dataclass_fields__
     return ml_collections.ConfigDict(
-        {f: getattr(defaults, f) for f in fields if f != "memory_chunk_size"}
+        {f: getattr(defaults, f) for f in fields if f not in _MODEL_FIELDS}
     )
 
 
@@ -659,6 +697,7 @@ class SelfModifyingTitans(Mixer):
             head_dim=head_dim,
             chunk_size=config.memory_chunk_size,
             dtype=dtype,
+            writes=config.writes,
             rngs=rngs,
         )
         params = self_modifying.self_modifying_init(

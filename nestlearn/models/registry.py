@@ -18,6 +18,14 @@ import time by the module that defines the block:
   sequence in pieces with the state carried between calls must equal one call, and the output at
   position i may depend on inputs at positions ≤ i only.
 
+**In-context memory.** A block class whose blocks hold an in-context memory (a memory written by
+the tokens of the sequence: matrix memories, Titans, the self-modifying memory) sets the class
+attribute `in_context_memory = True` and honours `config.memory_writes`: False keeps every such
+memory at its initial state while everything else is computed as before from the same parameters
+(so the parameter tree must not depend on the flag). An online CMS is an in-context memory of any
+block; `LanguageModel` switches its dynamic-evaluation steps. `has_memory(config)` says whether a
+model config has one.
+
 Layout is pre-norm residual (y = x + f(norm(x)) for each sub-layer). Running memory state is
 passed functionally through `state`; meta-learned initial memory values are `nnx.Param`s. Fast
 state that a block stores on itself must use `MemoryState`, so that `nnx.split(model, nnx.Param,
@@ -111,8 +119,23 @@ def base_config(name: str) -> ml_collections.ConfigDict:
             "dtype": "float32",  # compute dtype: "float32" or "bfloat16" (params stay float32)
             "remat": False,  # rematerialise each block in the backward pass
             "kernel_impl": "auto",  # memory kernels: "auto" | "xla" | "pallas"
+            "memory_writes": True,  # in-context memory writes; False: memories stay initial
         }
     )
+
+
+def has_memory(config: ml_collections.ConfigDict) -> bool:
+    """Whether the model of `config` has an in-context memory that `memory_writes` switches.
+
+    True for a block class with `in_context_memory = True` (block protocol) and for any model
+    with an online CMS (`cms.mode == "online"`, dynamic evaluation inside the sequence).
+
+    Args:
+      config: a model config (its `name` must be registered).
+    """
+    block = spec(config.name).block_cls
+    online_cms = "cms" in config and config.cms.mode == "online"
+    return bool(getattr(block, "in_context_memory", False)) or online_cms
 
 
 def attention_config() -> ml_collections.ConfigDict:

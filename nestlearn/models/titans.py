@@ -30,6 +30,10 @@ MAC, MAG, MAL) with its default 2-layer SiLU MLP on `nestlearn.kernels.mlp_memor
 `memory.depth` 1 (or `stop_gradient_writes`) is rejected at construction. Softmax attention
 (MAC/MAG/MAL) is XLA whatever `kernel_impl` says.
 
+`memory_writes` False keeps every memory at its initial state (docs/SEMANTICS.md §4): the matrix
+mixers read S_0 q = 0 on fresh sequences, the Titans memory (LMM, MAG, MAL, and MAC's segment
+reads h and M*(y)) reads its meta-learned initial weights; attention, conv and gates run as before.
+
 Shapes: b batch, t tokens, h heads, d model width, d_h head width, C segment length.
 """
 
@@ -85,6 +89,7 @@ def _mixer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
         head_dim=_head_dim(config),
         chunk_size=config.chunk_size,
         dtype=config.dtype,
+        writes=config.memory_writes,
     )
 
 
@@ -111,6 +116,7 @@ class MixerBlock(nnx.Module):
     """x ← x + Mixer(RMSNorm(x)), then the SwiGLU sub-layer; `mixer_cls` set by subclasses."""
 
     mixer_cls: type[Mixer] = Mixer
+    in_context_memory = True  # the mixer's memory (registry: block protocol)
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         self.norm = RMSNorm(config.d_model)
@@ -183,6 +189,8 @@ def _gate(norm_y: RMSNorm, norm_m: RMSNorm, y: jax.Array, m: jax.Array) -> jax.A
 class MAGBlock(nnx.Module):
     """Titans MAG: gated sliding-window attention and long-term memory branches (Eqs. 26–28)."""
 
+    in_context_memory = True
+
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
         self.norm = RMSNorm(d)
@@ -214,6 +222,8 @@ class MAGBlock(nnx.Module):
 
 class MALBlock(nnx.Module):
     """Titans MAL: long-term memory layer, then sliding-window attention (Eqs. 29–31)."""
+
+    in_context_memory = True
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
@@ -251,6 +261,7 @@ class MACBlock(nnx.Module):
     """
 
     FORGET_BIAS = TitansMemory.FORGET_BIAS
+    in_context_memory = True
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d = config.d_model
@@ -288,6 +299,7 @@ class MACBlock(nnx.Module):
         self.arch = titans_arch(config.memory, self.head_dim)
         self.gating = TitansGating.from_config(config.memory, self.segment)
         self.stop_gradient_writes = bool(config.memory.stop_gradient_writes)
+        self.writes = bool(config.memory_writes)
         params = self.arch.init(
             rngs.params(), heads=self.num_heads, d_in=self.head_dim, d_out=self.head_dim
         )
@@ -358,6 +370,7 @@ class MACBlock(nnx.Module):
             initial_state=memory,
             stop_gradient_writes=self.stop_gradient_writes,
             kernel_impl=self.kernel_impl,
+            writes=self.writes,
         )
         m = matmul(m.reshape(b, c, -1).astype(self.dtype), self.memory_out.kernel[...])
         return _gate(self.norm_y, self.norm_m, y, m), memory

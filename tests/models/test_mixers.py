@@ -215,10 +215,10 @@ def test_gated_deltanet_alpha_bias_sets_the_initial_forget_gate():
     from nestlearn import models
 
     config = models.default_config("gated_deltanet")
-    assert config.alpha_bias == mixers.GatedDeltaNet.ALPHA_BIAS
-    config.update(d_model=D, num_layers=1, num_heads=HEADS, vocab_size=16, alpha_bias=7.0)
+    assert config.alpha_bias == mixers.GatedDeltaNet.ALPHA_BIAS == 7.0  # α ≈ 0.999 at init
+    config.update(d_model=D, num_layers=1, num_heads=HEADS, vocab_size=16, alpha_bias=4.0)
     mixer = models.build(config, rngs=nnx.Rngs(0)).blocks[0].mixer
-    np.testing.assert_array_equal(mixer.gates.bias[...], [7.0] * HEADS + [0.0] * HEADS)
+    np.testing.assert_array_equal(mixer.gates.bias[...], [4.0] * HEADS + [0.0] * HEADS)
 
 
 def test_bad_input_shape_names_x():
