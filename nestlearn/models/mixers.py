@@ -37,6 +37,12 @@ self-modifying memory its initial memories (`SelfModifyingConfig.writes`) — wh
 conv, gates and output are computed as before. It adds no parameters, so one parameter tree
 serves both settings.
 
+Instruments (`nestlearn.models.instruments`): inside `capture_memory_stats` every mixer also runs
+`memory_stats` and sows its `MemoryStats` — the matrix mixers from one more run of `memory` over
+the doubled batch (queries k_t and k_{t+1}), Titans and the self-modifying memory from a run on
+fresh sequences that reads the state at each chunk boundary (`self_modifying_memory(stats=True)`);
+a chunk-parallel mixer continuing a stream records nothing. Outside it nothing of this is traced.
+
 Shapes: b batch, t tokens, h heads, d model width, d_h head width, c chunk, g gates.
 """
 
@@ -54,6 +60,10 @@ from flax import nnx
 from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels.gated_delta import GatedDeltaState, gated_delta
 from nestlearn.memory import architectures, matrix_memory, self_modifying, titans
+from nestlearn.memory.instruments import ChunkRecord, MemoryStats, half_squared_error
+from nestlearn.memory.instruments import chunk_stats as _chunk_stats
+from nestlearn.memory.instruments import matrix_stats as _matrix_stats
+from nestlearn.models import instruments
 from nestlearn.models.layers import OutputGate, ShortConv, compute_dtype, l2_normalize
 from nestlearn.parallel import sharded_kernel
 
@@ -179,8 +189,15 @@ def param_tree(tree: Any) -> nnx.Dict:
 
 
 def param_values(tree: nnx.Dict) -> dict:
-    """The arrays of a nested `nnx.Dict` of `nnx.Param`s as a plain nested dict."""
-    return {k: param_values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in tree.items()}
+    """The arrays of a nested `nnx.Dict` of `nnx.Param`s as a plain nested dict.
+
+    Entries that are neither (`nnx.capture` adds its `__captures__` to every module) are skipped.
+    """
+    return {
+        k: param_values(v) if isinstance(v, nnx.Dict) else v[...]
+        for k, v in tree.items()
+        if isinstance(v, nnx.Dict | nnx.Variable)
+    }
 
 
 def broadcast_batch(tree: Any, batch_size: int) -> Any:
@@ -277,6 +294,18 @@ class Mixer(nnx.Module):
         """Runs the memory: returns (o [b, t, h, d_h], new memory state); state None is fresh."""
         raise NotImplementedError
 
+    def memory_stats(
+        self, inputs: tuple[jax.Array, ...], gates: jax.Array | None, state: Any
+    ) -> dict[str, MemoryStats] | None:
+        """Instruments of the memory over these inputs (`nestlearn.memory.instruments`).
+
+        Called by `__call__` only while `nestlearn.models.instruments.recording()` (inside
+        `capture_memory_stats`), with the memory state before the call; returns {memory name:
+        MemoryStats}, or None where the mixer has none for this state (here: no memory).
+        """
+        del inputs, gates, state
+        return None
+
     def init_state(self, batch_size: int) -> MixerState:
         """The state of `batch_size` fresh sequences."""
         return MixerState(self.conv.init_state(batch_size), self.memory_init(batch_size))
@@ -289,6 +318,8 @@ class Mixer(nnx.Module):
             raise ValueError(f"x must be [b, t, d], got shape {x.shape}")
         conv_state, memory_state = (None, None) if state is None else state
         inputs, gates, conv_state = self.features(x, conv_state)
+        if instruments.recording():
+            instruments.record(self, self.memory_stats(inputs, gates, memory_state))
         o, memory_state = self.memory(inputs, gates, memory_state)
         y = self.out_gate(o.astype(self.dtype), x) @ self.out_proj.kernel[...].astype(self.dtype)
         return y, MixerState(conv_state, memory_state)
@@ -323,6 +354,36 @@ class _MatrixMixer(Mixer):
     def read_only(self, q, k, v, state):
         """The memory with `writes` off: o_t = S_0 q_t, S unchanged (`matrix_memory.read_only`)."""
         return matrix_memory.read_only(q, k, v, initial_state=state)
+
+    def step_and_retention(self, gates: jax.Array | None, like: jax.Array):
+        """(β_t, α_t) [b, t, h] float32 of the instruments: linear attention writes with 1, 1."""
+        del gates
+        ones = jnp.ones(like.shape[:3], jnp.float32)
+        return ones, ones
+
+    def memory_stats(self, inputs, gates, state):
+        """`matrix_stats` from one run of `memory` over the batch doubled: queries k_t, k_{t+1}."""
+        _, k, v = inputs
+        b = k.shape[0]
+        twice = lambda a: None if a is None else jnp.concatenate([a, a])
+        following = jnp.roll(k, -1, axis=1)  # the query at t is k_{t+1}; the last is unused
+        reads, final = self.memory(
+            (jnp.concatenate([k, following]), twice(k), twice(v)), twice(gates), twice(state)
+        )
+        _, k_n, v_n = self.qkv(inputs)
+        eta, alpha = self.step_and_retention(gates, k)
+        start = self.memory_init(b) if state is None else state
+        stats = _matrix_stats(
+            k_n,
+            v_n,
+            reads[:b],
+            reads[b:],
+            initial_state=start,
+            final_state=final[:b],
+            eta=eta,
+            alpha=alpha,
+        )
+        return {"memory": stats}
 
 
 class LinearAttention(_MatrixMixer):
@@ -373,6 +434,10 @@ class DeltaNet(_MatrixMixer):
 
     gate_biases = (0.0,)  # β
 
+    def step_and_retention(self, gates, like):
+        beta = jax.nn.sigmoid(gates[:, :, 0])
+        return beta, jnp.ones_like(beta)
+
     def memory(self, inputs, gates, state):
         q, k, v = self.qkv(inputs)
         beta = jax.nn.sigmoid(gates[:, :, 0])
@@ -415,6 +480,9 @@ class GatedDeltaNet(_MatrixMixer):
     def __init__(self, d_model: int, *, alpha_bias: float = ALPHA_BIAS, **kwargs):
         self.gate_biases = (float(alpha_bias), 0.0)
         super().__init__(d_model, **kwargs)
+
+    def step_and_retention(self, gates, like):
+        return jax.nn.sigmoid(gates[:, :, 1]), jax.nn.sigmoid(gates[:, :, 0])
 
     def memory(self, inputs, gates, state):
         q, k, v = self.qkv(inputs)
@@ -611,6 +679,42 @@ class TitansMemory(Mixer):
         initial = self.initial_memory(q.shape[0]) if state is None else None
         return chunk_aligned(self.run, xs, state, chunk=self.chunk_size, initial=initial)
 
+    def memory_stats(self, inputs, gates, state):
+        """`chunk_stats` of the memory, rerun chunk by chunk; None when continuing a stream."""
+        if state is not None:
+            return None
+        xs = titans_inputs(*inputs, gates, self.gating)
+
+        def step(start, chunk_xs):
+            end = self.run(start, chunk_xs)[1]
+            return end, titans_record(self.arch, start, end, chunk_xs)
+
+        initial = self.initial_memory(xs.q.shape[0])
+        stats = _chunk_stats(step, initial, xs, chunk=self.chunk_size, weights=lambda s: s.weights)
+        return {"memory": stats}
+
+
+def titans_record(
+    arch: architectures.MemoryArch,
+    start: titans.TitansState,
+    end: titans.TitansState,
+    xs: TitansInputs,
+) -> ChunkRecord:
+    """The instruments' `ChunkRecord` of one chunk of Titans' memory (`chunk_stats`).
+
+    ½‖M(k_t) − v_t‖² at the chunk's start and end weights, θ_t as the step size and 1 − α_t (α_t
+    is the forget gate) as the retention; all [b, c, h].
+    """
+    read = lambda state: jax.vmap(lambda w, k: architectures.apply_heads(arch, w, k))(
+        state.weights, xs.k
+    )
+    return ChunkRecord(
+        half_squared_error(read(start), xs.v),
+        half_squared_error(read(end), xs.v),
+        xs.theta,
+        1.0 - xs.alpha,
+    )
+
 
 #: `SelfModifyingConfig` fields that come from the model config, not its `self_modifying` section.
 _MODEL_FIELDS = {"memory_chunk_size": "chunk_size", "writes": "memory_writes"}
@@ -735,3 +839,18 @@ class SelfModifyingTitans(Mixer):
         xs = SelfModifyingInputs(*inputs)
         initial = self.initial_memory(xs.x.shape[0]) if state is None else None
         return chunk_aligned(self.run, xs, state, chunk=self.align, initial=initial)
+
+    def memory_stats(self, inputs, gates, state):
+        """`self_modifying_memory(stats=True)` on fresh sequences: {"memory", "generators"}."""
+        del gates
+        if state is not None:
+            return None
+        xs = SelfModifyingInputs(*inputs)
+        return self_modifying.self_modifying_memory(
+            xs.x,
+            xs.q,
+            params=param_values(self.memory_params),
+            config=self.memory_config,
+            initial_state=self.initial_memory(xs.x.shape[0]),
+            stats=True,
+        )[2]

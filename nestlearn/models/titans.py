@@ -48,6 +48,8 @@ from flax import nnx
 
 from nestlearn.memory import titans as titans_lib
 from nestlearn.memory.architectures import apply_heads
+from nestlearn.memory.instruments import MemoryStats, chunk_stats
+from nestlearn.models import instruments
 from nestlearn.models.attention import Attention, KVCache, causal_attention
 from nestlearn.models.layers import (
     RMSNorm,
@@ -75,6 +77,7 @@ from nestlearn.models.mixers import (
     titans_arch,
     titans_inputs,
     titans_memory_config,
+    titans_record,
 )
 from nestlearn.models.registry import attention_config, base_config, register
 
@@ -323,11 +326,12 @@ class MACBlock(nnx.Module):
         return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)
 
     def segment_step(
-        self, memory: titans_lib.TitansState, x: jax.Array
+        self, memory: titans_lib.TitansState, x: jax.Array, *, with_inputs: bool = False
     ) -> tuple[jax.Array, titans_lib.TitansState]:
         """One segment (or its causal prefix): x [b, c, d] normalised, c <= C.
 
-        Returns (o [b, c, d], memory after writing the segment).
+        Returns (o [b, c, d], memory after writing the segment), and with `with_inputs` the
+        memory's `TitansInputs` of the segment third.
         """
         b, c, _ = x.shape
         x = x.astype(self.dtype)
@@ -373,7 +377,21 @@ class MACBlock(nnx.Module):
             writes=self.writes,
         )
         m = matmul(m.reshape(b, c, -1).astype(self.dtype), self.memory_out.kernel[...])
+        if with_inputs:
+            return _gate(self.norm_y, self.norm_m, y, m), memory, xs
         return _gate(self.norm_y, self.norm_m, y, m), memory
+
+    def memory_stats(self, x: jax.Array) -> dict[str, MemoryStats]:
+        """Instruments of the memory on fresh sequences, x [b, t, d] normalised: `chunk_stats`
+        over the segments (each one chunk of the memory)."""
+
+        def step(start, segment):
+            _, end, xs = self.segment_step(start, segment, with_inputs=True)
+            return end, titans_record(self.arch, start, end, xs)
+
+        initial = self.initial_memory(x.shape[0])
+        stats = chunk_stats(step, initial, x, chunk=self.segment, weights=lambda s: s.weights)
+        return {"memory": stats}
 
     def _run(self, memory: titans_lib.TitansState, x: jax.Array):
         """Segments of x [b, t, d] (t a multiple of C, or t < C) from `memory`."""
@@ -392,9 +410,10 @@ class MACBlock(nnx.Module):
     def __call__(self, x: jax.Array, state: ChunkStream | None) -> tuple[jax.Array, ChunkStream]:
         """Args: x [b, t, d]; state or None. Returns (y [b, t, d], new state)."""
         initial = self.initial_memory(x.shape[0]) if state is None else None
-        o, state = chunk_aligned(
-            self._run, self.norm(x).astype(self.dtype), state, chunk=self.segment, initial=initial
-        )
+        h = self.norm(x).astype(self.dtype)
+        if state is None and instruments.recording():
+            instruments.record(self, self.memory_stats(h))
+        o, state = chunk_aligned(self._run, h, state, chunk=self.segment, initial=initial)
         return self.ffn(x + o.astype(x.dtype)), state
 
 
