@@ -1,6 +1,7 @@
-"""nestlearn.eval: LM and continual-learning metrics, S-NIAH and MQAR tasks, seed stats, reports."""
+"""nestlearn.eval: LM and continual-learning metrics, S-NIAH and MQAR tasks, seed stats, reports,
+and the in-context memory probe (`probe`)."""
 
-from nestlearn.eval import answer_training, compare, niah, recall
+from nestlearn.eval import answer_training, compare, niah, probe, recall
 from nestlearn.eval.continual import (
     ContinualMetrics,
     average_accuracy,
@@ -28,6 +29,7 @@ __all__ = [
     "niah",
     "perplexity",
     "plot_losses",
+    "probe",
     "recall",
     "summarize",
     "write_report",

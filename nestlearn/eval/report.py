@@ -1,10 +1,13 @@
-"""The run report: `workdir/report.md` with the config, final metrics, loss curves and samples."""
+"""The run report: `workdir/report.md` with the config, final metrics, loss curves, the in-context
+memory probe (`nestlearn.eval.probe`) and samples."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from nestlearn.eval.probe import report_section
 
 __all__ = ["plot_losses", "write_report"]
 
@@ -58,6 +61,7 @@ def write_report(
     records: list[dict[str, Any]],
     samples: list[str],
     title: str = "",
+    probe: dict[str, Any] | None = None,
 ) -> Path:
     """Writes `workdir/report.md` and `workdir/loss.png`; returns the report's path.
 
@@ -68,6 +72,8 @@ def write_report(
       records: the metric records (for the loss curves).
       samples: generated texts.
       title: the report's heading (default: the model name and corpus).
+      probe: the result of `nestlearn.eval.probe.compare` (its plot `probe.png` already in
+        `workdir`), shown as its own section; None leaves the section out.
     """
     workdir = Path(workdir)
     plot_losses(records, workdir / "loss.png")
@@ -84,9 +90,10 @@ def write_report(
         "",
         "![loss curves](loss.png)",
         "",
-        "## Samples",
-        "",
     ]
+    if probe is not None:
+        parts += [report_section(probe)]
+    parts += ["## Samples", ""]
     for i, text in enumerate(samples):
         parts += [f"### Sample {i + 1}", "", "```text", text.replace("```", "'''"), "```", ""]
     parts += [

@@ -1,7 +1,8 @@
 """nestlearn.train: config validation, levels, train/eval steps, checkpoints, metrics and the loop.
 
 `train_and_evaluate(config, workdir)` runs one experiment end to end; `evaluate_workdir` evaluates
-and samples from the newest checkpoint of an existing run.
+and samples from the newest checkpoint of an existing run, `probe_workdir` runs its in-context
+memory probe (`nestlearn.eval.probe`).
 """
 
 from nestlearn.train.checkpoint import Checkpointer, Restored
@@ -10,10 +11,12 @@ from nestlearn.train.levels import build_levels, learning_rate_schedule
 from nestlearn.train.metrics import MetricWriter, read_metrics
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, cross_entropy
 from nestlearn.train.trainer import (
+    NoCheckpointError,
     NonFiniteError,
     Run,
     build_run,
     evaluate_workdir,
+    probe_workdir,
     train_and_evaluate,
 )
 
@@ -21,6 +24,7 @@ __all__ = [
     "CMS_RULES",
     "Checkpointer",
     "MetricWriter",
+    "NoCheckpointError",
     "NonFiniteError",
     "Restored",
     "Run",
@@ -33,6 +37,7 @@ __all__ = [
     "cross_entropy",
     "evaluate_workdir",
     "learning_rate_schedule",
+    "probe_workdir",
     "read_metrics",
     "train_and_evaluate",
     "validate_config",

@@ -18,6 +18,7 @@ in/out shardings, and checkpoints restore onto whatever mesh the resumed run has
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -58,12 +59,15 @@ from nestlearn.train.step import (
 )
 
 __all__ = [
+    "NoCheckpointError",
     "NonFiniteError",
     "Run",
     "build_run",
     "evaluate_split",
     "evaluate_workdir",
     "on_mesh",
+    "probe_run",
+    "probe_workdir",
     "sample_texts",
     "train_and_evaluate",
 ]
@@ -73,6 +77,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
     """Training stopped after `train.max_consecutive_nonfinite` skipped steps in a row."""
+
+
+class NoCheckpointError(ValueError):
+    """A workdir to evaluate or probe holds no usable checkpoint."""
 
 
 class Run(NamedTuple):
@@ -191,10 +199,22 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
+def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the model keys added since it was written, at the value it ran with.
+
+    `model.memory_writes` did not exist before the switch; every such run had its writes on.
+    """
+    model = saved.get("model")
+    if isinstance(model, dict):
+        model.setdefault("memory_writes", True)
+    return saved
+
+
 def _check_resumable(run: Run) -> None:
     saved = run.checkpointer.read_config()
     if saved is None:
         return
+    saved = _upgrade(saved)
     now = dump_config(run.config)
     changed = [k for k in _FIXED_ON_RESUME if _lookup(now, k) != _lookup(saved, k)]
     if changed:
@@ -438,9 +458,15 @@ def _finish(
     writer.write(int(state.step), "final", final)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step))
     samples = sample_texts(run, state.params, rest, rng)
+    probe = probe_run(run, state.params, rest, val_batches, workdir if writer.primary else None)
     if writer.primary:
         write_report(
-            workdir, config_json=config_json, final=final, records=writer.records, samples=samples
+            workdir,
+            config_json=config_json,
+            final=final,
+            records=writer.records,
+            samples=samples,
+            probe=probe,
         )
     return final
 
@@ -474,15 +500,13 @@ def evaluate_workdir(
       `{"step", "<split>_loss", "<split>_perplexity", "<split>_bpc", "samples"}`.
 
     Raises:
-      ValueError: an unknown split, or no usable checkpoint in `workdir`.
+      ValueError: an unknown split.
+      NoCheckpointError: no usable checkpoint in `workdir` (nothing is created there).
     """
     if split not in ("val", "test"):
         raise ValueError(f"split={split!r} must be 'val' or 'test'")
     workdir = Path(workdir)
-    saved = Checkpointer(workdir / "checkpoints", level_names=(), max_to_keep=1000).read_config()
-    if saved is None:
-        raise ValueError(f"workdir={str(workdir)!r} holds no usable checkpoint")
-    config = ml_collections.ConfigDict(_tuples(saved))
+    config = _saved_config(workdir)
     if num_samples is not None:
         config.sample.num_samples = num_samples
     if prompt is not None:
@@ -518,3 +542,125 @@ def evaluate_workdir(
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step) + 1)
     result["samples"] = sample_texts(run, state.params, rest, rng)
     return result
+
+
+def _saved_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The experiment config of the newest checkpoint of `workdir`; creates nothing there.
+
+    Raises:
+      NoCheckpointError: `workdir` has no `checkpoints/` directory or no readable checkpoint.
+    """
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise NoCheckpointError(
+            f"workdir={str(workdir)!r} holds no checkpoint (no {directory.name}/ directory); "
+            "train there first (--mode=train) or pass the workdir of a run"
+        )
+    checkpointer = Checkpointer(directory, level_names=(), max_to_keep=1000)
+    try:
+        saved = checkpointer.read_config()
+    finally:
+        checkpointer.close()
+    if saved is None:
+        raise NoCheckpointError(f"workdir={str(workdir)!r} holds no usable checkpoint")
+    return ml_collections.ConfigDict(_tuples(_upgrade(saved)))
+
+
+def _probe_graph(model_config: ml_collections.ConfigDict, writes: bool, params: Any):
+    """The graph of the model of `model_config` with `memory_writes=writes` (built abstractly).
+
+    Raises:
+      ValueError: its parameter tree differs from `params` (the switch must not change it).
+    """
+    from nestlearn import models
+
+    config = ml_collections.ConfigDict(model_config.to_dict())
+    config.memory_writes = writes
+    abstract = nnx.eval_shape(lambda: models.build(config, rngs=nnx.Rngs(0)))
+    graphdef, shapes, _ = split_model(abstract)
+    if jax.tree.structure(shapes) != jax.tree.structure(params):
+        raise ValueError(
+            f"model {config.name!r} with memory_writes={writes} has another parameter tree than "
+            "the trained one; the switch must not change the parameters"
+        )
+    return graphdef
+
+
+def probe_run(
+    run: Run, params: Any, rest: Any, batches: list[Batch], workdir: Path | None = None
+) -> dict[str, Any]:
+    """The in-context memory probe (`nestlearn.eval.probe`) of a run's params on `batches`.
+
+    Per-position losses with the model's memory writes on and off (same params; one evaluation
+    for a model without in-context memory), summarised by `probe.compare`. With `workdir`,
+    writes `probe.json` and `probe.png` there.
+
+    Args:
+      run: the run (config, graph, mesh).
+      params, rest: the model's split state, e.g. restored from a checkpoint.
+      batches: evaluation batches on the run's mesh (those of the validation loss).
+      workdir: where to write the files, or None.
+
+    Returns:
+      `probe.compare`'s dict and `model` (the model's name).
+    """
+    from nestlearn import models
+    from nestlearn.eval import probe
+
+    model_config = run.config.model
+    memory = models.has_memory(model_config)
+
+    def losses(writes: bool):
+        graph = run.graphdef
+        if model_config.memory_writes != writes:
+            graph = _probe_graph(model_config, writes, params)
+        step = probe.build_position_loss(graph, params=params, mesh=run.mesh)
+        return probe.position_losses(step, params, rest, batches)
+
+    result = probe.compare(losses(True), losses(False) if memory else None, has_memory=memory)
+    result["model"] = model_config.name
+    if workdir is not None:
+        workdir = Path(workdir)
+        (workdir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        probe.plot(result, workdir / "probe.png", title=f"{model_config.name}: in-context memory")
+    return result
+
+
+def probe_workdir(workdir: str | Path, *, max_batches: int | None = None) -> dict[str, Any]:
+    """Probes the newest checkpoint of `workdir` on the validation split; writes the files.
+
+    Evaluates the per-position validation loss with the memory writes on and off
+    (`probe_run`) and writes `workdir/probe.json` and `workdir/probe.png`.
+
+    Args:
+      workdir: a run directory written by `train_and_evaluate`.
+      max_batches: evaluation batches (default: the run's `train.eval_batches`).
+
+    Returns:
+      The probe's result (`probe_run`) with the checkpoint's `step`.
+
+    Raises:
+      NoCheckpointError: no usable checkpoint in `workdir` (nothing is created there).
+    """
+    workdir = Path(workdir)
+    config = _saved_config(workdir)
+    if max_batches is not None:
+        config.train.eval_batches = max_batches
+    run = build_run(config, workdir)
+    try:
+        state, rest, _ = restore(run)
+    finally:
+        run.checkpointer.close()
+    cfg = run.config
+    batches = [
+        on_mesh(b, run.mesh)
+        for b in eval_batches(
+            run.data.val,
+            batch_size=cfg.data.batch_size,
+            seq_len=cfg.data.seq_len,
+            max_batches=cfg.train.eval_batches,
+        )
+    ]
+    primary = jax.process_index() == 0
+    result = probe_run(run, state.params, rest, batches, workdir if primary else None)
+    return {"step": int(state.step), **result}

@@ -58,11 +58,15 @@ ABLATIONS = {
 
 
 def test_every_self_modifying_field_is_reachable_from_the_model_config():
-    fields = {f.name for f in dataclasses.fields(SelfModifyingConfig)} - {"memory_chunk_size"}
+    # memory_chunk_size and writes are the model's chunk_size and memory_writes.
+    model_fields = {"memory_chunk_size", "writes"}
+    fields = {f.name for f in dataclasses.fields(SelfModifyingConfig)} - model_fields
     assert set(ABLATIONS) == fields == set(models.default_config("hope").self_modifying.keys())
     for key, value in ABLATIONS.items():
         config = mixers.self_modifying_config(_config(**{key: value}).self_modifying, 8)
         assert getattr(config, key) == value and config.memory_chunk_size == 8
+    off = mixers.self_modifying_config(_config().self_modifying, 8, writes=False)
+    assert off.writes is False
 
 
 def test_block_uses_the_configured_ablation():
