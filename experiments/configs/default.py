@@ -16,6 +16,7 @@ Command:
   python experiments/main.py --config=experiments/configs/default.py:smoke \
       --workdir=/tmp/smoke                       # tiny synthetic run, under a minute
   python experiments/main.py --mode=eval --workdir=runs/default   # evaluate + sample again
+  python experiments/main.py --mode=probe --workdir=runs/default  # memory writes on vs off
 """
 
 from nestlearn.train.config import base_config

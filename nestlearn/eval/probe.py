@@ -2,7 +2,7 @@
 
 A model with an in-context memory (`nestlearn.models.has_memory`) is evaluated twice on the same
 sequences with the same parameters: as trained (`model.memory_writes=True`) and with every memory
-kept at its initial state (`memory_writes=False`, docs/SEMANTICS.md §4). The difference of the
+kept at its initial state (`memory_writes=False`, docs/SEMANTICS.md §3). The difference of the
 next-token losses, by position, is what the memory contributes in context: without writes the
 output at position t depends on the local window only (short conv, attention window), so a
 memory that stores useful context shows a gap (off − on > 0) that grows along the sequence. The

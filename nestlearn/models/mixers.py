@@ -29,7 +29,7 @@ Gated DeltaNet all run on `gated_delta`; Titans' 2-layer SiLU MLP memory on `mlp
 linear Titans memory and the self-modifying memory have no kernel. Every path gives the same state
 layout, so a stream may switch between them.
 
-`writes` (the model config's `memory_writes`, docs/SEMANTICS.md §4) switches the in-context writes:
+`writes` (the model config's `memory_writes`, docs/SEMANTICS.md §3) switches the in-context writes:
 False keeps the memory at its initial state — a matrix memory reads o_t = S_0 q_t
 (`matrix_memory.read_only`, before either path: the same on every `kernel_impl`), Titans reads
 the meta-learned initial weights with zero momentum (`titans_memory(writes=False)`), the
@@ -465,7 +465,7 @@ class GatedDeltaNet(_MatrixMixer):
 
     α_t = sigmoid(x_t w_α + b_α) with b_α = `alpha_bias` (default `ALPHA_BIAS` = 7: α ≈ 0.999 at
     init, a memory horizon of about 1,000 tokens; 4 gives α ≈ 0.98, about 50 tokens, too short to
-    learn retrieval: docs/SEMANTICS.md §5), β_t = sigmoid(·).
+    learn retrieval: docs/SEMANTICS.md §4), β_t = sigmoid(·).
     `kernel_impl` (module docstring): "xla" is `nestlearn.memory.gated_delta_rule`, the kernel
     path `nestlearn.kernels.gated_delta`.
 

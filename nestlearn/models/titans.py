@@ -30,7 +30,7 @@ MAC, MAG, MAL) with its default 2-layer SiLU MLP on `nestlearn.kernels.mlp_memor
 `memory.depth` 1 (or `stop_gradient_writes`) is rejected at construction. Softmax attention
 (MAC/MAG/MAL) is XLA whatever `kernel_impl` says.
 
-`memory_writes` False keeps every memory at its initial state (docs/SEMANTICS.md §4): the matrix
+`memory_writes` False keeps every memory at its initial state (docs/SEMANTICS.md §3): the matrix
 mixers read S_0 q = 0 on fresh sequences, the Titans memory (LMM, MAG, MAL, and MAC's segment
 reads h and M*(y)) reads its meta-learned initial weights; attention, conv and gates run as before.
 
