@@ -58,6 +58,7 @@ def _sections() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3  # newest checkpoints kept
     c.train.max_consecutive_nonfinite = 5  # stop after this many skipped steps in a row
     c.train.progress_bar = True  # tqdm bar with step, loss, tokens/s and ETA
+    c.train.instruments = True  # memory and level instruments at log steps (train.instruments)
 
     c.mesh = ml_collections.ConfigDict()  # devices of the run (nestlearn.parallel, docs/scaling.md)
     c.mesh.data = 1  # data-parallel ways; -1 = the devices the other axes leave

@@ -39,6 +39,7 @@ from nestlearn.parallel import (
     replicated,
     tree_shardings,
 )
+from nestlearn.train.instruments import STEP_UPDATE_NORM
 
 __all__ = [
     "TrainState",
@@ -121,10 +122,25 @@ def _loss(graphdef, params, rest, inputs, targets):
     return cross_entropy(logits, targets), _memory_stats(memory)
 
 
-def _apply(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any):
-    """(new params, new optimizer state) after one update of `tx`."""
+def _level_norms(updates: Any, owners: list[str], names: list[str]) -> jax.Array:
+    """[num_levels] float32: ‖updates‖ over the leaves of each level, in the order of `names`."""
+    squares = {name: jnp.zeros((), jnp.float32) for name in names}
+    for u, owner in zip(jax.tree.leaves(updates), owners):
+        squares[owner] = squares[owner] + jnp.sum(jnp.square(u.astype(jnp.float32)))
+    return jnp.sqrt(jnp.stack([squares[name] for name in names]))
+
+
+def _apply(
+    tx: optax.GradientTransformation,
+    grads: Any,
+    opt_state: Any,
+    params: Any,
+    owners: list[str],
+    names: list[str],
+):
+    """(new params, new optimizer state, per-level update norms) after one update of `tx`."""
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    return optax.apply_updates(params, updates), opt_state, _level_norms(updates, owners, names)
 
 
 def build_train_step(
@@ -142,8 +158,10 @@ def build_train_step(
     shardings of `state_shardings` for the state (in and out), the batch split over
     `nestlearn.parallel.BATCH_AXES`, and `rest` and the metrics replicated.
     `metrics` holds `loss`, `grad_norm`, `finite` (bool), `level_finite` ([num_levels] bool, in
-    the order of `levels`), `applied/<level>` (updates each level has applied) and
-    `memory_rms/layer_<i>` for layers with in-context memory.
+    the order of `levels`), `level/<name>/updates` (updates each level has applied),
+    `level/<name>/step_update_norm` (‖Δθ‖ of the level's update in this step, 0 when it held or
+    the step was skipped; `nestlearn.train.instruments.LevelMonitor`) and `memory_rms/layer_<i>`
+    for layers with in-context memory.
     """
     tx = nested(levels)
     owners = assign_levels(levels, params)
@@ -166,10 +184,10 @@ def build_train_step(
             grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         # One branch runs: a skipped step costs no update and a taken one no select over the
         # params and optimizer state.
-        params, opt_state = jax.lax.cond(
+        params, opt_state, update_norms = jax.lax.cond(
             finite,
-            lambda: _apply(tx, grads, state.opt_state, state.params),
-            lambda: (state.params, state.opt_state),
+            lambda: _apply(tx, grads, state.opt_state, state.params, owners, names),
+            lambda: (state.params, state.opt_state, jnp.zeros((len(names),), jnp.float32)),
         )
         new_state = TrainState(
             params=params,
@@ -187,7 +205,9 @@ def build_train_step(
             **memory,
         }
         for name, applied in level_stats(new_state.opt_state).items():
-            metrics[f"applied/{name}"] = applied
+            metrics[f"level/{name}/updates"] = applied
+        for name, norm in zip(names, update_norms):
+            metrics[f"level/{name}/{STEP_UPDATE_NORM}"] = norm
         return new_state, metrics
 
     if mesh is None:

@@ -36,7 +36,7 @@ from nestlearn.data.dataset import Dataset, load_dataset
 from nestlearn.data.iterator import Batch, BatchIterator, eval_batches
 from nestlearn.eval.perplexity import bits_per_char, perplexity
 from nestlearn.eval.report import write_report
-from nestlearn.optim.scheduler import NestedState
+from nestlearn.optim.scheduler import NestedState, level_stats
 from nestlearn.parallel import (
     batch_divisor,
     batch_sharding,
@@ -47,6 +47,11 @@ from nestlearn.parallel import (
 )
 from nestlearn.train.checkpoint import Checkpointer, dump_config
 from nestlearn.train.config import validate_config
+from nestlearn.train.instruments import (
+    LevelMonitor,
+    build_instrument_step,
+    describe,
+)
 from nestlearn.train.levels import build_levels, learning_rate_schedule
 from nestlearn.train.metrics import MetricWriter
 from nestlearn.train.progress import Progress
@@ -288,22 +293,39 @@ def sample_texts(run: Run, params, rest, rng: jax.Array) -> list[str]:
     return [tok.decode(np.asarray(row)) for row in tokens]
 
 
-def _check_finite(metrics: dict[str, Any], state: TrainState, run: Run, step: int) -> None:
+def _nonfinite_cause(metrics: dict[str, Any], run: Run) -> str:
+    """What went non-finite in a step: the levels with non-finite gradients, or the loss."""
+    bad = [lv.name for lv, ok in zip(run.levels, metrics["level_finite"]) if not ok]
+    if bad:
+        return f"non-finite gradients in level(s) {bad}"
+    return f"a non-finite loss ({metrics['loss']}) with finite gradients"
+
+
+def _check_finite(
+    metrics: dict[str, Any],
+    state: TrainState,
+    run: Run,
+    step: int,
+    instruments: dict[str, Any] | None = None,
+) -> None:
+    """Warns about a skipped step and raises `NonFiniteError` after too many in a row.
+
+    `instruments`: the memory instruments of the step's forward pass (`describe` summarises
+    them in the message; the train record of the step holds them all).
+    """
     if bool(metrics["finite"]):
         return
-    bad = [lv.name for lv, ok in zip(run.levels, metrics["level_finite"]) if not ok]
-    what = (
-        f"non-finite gradients in level(s) {bad}"
-        if bad
-        else f"a non-finite loss ({metrics['loss']}) with finite gradients"
-    )
+    what = _nonfinite_cause(metrics, run)
+    seen = ""
+    if instruments is not None:
+        seen = f"; memory instruments of the step: {describe(instruments)} (all in metrics.jsonl)"
     consecutive = int(state.consecutive_nonfinite)
-    log.warning("step %d: %s; update skipped (%d in a row)", step, what, consecutive)
+    log.warning("step %d: %s; update skipped (%d in a row)%s", step, what, consecutive, seen)
     limit = run.config.train.max_consecutive_nonfinite
     if consecutive >= limit:
         raise NonFiniteError(
             f"stopping at step {step}: {limit} consecutive steps with "
-            f"non-finite loss or gradients; last one had {what}"
+            f"non-finite loss or gradients; last one had {what}{seen}"
         )
 
 
@@ -358,6 +380,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         mesh=run.mesh,
     )
     eval_step = build_eval_step(run.graphdef, params=state.params, mesh=run.mesh)
+    instrument_step = None
+    if cfg.train.instruments:
+        instrument_step = build_instrument_step(run.graphdef, params=state.params, mesh=run.mesh)
+    levels = LevelMonitor(level_stats(state.opt_state))
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     # Multi-host: every process trains, process 0 alone writes metrics and the report.
     writer = MetricWriter(workdir, resume_step=start, primary=jax.process_index() == 0)
@@ -374,13 +400,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     try:
         for step in range(start + 1, tr.num_steps + 1):
             batch = on_mesh(next(iterator), run.mesh)
+            last = step == tr.num_steps
+            logging = step % tr.log_every == 0 or last
+            instruments = None
+            if instrument_step is not None and logging:
+                # The forward pass of this step: its batch, the params before its update.
+                instruments = jax.device_get(instrument_step(state.params, rest, batch.inputs))
+                if not instruments:  # no in-context memory to instrument: stop asking
+                    instrument_step = instruments = None
             state, metrics = train_step(state, rest, batch.inputs, batch.targets)
             metrics = jax.device_get(metrics)
+            levels.update(metrics)
+            finite = bool(metrics["finite"])
+            if instrument_step is not None and instruments is None and not finite:
+                # A skipped step kept the params: this reruns the forward that went non-finite.
+                instruments = jax.device_get(instrument_step(state.params, rest, batch.inputs))
             progress.update(step, float(metrics["loss"]))
-            last = step == tr.num_steps
-            if step % tr.log_every == 0 or last or not metrics["finite"]:
+            if logging or not finite:
                 now = time.perf_counter()
-                record = {k: v for k, v in metrics.items() if k not in ("finite", "level_finite")}
+                record = {
+                    k: v
+                    for k, v in metrics.items()
+                    if k not in ("finite", "level_finite") and not k.startswith("level/")
+                }
+                record.update(levels.metrics())
+                record.update(instruments or {})
+                if not finite:
+                    record["nonfinite"] = _nonfinite_cause(metrics, run)
                 record.update(
                     lr=float(schedule(step - 1)),
                     skipped=int(state.skipped),
@@ -389,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
                 writer.write(step, "train", record)
                 t_log, step_log = now, step
-            _check_finite(metrics, state, run, step)
+            _check_finite(metrics, state, run, step, instruments)
             if step % tr.eval_every == 0 or last:
                 writer.write(
                     step,
@@ -454,7 +500,7 @@ def _finish(
         final["final_train_loss"] = train_losses[-1]
     final["parameters"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
     last_train = next((r for r in reversed(records) if r.get("kind") == "train"), {})
-    final.update({k: v for k, v in last_train.items() if k.startswith(("applied/", "memory_rms/"))})
+    final.update({k: v for k, v in last_train.items() if k.startswith(("level/", "memory_rms/"))})
     writer.write(int(state.step), "final", final)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step))
     samples = sample_texts(run, state.params, rest, rng)

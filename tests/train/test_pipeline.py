@@ -22,8 +22,8 @@ def test_train_and_evaluate_writes_checkpoints_metrics_and_report(tmp_path):
     assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
     assert train[-1]["loss"] < train[0]["loss"]
     # Levels at their periods (Eq. 71): CMS level 1 has period 3, the others period 1.
-    assert [r["applied/cms_level_1"] for r in train] == [0, 0, 1, 1, 1, 2]
-    assert train[-1]["applied/backbone"] == train[-1]["applied/cms_level_0"] == 6
+    assert [r["level/cms_level_1/updates"] for r in train] == [0, 0, 1, 1, 1, 2]
+    assert train[-1]["level/backbone/updates"] == train[-1]["level/cms_level_0/updates"] == 6
     assert all(math.isfinite(r["grad_norm"]) for r in train)
 
     assert final["step"] == 6 and final["skipped_steps"] == 0
