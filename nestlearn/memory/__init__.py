@@ -10,9 +10,11 @@ state can be passed back as `initial_state` to continue a stream.
 * `architectures`, `objectives`, `retention`, `rules`, `scan` — the generic machinery.
 * `titans` — Titans' neural long-term memory (surprise, momentum, forgetting).
 * `self_modifying` — Hope's self-modifying deep memory (Eqs. 83–93).
+* `instruments` — `MemoryStats` of a memory over a batch (inner loss before/after the writes,
+  step size and retention percentiles, state and update norms), for the train loop's logging.
 """
 
-from nestlearn.memory import architectures, objectives, retention, rules
+from nestlearn.memory import architectures, instruments, objectives, retention, rules
 from nestlearn.memory.architectures import MemoryArch, apply_heads, matrix, mlp, residual_mlp
 from nestlearn.memory.matrix_memory import (
     delta_rule,
@@ -44,6 +46,7 @@ __all__ = [
     "delta_rule_recurrent",
     "gated_delta_rule",
     "gated_delta_rule_recurrent",
+    "instruments",
     "linear_attention",
     "linear_attention_recurrent",
     "matrix",
