@@ -63,6 +63,7 @@ __all__ = [
 Params = dict[str, Any]
 
 _GENERATORS = ("k", "v", "q", "eta", "alpha")
+DGD_STEPS = ("printed", "normalized", "chunk_normalized")
 _NORM_EPS = 1e-6
 
 
@@ -102,8 +103,14 @@ class SelfModifyingConfig:
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
       dgd_step: "printed" uses η_t in Eq. 88; "normalized" uses η'_t = η_t / (1 + η_t‖k_t‖²)
-        (Eq. 57; PAPER §9 item 15) in both the erase and the gradient term.
+        (Eq. 57; PAPER §9 item 15) in both the erase and the gradient term; "chunk_normalized"
+        keeps η_t in the erase term and divides the gradient step of each layer by one plus the
+        trace of that layer's inner curvature over the chunk (:func:`_layer_steps`), so that a
+        chunk's step on the chunk-start weights stays a contraction whatever the memory's scale.
       remat: rematerialise each chunk in the backward pass (``jax.checkpoint``).
+      writes: the in-context writes; False keeps every memory at its initial state through the
+        whole sequence (no write, no decay, no momentum) while k, v, q, η, α and the reads are
+        computed as before from that state — the control of docs/SEMANTICS.md §1.2 row 21.
     """
 
     chunk_size: int = 8
@@ -128,6 +135,7 @@ class SelfModifyingConfig:
     hidden_expansion: float = 1.0
     dgd_step: str = "printed"
     remat: bool = True
+    writes: bool = True
 
     def __post_init__(self):
         for name in ("chunk_size", "memory_chunk_size"):
@@ -153,6 +161,7 @@ class SelfModifyingConfig:
             "normalize_v",
             "normalize_x",
             "remat",
+            "writes",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -181,8 +190,8 @@ class SelfModifyingConfig:
             raise ValueError(
                 f"activation={self.activation!r} is not one of {sorted(architectures.ACTIVATIONS)}"
             )
-        if self.dgd_step not in ("printed", "normalized"):
-            raise ValueError(f"dgd_step must be 'printed' or 'normalized', got {self.dgd_step!r}")
+        if self.dgd_step not in DGD_STEPS:
+            raise ValueError(f"dgd_step must be one of {DGD_STEPS}, got {self.dgd_step!r}")
 
 
 class SelfModifyingState(NamedTuple):
@@ -342,12 +351,14 @@ def _generate(
 
 def _gradient_factors(
     w: Params, k: jax.Array, v: jax.Array, config: SelfModifyingConfig
-) -> tuple[jax.Array, jax.Array, tuple[tuple[jax.Array, jax.Array], ...]]:
+) -> tuple[jax.Array, jax.Array, tuple[tuple[jax.Array, jax.Array], ...], tuple]:
     """Rank-one factors of the per-token gradient of ½‖M(k_t) − v̂_t‖² at the weights ``w``.
 
-    Returns (e, a, terms) with ∇W₁_t = e_t a_tᵀ and ∇W₂_t = Σ_(δ, ρ) ∈ terms δ_t ρ_tᵀ; e: [c, d],
-    a: [c, n], δ: [c, n], ρ: [c, d]. With ``stop_gradient_vhat`` the target v̂ = M(v) is a constant
-    of the inner loss; otherwise the inner gradient also flows through M(v_t) (PAPER §9 item 4).
+    Returns (e, a, terms, slopes) with ∇W₁_t = e_t a_tᵀ and ∇W₂_t = Σ_(δ, ρ) ∈ terms δ_t ρ_tᵀ;
+    e: [c, d], a: [c, n], δ: [c, n], ρ: [c, d]; ``slopes`` pairs each ρ with σ'(W₂ρ) [c, n] (the
+    inputs of :func:`_layer_steps`). With ``stop_gradient_vhat`` the target v̂ = M(v) is a
+    constant of the inner loss; otherwise the inner gradient also flows through M(v_t) (PAPER §9
+    item 4).
     """
     sigma = architectures.ACTIVATIONS[config.activation]
     w1, w2 = w["w1"], w["w2"]
@@ -360,8 +371,38 @@ def _gradient_factors(
     e = (k + a_k @ w1.T) - (v + a_v @ w1.T)  # [c, d] residual M(k) − v̂
     back = e @ w1  # [c, n] W₁ᵀ e
     if config.stop_gradient_vhat:
-        return e, a_k, ((back * slope_k, k),)
-    return e, a_k - a_v, ((back * slope_k, k), (-back * slope_v, v))
+        return e, a_k, ((back * slope_k, k),), ((slope_k, k),)
+    return e, a_k - a_v, ((back * slope_k, k), (-back * slope_v, v)), ((slope_k, k), (slope_v, v))
+
+
+def _layer_steps(
+    eta: jax.Array, a: jax.Array, w1: jax.Array, slopes: tuple, config: SelfModifyingConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Gradient steps (η₁ for W₁, η₂ for W₂) of the c tokens of one chunk, each [c, e].
+
+    With ``dgd_step="chunk_normalized"`` each layer's step is η_t / (1 + τ) with τ the trace of
+    the layer's Gauss–Newton curvature summed over the chunk (docs/SEMANTICS.md §1.3):
+      τ₁ = Σ_t η_t ‖a_t‖²                                  (W₁; per output channel when e = d)
+      τ₂ = Σ_t Σ_(s, ρ) (Σ_j η_t,j ρ_t,j²) Σ_n s_t,n² ‖W₁[:, n]‖²   (W₂, one scalar)
+    The chunk's gradient step on the chunk-start weights is then a contraction (its largest
+    eigenvalue is at most τ/(1 + τ) < 1) for any keys and any memory scale; with one token and a
+    linear memory it is the normalised DGD step η/(1 + η‖k‖²) of Eq. 57. Otherwise (η, η).
+
+    Args:
+      eta: [c, e] per-token step sizes η_t.
+      a: [c, n] the W₁ gradient factor (σ(W₂k), or σ(W₂k) − σ(W₂v)).
+      w1: [d, n] the output-side weight at the chunk start.
+      slopes: pairs (σ'(W₂ρ) [c, n], ρ [c, d]) of the W₂ gradient terms.
+      config: the layer's options.
+    """
+    if config.dgd_step != "chunk_normalized":
+        return eta, eta
+    columns = jnp.sum(w1 * w1, axis=0)  # [n] ‖W₁[:, n]‖²
+    tau1 = jnp.sum(eta * jnp.sum(a * a, axis=-1, keepdims=True), axis=0)  # [e]
+    tau2 = sum(
+        jnp.sum(jnp.sum(eta * rho * rho, axis=-1) * ((s * s) @ columns)) for s, rho in slopes
+    )
+    return eta / (1.0 + tau1), eta / (1.0 + tau2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,10 +415,11 @@ def _write_token(
 ) -> tuple[Params, Params]:
     """One token of Eq. 88 with momentum; tok fields have a leading axis of length 1."""
     beta = config.momentum
-    e, a, terms = _gradient_factors(w, tok.k, tok.v, config)
+    e, a, terms, slopes = _gradient_factors(w, tok.k, tok.v, config)
+    eta1, eta2 = (x[0] for x in _layer_steps(tok.eta, a, w["w1"], slopes, config))  # [e] each
     eta, alpha = tok.eta[0], jnp.exp(tok.log_alpha[0])  # [e]
-    s1 = beta * s["w1"] - jnp.outer(eta * e[0], a[0])
-    s2 = beta * s["w2"] - sum(jnp.outer(delta[0], eta * rho[0]) for delta, rho in terms)
+    s1 = beta * s["w1"] - jnp.outer(eta1 * e[0], a[0])
+    s2 = beta * s["w2"] - sum(jnp.outer(delta[0], eta2 * rho[0]) for delta, rho in terms)
     w1 = alpha[:, None] * w["w1"] + s1
     w2 = w["w2"] * alpha[None, :] + s2
     if config.use_dgd:
@@ -461,9 +503,11 @@ def _write_chunk(
     read = reads + out_y[0] if reads is not None else None
     back = e @ w1  # [c, n] W₁ᵀ e
     if config.stop_gradient_vhat:
-        a, terms = a_k, ((back * slope_k, k),)
+        a, terms, slopes = a_k, ((back * slope_k, k),), ((slope_k, k),)
     else:
         a, terms = a_k - a_v, ((back * slope_k, k), (-back * slope_v, v))
+        slopes = ((slope_k, k), (slope_v, v))
+    eta1, eta2 = _layer_steps(eta, a, w1, slopes, config)  # gradient steps of W₁, W₂: [c, e]
 
     # Decays. lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
     lam = jnp.concatenate([jnp.zeros_like(tok.log_alpha[:1]), jnp.cumsum(tok.log_alpha, axis=0)])
@@ -483,7 +527,8 @@ def _write_chunk(
     beta_c = float(beta) ** c
     decay_c, phi_0 = jnp.exp(lam[c]), phi[c, 0]  # [e] each
     # Per-token coefficients of the weight and momentum updates, η included: [c, e] each.
-    coef_w, coef_s = phi[c] * eta, beta_tail * eta
+    coef_w1, coef_s1 = phi[c] * eta1, beta_tail * eta1
+    coef_w, coef_s = phi[c] * eta2, beta_tail * eta2
 
     # Scalings by quantities shared by every memory are einsums: their transposes are then
     # contractions, not the multiply + reduce fusions XLA:CPU runs far slower (matrix_memory).
@@ -498,8 +543,8 @@ def _write_chunk(
 
     # Output-side weight W₁ (rows are channels; α and η scale rows): Σ_m coef_m e_m a_mᵀ.
     outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
-    w1 = scale_rows(decay_c, w1) + beta * scale_rows(phi_0, s1) - outer1(coef_w)
-    s1 = beta_c * s1 - outer1(coef_s)
+    w1 = scale_rows(decay_c, w1) + beta * scale_rows(phi_0, s1) - outer1(coef_w1)
+    s1 = beta_c * s1 - outer1(coef_s1)
 
     # Input-side weight W₂ (columns are key channels; α and η scale columns).
     if config.use_dgd:
@@ -508,7 +553,7 @@ def _write_chunk(
             q_mat = kk * eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
             s2_k = jnp.einsum("cd,nd->cn", k, s2)
             rhs = scale_tokens(jnp.exp(lam[:-1]), z_k) + beta * scale_tokens(phi[:-1, 0], s2_k)
-            weight = phi[:-1, :, 0] * eta[:, 0]  # [c(t), c(m)]
+            weight = phi[:-1, :, 0] * eta2[:, 0]  # [c(t), c(m)]
             for delta, rho in terms:
                 rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
         else:
@@ -516,7 +561,7 @@ def _write_chunk(
             q_mat = _bilinear(erase, k, gamma[:-1])
             rhs = (jnp.exp(lam[:-1]) * k) @ w2.T + beta * (phi[:-1, 0] * k) @ s2.T
             for delta, rho in terms:
-                rhs = rhs - _bilinear(eta * rho, k, phi[:-1]) @ delta
+                rhs = rhs - _bilinear(eta2 * rho, k, phi[:-1]) @ delta
         r = _unit_lower_inverse(q_mat) @ rhs  # [c, n]
     w2_new = scale_cols(decay_c, w2) + beta * scale_cols(phi_0, s2)
     s2 = beta_c * s2
@@ -613,6 +658,8 @@ def _chunked_one(
         z = jnp.einsum("cd,gnd->gcn", x_c, gen.w2)
         y = x_c + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # M_□(x) [g, c, d]
         tok = _generate(dict(zip(gen_names, y)), static, x_c, q_c, config)
+        if not config.writes:
+            return gen, tok
         new = write(gen, tok)
         if config.stop_gradient_writes:
             new = _straight_through(gen, new)
@@ -632,6 +679,8 @@ def _chunked_one(
 
     def memory_body(mem, tok):
         new, o = _write_chunk(mem, tok, config, reads=tok.q)
+        if not config.writes:
+            return mem, o  # the unused write is dead code for XLA
         if config.stop_gradient_writes:
             new = _straight_through(mem, new)
         return new, o
@@ -668,6 +717,8 @@ def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingC
         outputs = {n: _mlp(ws[n], x_t, sigma) for n in names if n != "memory"}
         tok = _generate(outputs, static, x_t, q_t, config)
         o = _mlp(ws["memory"], tok.q, sigma)[0]
+        if not config.writes:
+            return (ws, ss), o
         new_w, new_s = {}, {}
         for n in names:
             new_w[n], new_s[n] = _write_token(ws[n], ss[n], tok, config)

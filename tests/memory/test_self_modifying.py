@@ -52,8 +52,46 @@ def _inner_loss(w, k, target, v, stop_gradient_vhat):
 _inner_grad = jax.jit(jax.grad(_inner_loss), static_argnums=4)
 
 
-def _naive(x, q, params, cfg):
-    """Returns o [b, t, h, d] and {(b, h): (weights, momentum)} as float64 numpy."""
+def _silu_slope(z):
+    s = _sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def _chunk_steps(w, toks, cfg):
+    """(η₁ scale, η₂ scale) of one chunk for ``dgd_step="chunk_normalized"``: 1/(1 + τ) per layer.
+
+    toks: the chunk's (k, v, η) triples; τ₁ = Σ η‖a‖², τ₂ = Σ_(ρ) (Σ_j η_j ρ_j²) Σ_n σ'(W₂ρ)_n²
+    ‖W₁[:, n]‖² over ρ = k (and v without the stop-gradient on v̂).
+    """
+    if cfg.dgd_step != "chunk_normalized":
+        return 1.0, 1.0
+    columns = np.sum(w["w1"] ** 2, axis=0)
+    tau1, tau2 = 0.0, 0.0
+    for k, v, eta in toks:
+        a = _silu(w["w2"] @ k)
+        rhos = [k]
+        if not cfg.stop_gradient_vhat:
+            a = a - _silu(w["w2"] @ v)
+            rhos.append(v)
+        tau1 = tau1 + eta * np.sum(a * a)
+        for rho in rhos:
+            tau2 = tau2 + np.sum(eta * rho * rho) * np.sum(
+                _silu_slope(w["w2"] @ rho) ** 2 * columns
+            )
+    return 1.0 / (1.0 + tau1), 1.0 / (1.0 + tau2)
+
+
+def _naive(x, q, params, cfg, tokens=None):
+    """Returns o [b, t, h, d] and {(b, h): (weights, momentum)} as float64 numpy.
+
+    ``dgd_step="chunk_normalized"`` needs the (k, v, η) of a whole output-memory chunk at its
+    start; they come from the generators alone, so a first pass records them (``tokens``).
+    """
+    if cfg.dgd_step == "chunk_normalized" and tokens is None:
+        tokens = {}
+        _naive(x, q, params, cfg, tokens)
+        return _naive(x, q, params, cfg, tokens)
+    record = tokens if tokens is not None else {}
     b, t, h, d = x.shape
     flags = {"k": cfg.adaptive_k, "v": cfg.adaptive_v, "q": cfg.adaptive_q}
     gens = [n for n in ("k", "v", "q", "eta", "alpha") if flags.get(n, True)]
@@ -64,40 +102,56 @@ def _naive(x, q, params, cfg):
         for hi in range(h):
             weights = {n: {w: np.array(params[n][w][hi]) for w in ("w1", "w2")} for n in names}
             mom = {n: {w: np.zeros_like(v) for w, v in weights[n].items()} for n in names}
+            steps = {}  # memory -> (η₁, η₂) scales of its current chunk
             for ti in range(t):
-                xt = x[bi, ti, hi]
-                if cfg.normalize_x:
-                    xt = xt / np.sqrt(np.sum(xt * xt) + 1e-6)
+
+                def generate(i, gen, bi=bi, hi=hi):
+                    xt = x[bi, i, hi]
+                    if cfg.normalize_x:
+                        xt = xt / np.sqrt(np.sum(xt * xt) + 1e-6)
+                    k = _naive_mlp(gen["k"], xt) if "k" in gen else params["k"]["w"][hi] @ xt
+                    v = _naive_mlp(gen["v"], xt) if "v" in gen else params["v"]["w"][hi] @ xt
+                    qt = _naive_mlp(gen["q"], xt) if "q" in gen else q[bi, i, hi]
+                    if cfg.normalize_qk:
+                        k = k / np.sqrt(np.sum(k * k) + 1e-6)
+                        qt = qt / np.sqrt(np.sum(qt * qt) + 1e-6)
+                    if cfg.normalize_v:
+                        v = v / np.sqrt(np.sum(v * v) + 1e-6)
+
+                    def gate(name, bias):
+                        y = _naive_mlp(gen[name], xt)
+                        y = y if cfg.eta_alpha_per_channel else np.mean(y)
+                        return np.broadcast_to(y + params[bias][hi], (d,))
+
+                    eta = cfg.eta_max * _sigmoid(gate("eta", "eta_bias"))
+                    alpha = _sigmoid(gate("alpha", "alpha_bias")) if cfg.use_decay else np.ones(d)
+                    if cfg.dgd_step == "normalized":
+                        eta = eta / (1.0 + np.sum(eta * k * k))
+                    return k, v, qt, eta, alpha
+
                 if ti % cfg.chunk_size == 0:  # generator states at the end of the previous chunk
                     gen = {n: {w: a.copy() for w, a in weights[n].items()} for n in gens}
+                    span = range(ti, min(t, ti + cfg.chunk_size))
+                    chunk = [(k, v, eta) for k, v, _, eta, _ in (generate(i, gen) for i in span)]
+                    steps.update({n: _chunk_steps(gen[n], chunk, cfg) for n in gens})
                 if ti % cfg.memory_chunk_size == 0:
                     mem = {w: a.copy() for w, a in weights["memory"].items()}
-                k = _naive_mlp(gen["k"], xt) if "k" in gen else params["k"]["w"][hi] @ xt
-                v = _naive_mlp(gen["v"], xt) if "v" in gen else params["v"]["w"][hi] @ xt
-                qt = _naive_mlp(gen["q"], xt) if "q" in gen else q[bi, ti, hi]
-                if cfg.normalize_qk:
-                    k = k / np.sqrt(np.sum(k * k) + 1e-6)
-                    qt = qt / np.sqrt(np.sum(qt * qt) + 1e-6)
-                if cfg.normalize_v:
-                    v = v / np.sqrt(np.sum(v * v) + 1e-6)
-
-                def gate(name, bias, xt=xt, gen=gen, hi=hi):
-                    y = _naive_mlp(gen[name], xt)
-                    y = y if cfg.eta_alpha_per_channel else np.mean(y)
-                    return np.broadcast_to(y + params[bias][hi], (d,))
-
-                eta = cfg.eta_max * _sigmoid(gate("eta", "eta_bias"))
-                alpha = _sigmoid(gate("alpha", "alpha_bias")) if cfg.use_decay else np.ones(d)
-                if cfg.dgd_step == "normalized":
-                    eta = eta / (1.0 + np.sum(eta * k * k))
+                    span = range(ti, min(t, ti + cfg.memory_chunk_size))
+                    if all((bi, hi, i) in record for i in span):
+                        steps["memory"] = _chunk_steps(mem, [record[bi, hi, i] for i in span], cfg)
+                    else:  # the first pass: only the generators' results are kept
+                        steps["memory"] = (1.0, 1.0)
+                k, v, qt, eta, alpha = generate(ti, gen)
+                record[bi, hi, ti] = (k, v, eta)
                 out[bi, ti, hi] = _naive_mlp(mem, qt)  # Eq. 83: read before this chunk's writes
                 for n in names:
                     start = mem if n == "memory" else gen[n]
                     target = _naive_mlp(start, v)  # Eq. 84
                     g = _inner_grad(start, k, target, v, cfg.stop_gradient_vhat)
                     g1, g2 = np.asarray(g["w1"]), np.asarray(g["w2"])
-                    mom[n]["w1"] = cfg.momentum * mom[n]["w1"] - np.diag(eta) @ g1
-                    mom[n]["w2"] = cfg.momentum * mom[n]["w2"] - g2 @ np.diag(eta)
+                    eta1, eta2 = (eta * scale for scale in steps[n])
+                    mom[n]["w1"] = cfg.momentum * mom[n]["w1"] - np.diag(eta1) @ g1
+                    mom[n]["w2"] = cfg.momentum * mom[n]["w2"] - g2 @ np.diag(eta2)
                     factor = np.diag(alpha)  # Eq. 88: (α_t I − η_t k_t k_tᵀ)
                     if cfg.use_dgd:
                         factor = factor - np.outer(k, eta * k)
@@ -156,6 +210,15 @@ NAIVE_CASES = [
     ),
     ((3, 5), {"dgd_step": "normalized", "adaptive_q": True, "adaptive_k": False}),
     ((8, 4), {"momentum": 0.0, "use_decay": False, "use_dgd": False, "adaptive_v": False}),
+    ((4, 8), {"dgd_step": "chunk_normalized"}),
+    (
+        (3, 5),
+        {
+            "dgd_step": "chunk_normalized",
+            "eta_alpha_per_channel": True,
+            "stop_gradient_vhat": False,
+        },
+    ),
 ]
 
 
