@@ -7,8 +7,8 @@ the other, the same number of steps per phase, with one optimizer state carried 
 - `hope_attention`: attention + a three-level CMS (sequential, SwiGLU levels) per block, d 128,
   2 layers (1.34M); the CMS levels are trained in scheduled mode, level ℓ by AdamW every
   1, 4, 16 steps on its summed gradients (Eq. 71, arXiv 2512.24695);
-- `hope`: self-modifying Titans memory + the same CMS, d 128, 2 layers (1.43M), with
-  `self_modifying.eta_max` 0.02 as in `experiments/configs/default.py`.
+- `hope`: self-modifying Titans memory + the same CMS, d 128, 2 layers (1.43M), with the
+  model's default self-modifying memory (η_max 0.1, curvature-normalised chunk step).
 
 Each domain is split by whole document (`nestlearn.data.load_dataset`); after every phase the
 validation loss (nats/byte) of every domain is measured, which gives the loss matrix L[i, j]
@@ -99,7 +99,6 @@ def model_config(name: str, s: dict, seed: int, quick: bool):
         if quick:
             c.model.cms.chunk_sizes = (16, 64, 256)
     if name == "hope":
-        c.model.self_modifying.eta_max = 0.02
         if quick:
             c.model.self_modifying.chunk_size = 16
     c.data.tokenizer = "byte"

@@ -34,9 +34,6 @@ def get_config(arg=None):
     c.model.max_len = 512
     c.model.cms.periods = (1, 4, 16)
     c.model.cms.mode = "scheduled"
-    # η_max 0.02 (model default 0.1): with RMS-normalised memory inputs of width 32 the inner
-    # step η·‖x‖² must stay below 2; at 0.1 layer 1's memory diverged to NaN by step 20-35.
-    c.model.self_modifying.eta_max = 0.02
     # Data: 42 Shakespeare works, 2 held out for validation and 2 for test; byte tokens.
     c.data.corpus = "shakespeare"
     c.data.tokenizer = "byte"

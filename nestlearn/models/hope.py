@@ -88,16 +88,18 @@ class HopeBlock(nnx.Module):
 def default_hope_config() -> ml_collections.ConfigDict:
     """Default model config of `hope`: 3-level scheduled sequential CMS, output-memory chunk 64.
 
-    One choice differs from the `SelfModifyingConfig` defaults: the generator memories write every
+    Two choices differ from the `SelfModifyingConfig` defaults: the generator memories write every
     `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk steps; 8 trains about 3× slower on the
-    CPU). The layer's stability defaults (normalised x and v, η_max 0.1, momentum 0.5) keep
-    training finite: before them, η_max 0.5 with momentum 0.9 went to NaN within one Adam step
-    at lr 1e-2 on the contract suite's copy task (docs/SEMANTICS.md §1.3).
+    CPU), and `dgd_step="chunk_normalized"`: each layer's chunk step is divided by one plus its
+    curvature over the chunk, which keeps the inner loop finite at any η_max (with the printed step
+    a trained model's memory goes to NaN at η_max 0.3; docs/SEMANTICS.md §1.3). The layer's
+    other stability defaults (normalised x and v, η_max 0.1, momentum 0.5) are kept.
     """
     config = base_config("hope")
     config.cms = cms_config()
     config.self_modifying = default_self_modifying_config()
     config.self_modifying.chunk_size = GENERATOR_CHUNK
+    config.self_modifying.dgd_step = "chunk_normalized"
     return config
 
 

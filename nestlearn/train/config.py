@@ -124,7 +124,6 @@ def hope_pod_config(
     c.model.remat = True
     c.model.cms.periods = (1, 4, 16)
     c.model.cms.mode = "scheduled"
-    c.model.self_modifying.eta_max = 0.02
     c.data.corpus = "text_dir"
     c.data.path = "data/fineweb_edu"
     c.data.tokenizer = "gpt2"

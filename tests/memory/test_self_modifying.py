@@ -245,7 +245,8 @@ def test_chunk_parallel_matches_naive_loop(x64, chunks, options):
                 )
 
 
-def test_recurrent_equals_chunk_parallel_at_chunk_one(x64):
+@pytest.mark.parametrize("dgd_step", ["printed", "chunk_normalized"])
+def test_recurrent_equals_chunk_parallel_at_chunk_one(x64, dgd_step):
     cfg = SelfModifyingConfig(
         chunk_size=1,
         memory_chunk_size=1,
@@ -253,6 +254,7 @@ def test_recurrent_equals_chunk_parallel_at_chunk_one(x64):
         eta_alpha_per_channel=True,
         adaptive_q=True,
         stop_gradient_vhat=False,
+        dgd_step=dgd_step,
     )
     params = _perturbed_params(cfg, heads=2, dim=4, hidden=5, dtype=jnp.float64)
     x, q = _inputs((2, 9, 2, 4), jnp.float64)
