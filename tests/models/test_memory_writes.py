@@ -129,7 +129,14 @@ class Pair:
         return self.run(self.off_graph)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+# The default run keeps one case per kind of memory; the rest run with `-m slow`.
+DEFAULT_CASES = ("hope", "titans_lmm", "gated_deltanet", "hope_attention/online")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[c if c in DEFAULT_CASES else pytest.param(c, marks=pytest.mark.slow) for c in CASES],
+)
 def pair(request):
     return Pair(request.param)
 
