@@ -557,6 +557,27 @@ def evaluate_workdir(
         config.sample.num_samples = num_samples
     if prompt is not None:
         config.sample.prompt = prompt
+    run, state, rest, batches = _restored(config, workdir, split, max_batches)
+    result: dict[str, Any] = {"step": int(state.step)}
+    result.update(
+        evaluate_split(
+            build_eval_step(run.graphdef, params=state.params, mesh=run.mesh),
+            state.params,
+            rest,
+            batches,
+            run.data.chars_per_token[split],
+            split,
+        )
+    )
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step) + 1)
+    result["samples"] = sample_texts(run, state.params, rest, rng)
+    return result
+
+
+def _restored(
+    config: ml_collections.ConfigDict, workdir: Path, split: str, max_batches: int | None
+) -> tuple[Run, TrainState, Any, list[Batch]]:
+    """The run of a saved `config`, its newest checkpoint and `split`'s evaluation batches."""
     if max_batches is not None:
         config.train.eval_batches = max_batches
     run = build_run(config, workdir)
@@ -574,20 +595,7 @@ def evaluate_workdir(
             max_batches=cfg.train.eval_batches,
         )
     ]
-    result: dict[str, Any] = {"step": int(state.step)}
-    result.update(
-        evaluate_split(
-            build_eval_step(run.graphdef, params=state.params, mesh=run.mesh),
-            state.params,
-            rest,
-            batches,
-            run.data.chars_per_token[split],
-            split,
-        )
-    )
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), int(state.step) + 1)
-    result["samples"] = sample_texts(run, state.params, rest, rng)
-    return result
+    return run, state, rest, batches
 
 
 def _saved_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -689,24 +697,7 @@ def probe_workdir(workdir: str | Path, *, max_batches: int | None = None) -> dic
       NoCheckpointError: no usable checkpoint in `workdir` (nothing is created there).
     """
     workdir = Path(workdir)
-    config = _saved_config(workdir)
-    if max_batches is not None:
-        config.train.eval_batches = max_batches
-    run = build_run(config, workdir)
-    try:
-        state, rest, _ = restore(run)
-    finally:
-        run.checkpointer.close()
-    cfg = run.config
-    batches = [
-        on_mesh(b, run.mesh)
-        for b in eval_batches(
-            run.data.val,
-            batch_size=cfg.data.batch_size,
-            seq_len=cfg.data.seq_len,
-            max_batches=cfg.train.eval_batches,
-        )
-    ]
+    run, state, rest, batches = _restored(_saved_config(workdir), workdir, "val", max_batches)
     primary = jax.process_index() == 0
     result = probe_run(run, state.params, rest, batches, workdir if primary else None)
     return {"step": int(state.step), **result}
