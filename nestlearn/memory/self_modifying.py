@@ -63,7 +63,7 @@ __all__ = [
 Params = dict[str, Any]
 
 _GENERATORS = ("k", "v", "q", "eta", "alpha")
-DGD_STEPS = ("printed", "normalized", "chunk_normalized")
+DGD_STEPS = ("printed", "normalized", "chunk_normalized", "token_normalized")
 _NORM_EPS = 1e-6
 
 
@@ -106,7 +106,12 @@ class SelfModifyingConfig:
         (Eq. 57; PAPER §9 item 15) in both the erase and the gradient term; "chunk_normalized"
         keeps η_t in the erase term and divides the gradient step of each layer by one plus the
         trace of that layer's inner curvature over the chunk (:func:`_layer_steps`), so that a
-        chunk's step on the chunk-start weights stays a contraction whatever the memory's scale.
+        chunk's step on the chunk-start weights stays a contraction whatever the memory's scale;
+        "token_normalized" gives W₂ the chunk-normalised step and W₁ Eq. 57's step on its own
+        input, η_t / (1 + η_t‖a_t‖²) with a_t = σ(W₂k_t), taken token by token inside the chunk
+        (W₁'s gradient at the running W₁, as in the per-token Eq. 88; a_t from the chunk-start
+        W₂): each token's write then removes the fraction η_t‖a_t‖²/(1 + η_t‖a_t‖²) of its own
+        error, whatever the scale of the memory (docs/SEMANTICS.md §1.3).
       remat: rematerialise each chunk in the backward pass (``jax.checkpoint``).
       writes: the in-context writes; False keeps every memory at its initial state through the
         whole sequence (no write, no decay, no momentum) while k, v, q, η, α and the reads are
@@ -386,7 +391,9 @@ def _layer_steps(
       τ₂ = Σ_t Σ_(s, ρ) (Σ_j η_t,j ρ_t,j²) Σ_n s_t,n² ‖W₁[:, n]‖²   (W₂, one scalar)
     The chunk's gradient step on the chunk-start weights is then a contraction (its largest
     eigenvalue is at most τ/(1 + τ) < 1) for any keys and any memory scale; with one token and a
-    linear memory it is the normalised DGD step η/(1 + η‖k‖²) of Eq. 57. Otherwise (η, η).
+    linear memory it is the normalised DGD step η/(1 + η‖k‖²) of Eq. 57. With
+    ``dgd_step="token_normalized"`` W₂'s step is the same and W₁'s is Eq. 57's per token,
+    η_t / (1 + η_t‖a_t‖²) (:func:`_write_chunk` applies it token by token). Otherwise (η, η).
 
     Args:
       eta: [c, e] per-token step sizes η_t.
@@ -395,14 +402,27 @@ def _layer_steps(
       slopes: pairs (σ'(W₂ρ) [c, n], ρ [c, d]) of the W₂ gradient terms.
       config: the layer's options.
     """
-    if config.dgd_step != "chunk_normalized":
+    if config.dgd_step not in ("chunk_normalized", "token_normalized"):
         return eta, eta
     columns = jnp.sum(w1 * w1, axis=0)  # [n] ‖W₁[:, n]‖²
-    tau1 = jnp.sum(eta * jnp.sum(a * a, axis=-1, keepdims=True), axis=0)  # [e]
     tau2 = sum(
         jnp.sum(jnp.sum(eta * rho * rho, axis=-1) * ((s * s) @ columns)) for s, rho in slopes
     )
-    return eta / (1.0 + tau1), eta / (1.0 + tau2)
+    curvature1 = eta * jnp.sum(a * a, axis=-1, keepdims=True)  # [c, e] η_t‖a_t‖²
+    if config.dgd_step == "token_normalized":
+        return eta / (1.0 + curvature1), eta / (1.0 + tau2)
+    return eta / (1.0 + jnp.sum(curvature1, axis=0)), eta / (1.0 + tau2)
+
+
+def _erase_steps(eta: jax.Array, k: jax.Array, config: SelfModifyingConfig) -> jax.Array:
+    """Step sizes [c, e] of the DGD erase (α_t I − η_t k_t k_tᵀ) of Eq. 88.
+
+    η_t, except with ``dgd_step="token_normalized"``: Eq. 57's η_t / (1 + η_t‖k_t‖²) (per channel
+    η / (1 + Σ_j η_j k_j²)), so that the erase factor stays a contraction for any η_t.
+    """
+    if config.dgd_step != "token_normalized":
+        return eta
+    return eta / (1.0 + jnp.sum(eta * k * k, axis=-1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,13 +437,14 @@ def _write_token(
     beta = config.momentum
     e, a, terms, slopes = _gradient_factors(w, tok.k, tok.v, config)
     eta1, eta2 = (x[0] for x in _layer_steps(tok.eta, a, w["w1"], slopes, config))  # [e] each
-    eta, alpha = tok.eta[0], jnp.exp(tok.log_alpha[0])  # [e]
+    alpha = jnp.exp(tok.log_alpha[0])  # [e]
     s1 = beta * s["w1"] - jnp.outer(eta1 * e[0], a[0])
     s2 = beta * s["w2"] - sum(jnp.outer(delta[0], eta2 * rho[0]) for delta, rho in terms)
     w1 = alpha[:, None] * w["w1"] + s1
     w2 = w["w2"] * alpha[None, :] + s2
     if config.use_dgd:
-        w2 = w2 - jnp.outer(w["w2"] @ tok.k[0], eta * tok.k[0])
+        erase = _erase_steps(tok.eta, tok.k, config)[0]  # [e]
+        w2 = w2 - jnp.outer(w["w2"] @ tok.k[0], erase * tok.k[0])
     return {"w1": w1, "w2": w2}, {"w1": s1, "w2": s2}
 
 
@@ -486,6 +507,7 @@ def _write_chunk(
     beta = config.momentum
     sigma = architectures.ACTIVATIONS[config.activation]
     k, v, eta = tok.k, tok.v, tok.eta  # [c, d], [c, d], [c, e]
+    erase_eta = _erase_steps(eta, k, config)  # [c, e]
     per_head = eta.shape[-1] == 1
     w1, s1, w2, s2 = mem
 
@@ -542,6 +564,18 @@ def _write_chunk(
         scale_cols = lambda s, m: jnp.einsum("d,nd->nd", s, m)
 
     # Output-side weight W₁ (rows are channels; α and η scale rows): Σ_m coef_m e_m a_mᵀ.
+    if config.dgd_step == "token_normalized":
+        # The residuals at the running W₁ solve the unit lower-triangular system
+        #   e_t + Σ_{m<t} Φ[t−1,m] η₁_m ⟨a_m, a_t⟩ e_m = e⁰_t + (γ[t−1,0] − 1) W₁_0 a_t
+        #                                                 + β Φ[t−1,1] S₁_0 a_t
+        # (e⁰ the chunk-start residual): one system per head, or per channel when e = d.
+        strict = jnp.einsum("tn,mn->tm", a, a)[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
+        rhs = e + (jnp.exp(lam[:-1]) - 1.0) * (a @ w1.T) + beta * phi[:-1, 0] * (a @ s1.T)
+        solve = lambda m, r: _unit_lower_inverse(m) @ r
+        if per_head:
+            e = solve(strict[..., 0], rhs)  # [c, d]
+        else:
+            e = jax.vmap(solve, in_axes=(2, 1), out_axes=1)(strict, rhs)
     outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
     w1 = scale_rows(decay_c, w1) + beta * scale_rows(phi_0, s1) - outer1(coef_w1)
     s1 = beta_c * s1 - outer1(coef_s1)
@@ -550,14 +584,14 @@ def _write_chunk(
     if config.use_dgd:
         if per_head:
             kk = k @ k.T  # [c(t), c(i)] ⟨k_i, k_t⟩
-            q_mat = kk * eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
+            q_mat = kk * erase_eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
             s2_k = jnp.einsum("cd,nd->cn", k, s2)
             rhs = scale_tokens(jnp.exp(lam[:-1]), z_k) + beta * scale_tokens(phi[:-1, 0], s2_k)
             weight = phi[:-1, :, 0] * eta2[:, 0]  # [c(t), c(m)]
             for delta, rho in terms:
                 rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
         else:
-            erase = eta * k  # [c, d] erase keys η_i k_i
+            erase = erase_eta * k  # [c, d] erase keys η_i k_i
             q_mat = _bilinear(erase, k, gamma[:-1])
             rhs = (jnp.exp(lam[:-1]) * k) @ w2.T + beta * (phi[:-1, 0] * k) @ s2.T
             for delta, rho in terms:
@@ -569,14 +603,14 @@ def _write_chunk(
         if per_head:
             left_w = scale_tokens(coef_w, delta)  # [c, n]
             if i == 0 and config.use_dgd:
-                left_w = left_w + scale_tokens(gamma[c] * eta, r)  # the erase shares the keys
+                left_w = left_w + scale_tokens(gamma[c] * erase_eta, r)  # the erase shares keys
             w2_new = w2_new - jnp.einsum("cn,cd->nd", left_w, rho)
             s2 = s2 - jnp.einsum("cn,cd->nd", scale_tokens(coef_s, delta), rho)
         else:
             w2_new = w2_new - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_w, rho))
             s2 = s2 - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_s, rho))
     if config.use_dgd and not per_head:
-        w2_new = w2_new - r.T @ (eta * k * gamma[c])
+        w2_new = w2_new - r.T @ (erase_eta * k * gamma[c])
     return _Memory(w1, s1, w2_new, s2), read
 
 

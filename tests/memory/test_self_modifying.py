@@ -58,12 +58,13 @@ def _silu_slope(z):
 
 
 def _chunk_steps(w, toks, cfg):
-    """(η₁ scale, η₂ scale) of one chunk for ``dgd_step="chunk_normalized"``: 1/(1 + τ) per layer.
+    """(η₁ scale, η₂ scale) of one chunk for the normalised ``dgd_step``s: 1/(1 + τ) per layer.
 
     toks: the chunk's (k, v, η) triples; τ₁ = Σ η‖a‖², τ₂ = Σ_(ρ) (Σ_j η_j ρ_j²) Σ_n σ'(W₂ρ)_n²
-    ‖W₁[:, n]‖² over ρ = k (and v without the stop-gradient on v̂).
+    ‖W₁[:, n]‖² over ρ = k (and v without the stop-gradient on v̂). ``"token_normalized"``
+    scales W₁ per token instead (``_token_step``); its η₁ entry here is unused.
     """
-    if cfg.dgd_step != "chunk_normalized":
+    if cfg.dgd_step not in ("chunk_normalized", "token_normalized"):
         return 1.0, 1.0
     columns = np.sum(w["w1"] ** 2, axis=0)
     tau1, tau2 = 0.0, 0.0
@@ -81,13 +82,21 @@ def _chunk_steps(w, toks, cfg):
     return 1.0 / (1.0 + tau1), 1.0 / (1.0 + tau2)
 
 
+def _token_step(w, k, v, eta, cfg):
+    """Eq. 57's step of W₁ on its own input a = σ(W₂k) (− σ(W₂v)): η / (1 + η‖a‖²)."""
+    a = _silu(w["w2"] @ k)
+    if not cfg.stop_gradient_vhat:
+        a = a - _silu(w["w2"] @ v)
+    return eta / (1.0 + eta * np.sum(a * a))
+
+
 def _naive(x, q, params, cfg, tokens=None):
     """Returns o [b, t, h, d] and {(b, h): (weights, momentum)} as float64 numpy.
 
     ``dgd_step="chunk_normalized"`` needs the (k, v, η) of a whole output-memory chunk at its
     start; they come from the generators alone, so a first pass records them (``tokens``).
     """
-    if cfg.dgd_step == "chunk_normalized" and tokens is None:
+    if cfg.dgd_step in ("chunk_normalized", "token_normalized") and tokens is None:
         tokens = {}
         _naive(x, q, params, cfg, tokens)
         return _naive(x, q, params, cfg, tokens)
@@ -150,11 +159,19 @@ def _naive(x, q, params, cfg, tokens=None):
                     g = _inner_grad(start, k, target, v, cfg.stop_gradient_vhat)
                     g1, g2 = np.asarray(g["w1"]), np.asarray(g["w2"])
                     eta1, eta2 = (eta * scale for scale in steps[n])
+                    if cfg.dgd_step == "token_normalized":  # W₁: the running W₁, chunk-start W₂
+                        running = {"w1": weights[n]["w1"], "w2": start["w2"]}
+                        g = _inner_grad(running, k, target, v, cfg.stop_gradient_vhat)
+                        g1 = np.asarray(g["w1"])
+                        eta1 = _token_step(start, k, v, eta, cfg)
                     mom[n]["w1"] = cfg.momentum * mom[n]["w1"] - np.diag(eta1) @ g1
                     mom[n]["w2"] = cfg.momentum * mom[n]["w2"] - g2 @ np.diag(eta2)
                     factor = np.diag(alpha)  # Eq. 88: (α_t I − η_t k_t k_tᵀ)
                     if cfg.use_dgd:
-                        factor = factor - np.outer(k, eta * k)
+                        erase = eta
+                        if cfg.dgd_step == "token_normalized":  # Eq. 57 in the erase
+                            erase = eta / (1.0 + np.sum(eta * k * k))
+                        factor = factor - np.outer(k, erase * k)
                     weights[n]["w1"] = np.diag(alpha) @ weights[n]["w1"] + mom[n]["w1"]
                     weights[n]["w2"] = weights[n]["w2"] @ factor + mom[n]["w2"]
             finals[(bi, hi)] = (weights, mom)
@@ -211,6 +228,15 @@ NAIVE_CASES = [
     ((3, 5), {"dgd_step": "normalized", "adaptive_q": True, "adaptive_k": False}),
     ((8, 4), {"momentum": 0.0, "use_decay": False, "use_dgd": False, "adaptive_v": False}),
     ((4, 8), {"dgd_step": "chunk_normalized"}),
+    ((4, 8), {"dgd_step": "token_normalized"}),
+    (
+        (3, 5),
+        {
+            "dgd_step": "token_normalized",
+            "eta_alpha_per_channel": True,
+            "stop_gradient_vhat": False,
+        },
+    ),
     (
         (3, 5),
         {
@@ -245,7 +271,7 @@ def test_chunk_parallel_matches_naive_loop(x64, chunks, options):
                 )
 
 
-@pytest.mark.parametrize("dgd_step", ["printed", "chunk_normalized"])
+@pytest.mark.parametrize("dgd_step", ["printed", "chunk_normalized", "token_normalized"])
 def test_recurrent_equals_chunk_parallel_at_chunk_one(x64, dgd_step):
     cfg = SelfModifyingConfig(
         chunk_size=1,
