@@ -99,6 +99,12 @@ class SelfModifyingConfig:
       kv_init_scale: W₁ of the initial M_k and M_v is normal with std kv_init_scale/√n, so that
         k ≠ v from the start; 0 makes them the identity (then k = v and, with normalised v, every
         inner gradient is zero until the outer loop separates M_k from M_v).
+      project_inputs: each adaptive generator of k and v (and q when ``adaptive_q``) reads its
+        own learned linear map of the per-head input, □_t = M_□(P_□ x_t), P_□ [d, d] initialised
+        to the identity (Titans' separate q/k/v projections, PAPER Eq. 76, in front of Eq. 83);
+        False feeds every generator the same x_t. With one shared x_t the residual identity of
+        Eq. 89 puts x_t in both k_t and v_t, and no learned linear split of key and value
+        features is possible (docs/SEMANTICS.md §1.3).
       activation: σ of the residual MLPs, a key of ``architectures.ACTIVATIONS``.
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
@@ -136,6 +142,7 @@ class SelfModifyingConfig:
     normalize_v: bool = True
     normalize_x: bool = True
     kv_init_scale: float = 1.0
+    project_inputs: bool = False
     activation: str = "silu"
     hidden_expansion: float = 1.0
     dgd_step: str = "printed"
@@ -165,6 +172,7 @@ class SelfModifyingConfig:
             "normalize_qk",
             "normalize_v",
             "normalize_x",
+            "project_inputs",
             "remat",
             "writes",
         ):
@@ -241,6 +249,19 @@ def _adaptive_generators(config: SelfModifyingConfig) -> tuple[str, ...]:
     return tuple(name for name in _GENERATORS if adaptive[name])
 
 
+def _projected_generators(config: SelfModifyingConfig) -> tuple[str, ...]:
+    """Generators that read their own input map P_□ x_t (``project_inputs``), in a fixed order."""
+    if not config.project_inputs:
+        return ()
+    return tuple(n for n in _adaptive_generators(config) if n in ("k", "v", "q"))
+
+
+def _generator_inputs(x: jax.Array, static: Params, names: tuple[str, ...]) -> jax.Array:
+    """Inputs of the generators ``names``: P_□ x or x; x [c, d] -> [c, g, d]."""
+    maps = static.get("inputs", {})
+    return jnp.stack([x @ maps[n].T if n in maps else x for n in names], axis=1)
+
+
 def self_modifying_init(
     key: jax.Array,
     *,
@@ -266,7 +287,9 @@ def self_modifying_init(
       the identity map, except for M_k and M_v, whose W₁ has std ``kv_init_scale``/√n);
       a static k or v is a linear projection {"w": [h, d, d]}
       initialised to the identity; "eta_bias" and "alpha_bias" ([h] per head, [h, d] per channel)
-      are the learned biases of the η and α readouts.
+      are the learned biases of the η and α readouts; with ``config.project_inputs``, "inputs"
+      maps each projected generator (:func:`_projected_generators`) to its input map P_□
+      [h, d, d], initialised to the identity.
     """
     if not isinstance(config, SelfModifyingConfig):
         raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
@@ -291,6 +314,9 @@ def self_modifying_init(
         if not adaptive:
             params[name] = {"w": identity}
     bias_shape = (heads, dim) if config.eta_alpha_per_channel else (heads,)
+    projected = _projected_generators(config)
+    if projected:
+        params["inputs"] = {name: identity for name in projected}
     params["eta_bias"] = jnp.full(bias_shape, config.eta_bias_init, dtype)
     params["alpha_bias"] = jnp.full(bias_shape, config.alpha_bias_init, dtype)
     return params
@@ -688,9 +714,9 @@ def _chunked_one(
     write = jax.vmap(lambda mem, tok: _write_chunk(mem, tok, config)[0], (0, None))
 
     def generator_body(gen, xs):  # gen: _Memory with leaves [g, ...]
-        x_c, q_c = xs
-        z = jnp.einsum("cd,gnd->gcn", x_c, gen.w2)
-        y = x_c + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # M_□(x) [g, c, d]
+        x_c, inputs, q_c = xs  # [c, d], [c, g, d] (x or P_□ x), [c, d]
+        z = jnp.einsum("cgd,gnd->gcn", inputs, gen.w2)
+        y = jnp.swapaxes(inputs, 0, 1) + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # [g, c, d]
         tok = _generate(dict(zip(gen_names, y)), static, x_c, q_c, config)
         if not config.writes:
             return gen, tok
@@ -705,8 +731,9 @@ def _chunked_one(
 
     if stats:
         generator_body = _with_losses(generator_body, lambda xs, tok: tok, sigma, config)
+    inputs = _generator_inputs(x, static, gen_names)  # [t, g, d]
     gen, tokens = _scan_chunks(
-        generator_body, stacked(gen_names), (x, q_in), config.chunk_size, config.remat
+        generator_body, stacked(gen_names), (x, inputs, q_in), config.chunk_size, config.remat
     )
     if stats:
         tokens, gen_losses = tokens
@@ -748,7 +775,8 @@ def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingC
     def body(carry, xs):
         ws, ss = carry
         x_t, q_t = xs[0][None], xs[1][None]
-        outputs = {n: _mlp(ws[n], x_t, sigma) for n in names if n != "memory"}
+        inputs = _generator_inputs(x_t, static, names[:-1])[0]  # [g, d]
+        outputs = {n: _mlp(ws[n], inputs[i][None], sigma) for i, n in enumerate(names[:-1])}
         tok = _generate(outputs, static, x_t, q_t, config)
         o = _mlp(ws["memory"], tok.q, sigma)[0]
         if not config.writes:
@@ -801,8 +829,18 @@ def _check_and_prepare(x, q, params, config, initial_state):
             raise ValueError(
                 f"params[{n!r}]['w'].shape={params[n]['w'].shape}, expected {(h, d, d)}"
             )
+    projected = _projected_generators(config)
+    maps = params.get("inputs", {})
+    got = {n: tuple(a.shape) for n, a in maps.items()}
+    if got != {n: (h, d, d) for n in projected}:
+        raise ValueError(
+            f"params['inputs'] has shapes {got}, expected {(h, d, d)} for each of "
+            f"{list(projected)} (project_inputs={config.project_inputs})"
+        )
     dtype = jnp.promote_types(jnp.promote_types(x.dtype, params["memory"]["w2"].dtype), jnp.float32)
     static = {n: params[n] for n in ("k", "v") if n not in names}
+    if projected:
+        static["inputs"] = maps
     static = jax.tree.map(lambda a: a.astype(dtype), static)
     static["eta_bias"] = params["eta_bias"].astype(dtype).reshape(h, -1)
     static["alpha_bias"] = params["alpha_bias"].astype(dtype).reshape(h, -1)

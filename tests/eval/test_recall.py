@@ -25,8 +25,22 @@ def test_mqar_layout_answers_repeat_their_keys_values():
         assert np.array_equal(np.flatnonzero(mask) + 1, np.arange(13, 20, 2))  # answer targets
 
 
+def test_mqar_gap_puts_filler_between_pairs_and_queries():
+    b = recall.mqar_batch(np.random.default_rng(0), batch=3, pairs=4, queries=2, vocab=16, gap=5)
+    tokens = np.concatenate([b.inputs, b.targets[:, -1:]], axis=1)  # [3, 8 + 5 + 4]
+    assert tokens.shape == (3, 17)
+    assert (
+        np.all(tokens[:, 8:13] == 16) and np.all(tokens[:, :8] < 16) and np.all(tokens[:, 13:] < 16)
+    )
+    for row, mask in zip(tokens, b.answer_mask):
+        lookup = dict(zip(row[0:8:2], row[1:8:2]))
+        assert all(lookup[k] == a for k, a in zip(row[13::2], row[14::2]))
+        assert np.array_equal(np.flatnonzero(mask) + 1, [14, 16])
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(batch=0), dict(queries=7), dict(pairs=11, queries=2), dict(vocab=1)]
+    "kwargs",
+    [dict(batch=0), dict(queries=7), dict(pairs=11, queries=2), dict(vocab=1), dict(gap=-1)],
 )
 def test_mqar_rejects_bad_sizes(kwargs):
     args = dict(batch=2, pairs=6, queries=4, vocab=20) | kwargs

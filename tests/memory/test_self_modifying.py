@@ -118,9 +118,15 @@ def _naive(x, q, params, cfg, tokens=None):
                     xt = x[bi, i, hi]
                     if cfg.normalize_x:
                         xt = xt / np.sqrt(np.sum(xt * xt) + 1e-6)
-                    k = _naive_mlp(gen["k"], xt) if "k" in gen else params["k"]["w"][hi] @ xt
-                    v = _naive_mlp(gen["v"], xt) if "v" in gen else params["v"]["w"][hi] @ xt
-                    qt = _naive_mlp(gen["q"], xt) if "q" in gen else q[bi, i, hi]
+                    maps = params.get("inputs", {})
+
+                    def read(name, xt=xt, hi=hi):  # M_□(P_□ x_t), or M_□(x_t)
+                        inp = maps[name][hi] @ xt if name in maps else xt
+                        return _naive_mlp(gen[name], inp)
+
+                    k = read("k") if "k" in gen else params["k"]["w"][hi] @ xt
+                    v = read("v") if "v" in gen else params["v"]["w"][hi] @ xt
+                    qt = read("q") if "q" in gen else q[bi, i, hi]
                     if cfg.normalize_qk:
                         k = k / np.sqrt(np.sum(k * k) + 1e-6)
                         qt = qt / np.sqrt(np.sum(qt * qt) + 1e-6)
@@ -228,7 +234,8 @@ NAIVE_CASES = [
     ((3, 5), {"dgd_step": "normalized", "adaptive_q": True, "adaptive_k": False}),
     ((8, 4), {"momentum": 0.0, "use_decay": False, "use_dgd": False, "adaptive_v": False}),
     ((4, 8), {"dgd_step": "chunk_normalized"}),
-    ((4, 8), {"dgd_step": "token_normalized"}),
+    ((4, 8), {"dgd_step": "token_normalized", "project_inputs": True}),
+    ((3, 5), {"project_inputs": True, "adaptive_q": True, "adaptive_v": False}),
     (
         (3, 5),
         {
@@ -281,6 +288,7 @@ def test_recurrent_equals_chunk_parallel_at_chunk_one(x64, dgd_step):
         adaptive_q=True,
         stop_gradient_vhat=False,
         dgd_step=dgd_step,
+        project_inputs=dgd_step == "token_normalized",
     )
     params = _perturbed_params(cfg, heads=2, dim=4, hidden=5, dtype=jnp.float64)
     x, q = _inputs((2, 9, 2, 4), jnp.float64)
@@ -497,6 +505,7 @@ def test_long_stream_stays_finite_and_bounded():
         ("use_dgd", 1),
         ("normalize_v", 1),
         ("kv_init_scale", -1.0),
+        ("project_inputs", "yes"),
     ],
 )
 def test_config_validation(field, value):
@@ -514,6 +523,8 @@ def test_input_validation():
         _memory(jnp.zeros((1, 4, 2, 5)), jnp.zeros((1, 4, 2, 5)), params=params, config=cfg)
     with pytest.raises(ValueError, match="params lack"):
         _memory(x, x, params=params, config=dataclasses.replace(cfg, adaptive_q=True))
+    with pytest.raises(ValueError, match=r"params\['inputs'\].*project_inputs=True"):
+        _memory(x, x, params=params, config=dataclasses.replace(cfg, project_inputs=True))
     _, state = _memory(x, x, params=params, config=cfg)
     with pytest.raises(ValueError, match=r"initial_state\.weights"):
         _memory(
