@@ -103,8 +103,8 @@ class SelfModifyingConfig:
         own learned linear map of the per-head input, □_t = M_□(P_□ x_t), P_□ [d, d] initialised
         to the identity (Titans' separate q/k/v projections, PAPER Eq. 76, in front of Eq. 83);
         False feeds every generator the same x_t. With one shared x_t the residual identity of
-        Eq. 89 puts x_t in both k_t and v_t, and no learned linear split of key and value
-        features is possible (docs/SEMANTICS.md §1.3).
+        Eq. 89 puts x_t in both k_t and v_t, and only the MLP part can separate key features
+        from value features (docs/SEMANTICS.md §1.2 row 13a).
       activation: σ of the residual MLPs, a key of ``architectures.ACTIVATIONS``.
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
