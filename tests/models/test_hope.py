@@ -50,6 +50,7 @@ ABLATIONS = {
     "normalize_v": False,
     "normalize_x": False,
     "kv_init_scale": 0.5,
+    "project_inputs": True,
     "activation": "gelu",
     "hidden_expansion": 2.0,
     "dgd_step": "normalized",
