@@ -256,9 +256,12 @@ def _projected_generators(config: SelfModifyingConfig) -> tuple[str, ...]:
     return tuple(n for n in _adaptive_generators(config) if n in ("k", "v", "q"))
 
 
-def _generator_inputs(x: jax.Array, static: Params, names: tuple[str, ...]) -> jax.Array:
-    """Inputs of the generators ``names``: P_□ x or x; x [c, d] -> [c, g, d]."""
-    maps = static.get("inputs", {})
+def _generator_inputs(x: jax.Array, static: Params, names: tuple[str, ...]) -> jax.Array | None:
+    """Inputs of the generators ``names``, P_□ x or x: x [c, d] -> [c, g, d]; None (every
+    generator reads x itself) without ``project_inputs``."""
+    maps = static.get("inputs")
+    if not maps:
+        return None
     return jnp.stack([x @ maps[n].T if n in maps else x for n in names], axis=1)
 
 
@@ -337,6 +340,11 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPS)
 
 
+def _normalized_step(eta: jax.Array, k: jax.Array) -> jax.Array:
+    """Eq. 57's η' = η / (1 + η‖k‖²) per token; per channel η / (1 + Σ_j η_j k_j²). [c, e]."""
+    return eta / (1.0 + jnp.sum(eta * k * k, axis=-1, keepdims=True))
+
+
 def _generate(
     outputs: dict[str, jax.Array],
     static: Params,
@@ -376,7 +384,7 @@ def _generate(
     else:
         log_alpha = jnp.zeros_like(eta)
     if config.dgd_step == "normalized":
-        eta = eta / (1.0 + jnp.sum(eta * k * k, axis=-1, keepdims=True))
+        eta = _normalized_step(eta, k)
     return _Tokens(k, v, q, eta, log_alpha)
 
 
@@ -446,9 +454,7 @@ def _erase_steps(eta: jax.Array, k: jax.Array, config: SelfModifyingConfig) -> j
     η_t, except with ``dgd_step="token_normalized"``: Eq. 57's η_t / (1 + η_t‖k_t‖²) (per channel
     η / (1 + Σ_j η_j k_j²)), so that the erase factor stays a contraction for any η_t.
     """
-    if config.dgd_step != "token_normalized":
-        return eta
-    return eta / (1.0 + jnp.sum(eta * k * k, axis=-1, keepdims=True))
+    return _normalized_step(eta, k) if config.dgd_step == "token_normalized" else eta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -714,9 +720,14 @@ def _chunked_one(
     write = jax.vmap(lambda mem, tok: _write_chunk(mem, tok, config)[0], (0, None))
 
     def generator_body(gen, xs):  # gen: _Memory with leaves [g, ...]
-        x_c, inputs, q_c = xs  # [c, d], [c, g, d] (x or P_□ x), [c, d]
-        z = jnp.einsum("cgd,gnd->gcn", inputs, gen.w2)
-        y = jnp.swapaxes(inputs, 0, 1) + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # [g, c, d]
+        x_c, inputs, q_c = xs  # [c, d], [c, g, d] (P_□ x) or None, [c, d]
+        if inputs is None:
+            z = jnp.einsum("cd,gnd->gcn", x_c, gen.w2)
+            base = x_c
+        else:
+            z = jnp.einsum("cgd,gnd->gcn", inputs, gen.w2)
+            base = jnp.swapaxes(inputs, 0, 1)
+        y = base + jnp.einsum("gcn,gdn->gcd", sigma(z), gen.w1)  # M_□(x) [g, c, d]
         tok = _generate(dict(zip(gen_names, y)), static, x_c, q_c, config)
         if not config.writes:
             return gen, tok
@@ -731,7 +742,7 @@ def _chunked_one(
 
     if stats:
         generator_body = _with_losses(generator_body, lambda xs, tok: tok, sigma, config)
-    inputs = _generator_inputs(x, static, gen_names)  # [t, g, d]
+    inputs = _generator_inputs(x, static, gen_names)  # [t, g, d] or None
     gen, tokens = _scan_chunks(
         generator_body, stacked(gen_names), (x, inputs, q_in), config.chunk_size, config.remat
     )
@@ -775,8 +786,11 @@ def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingC
     def body(carry, xs):
         ws, ss = carry
         x_t, q_t = xs[0][None], xs[1][None]
-        inputs = _generator_inputs(x_t, static, names[:-1])[0]  # [g, d]
-        outputs = {n: _mlp(ws[n], inputs[i][None], sigma) for i, n in enumerate(names[:-1])}
+        inputs = _generator_inputs(x_t, static, names[:-1])  # [1, g, d] or None
+        outputs = {
+            n: _mlp(ws[n], x_t if inputs is None else inputs[:, i], sigma)
+            for i, n in enumerate(names[:-1])
+        }
         tok = _generate(outputs, static, x_t, q_t, config)
         o = _mlp(ws["memory"], tok.q, sigma)[0]
         if not config.writes:
