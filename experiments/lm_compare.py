@@ -4,10 +4,15 @@
   python experiments/lm_compare.py --variants=hope,transformer_pp --seeds=0
   python experiments/lm_compare.py --report_only          # tables and plot from finished runs
   python experiments/lm_compare.py --quick --out=/tmp/lm --workdir=/tmp/lm_runs   # smoke run
+  python experiments/lm_compare.py --study=memory_study --out=docs/results/memory/lm \
+      --workdir=runs/memory_study                         # another study's configs
 
-Every (variant, seed) is one `nestlearn.train.train_and_evaluate` run with the config of
-`experiments/configs/results_lm.py`. A finished run writes `<out>/runs/<variant>_s<seed>.json`
-(config, parameters, tokens/s, loss curve, final validation and test metrics, wall time, load);
+`--study` names the config module under `experiments/configs` (default `results_lm`): its
+`get_config`, `MODELS`, `ABLATIONS`, `LABELS` and parameter budget define the plan.
+
+Every (variant, seed) is one `nestlearn.train.train_and_evaluate` run with the study's config.
+A finished run writes `<out>/runs/<variant>_s<seed>.json` (config, parameters, tokens/s, loss
+curve, final validation and test metrics, the probe of its in-context memory, wall time, load);
 runs whose JSON exists are skipped, so an interrupted session loses at most the run in progress
 (whose workdir is deleted and restarted from scratch, so that its tokens/s stay honest). Order:
 every model for the first seed, then the next seed, then the ablations — partial results are
@@ -23,6 +28,7 @@ tables; the sweep goes on with the next run.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -48,8 +54,11 @@ from nestlearn.train.metrics import read_metrics
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/lm", "Directory of the run records, tables and plot.")
 flags.DEFINE_string("workdir", "runs/lm_compare", "Directory of the runs' checkpoints/metrics.")
-flags.DEFINE_list("variants", list(results_lm.MODELS), "Compared models (results_lm.MODELS).")
-flags.DEFINE_list("ablations", list(results_lm.ABLATIONS), "Hope ablations to run.")
+flags.DEFINE_string(
+    "study", "results_lm", "Config module of the study under experiments/configs (its MODELS)."
+)
+flags.DEFINE_list("variants", None, "Compared models (default: the study's MODELS).")
+flags.DEFINE_list("ablations", None, "Hope ablations to run (default: the study's ABLATIONS).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the compared models.")
 flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.")
 flags.DEFINE_bool("quick", False, "Tiny synthetic runs (seconds; smoke test).")
@@ -90,8 +99,8 @@ def run_name(variant: str, seed: int) -> str:
     return f"{variant}_s{seed}"
 
 
-def config_for(variant: str, seed: int, quick: bool):
-    config = results_lm.get_config(f"{variant},quick" if quick else variant)
+def config_for(variant: str, seed: int, quick: bool, study=results_lm):
+    config = study.get_config(f"{variant},quick" if quick else variant)
     config.seed = seed
     return config
 
@@ -142,9 +151,15 @@ def claim(path: Path) -> bool:
     return True
 
 
-def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) -> dict:
-    """Trains one (variant, seed) from scratch and writes its JSON record."""
-    config = config_for(variant, seed, quick)
+def train_one(
+    variant: str, seed: int, out: Path, workdir: Path, quick: bool, study=results_lm
+) -> dict:
+    """Trains one (variant, seed) from scratch and writes its JSON record.
+
+    The record holds the run's probe (`probe.json`: validation loss by position with the
+    in-context writes on and off) when the run finished.
+    """
+    config = config_for(variant, seed, quick, study)
     params = check_params(config, quick)
     run_dir = workdir / run_name(variant, seed)
     if run_dir.exists():
@@ -181,6 +196,7 @@ def train_one(variant: str, seed: int, out: Path, workdir: Path, quick: bool) ->
         },
         "final": final,
         "diverged": diverged,
+        "probe": json.loads((run_dir / "probe.json").read_text()) if final else None,
         "config": dump_config(config),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -245,8 +261,77 @@ def _claim(groups, better: str, worse: str) -> list[str] | None:
     ]
 
 
-def write_report(out: Path, command: str) -> None:
-    """README.md, results.json and loss_vs_tokens.png from every recorded run under `out`.
+def memory_section(groups: dict[str, list[dict]], variants: list[str], out: Path) -> str:
+    """The probe's section: late on − off gap per model and `loss_by_position.png`.
+
+    The late gap of a run is the probe's `late_gap` (mean over validation windows of each
+    window's mean off − on loss over its second half); across seeds, mean ± standard error of
+    the mean, and z = mean / SE (how many standard errors the gap is above zero).
+    """
+    probed = [v for v in variants if any(r.get("probe") for r in groups.get(v, []))]
+    if not probed:
+        return ""
+    rows, curves = [], {}
+    for v in probed:
+        probes = [r["probe"] for r in groups[v] if r.get("probe")]  # older records have none
+        gaps = [p["late_gap"] for p in probes]
+        mean, std = compare.mean_std(gaps)
+        se = std / math.sqrt(len(gaps))
+        z = "—" if se == 0 else f"{mean / se:+.1f}"
+        rows.append(
+            [
+                LABELS[v],
+                "yes" if probes[0]["has_memory"] else "no",
+                f"{mean:+.4f}",
+                f"{se:.4f}" if len(gaps) > 1 else "—",
+                z if len(gaps) > 1 else "—",
+                ", ".join(f"{p['late_gap']:+.4f} ± {p['late_gap_se'] or 0:.4f}" for p in probes),
+                compare.format_mean_std([p["loss_on"] for p in probes], 4),
+                compare.format_mean_std([p["loss_off"] for p in probes], 4),
+            ]
+        )
+        for writes in ("on", "off") if probes[0]["has_memory"] else ("on",):
+            curves[f"{LABELS[v]}, writes {writes}"] = [
+                (p["positions"], p[f"loss_by_position_{writes}"]) for p in probes
+            ]
+    compare.plot_curves(
+        curves,
+        out / "loss_by_position.png",
+        xlabel="position in the window (bucket start)",
+        ylabel="validation loss (nats/byte)",
+        title="In-context writes on and off (same parameters; mean ± std over seeds)",
+    )
+    p0 = next(r["probe"] for r in groups[probed[0]] if r.get("probe"))
+    table = compare.markdown_table(
+        [
+            "model",
+            "in-context memory",
+            "late gap off − on (nats/byte)",
+            "SE over seeds",
+            "z",
+            "per seed: gap ± SE over windows",
+            "val loss, writes on",
+            "val loss, writes off",
+        ],
+        rows,
+    )
+    return f"""
+## In-context memory: validation loss with the writes on and off
+
+Each finished run ends with the probe (`nestlearn.eval.probe`): the same parameters evaluated on
+{p0["num_sequences"]} validation windows of {p0["seq_len"]} bytes with every in-context memory
+writing (as trained) and held at its initial state (`model.memory_writes=False`). The late gap is
+the mean off − on loss over positions {p0["late_start"]}–{p0["seq_len"] - 1}; positive means the
+writes lower the loss there. A model without in-context memory has a gap of 0 by construction.
+
+{table}
+
+![loss by position](loss_by_position.png)
+"""
+
+
+def write_report(out: Path, command: str, study=results_lm) -> None:
+    """README.md, results.json and the plots from every recorded run under `out`.
 
     Means are over finished runs; diverged runs are counted and listed, never averaged.
     """
@@ -254,8 +339,8 @@ def write_report(out: Path, command: str) -> None:
     if not recorded:
         return
     groups, diverged = split_runs(recorded)
-    main = [v for v in results_lm.MODELS if v in recorded]
-    ablations = [v for v in results_lm.ABLATIONS if v in recorded]
+    main = [v for v in study.MODELS if v in recorded]
+    ablations = [v for v in study.ABLATIONS if v in recorded]
     summary = {}
     for v, runs in diverged.items():
         summary[v] = {"diverged": {str(r["seed"]): r["diverged"] for r in runs}}
@@ -311,7 +396,7 @@ def write_report(out: Path, command: str) -> None:
             else f"{r['diverged']['last_finite_loss']:.4f} (step "
             f"{r['diverged']['last_finite_step']})",
         ]
-        for v in [*results_lm.MODELS, *results_lm.ABLATIONS]
+        for v in [*study.MODELS, *study.ABLATIONS]
         for r in diverged.get(v, [])
     ]
     diverged_table = (
@@ -480,8 +565,8 @@ def write_report(out: Path, command: str) -> None:
     )
     if unrecorded:
         code_note += f"; {unrecorded} run(s) started before fingerprints were recorded"
-    planned = [run_name(v, s) for s in (0, 1, 2) for v in results_lm.MODELS]
-    planned += [run_name(v, 0) for v in results_lm.ABLATIONS]
+    planned = [run_name(v, s) for s in (0, 1, 2) for v in study.MODELS]
+    planned += [run_name(v, 0) for v in study.ABLATIONS]
     done = {run_name(r["variant"], r["seed"]) for r in runs_all}
     missing = [p for p in planned if p not in done]
     walls = [r["wall_s"] for r in runs_all]
@@ -490,15 +575,15 @@ def write_report(out: Path, command: str) -> None:
     cfg = any_run["config"]
     text = f"""# Language modelling: matched models on byte-level Shakespeare
 
-Produced by `{command}` (`experiments/lm_compare.py`, config `experiments/configs/results_lm.py`);
-every number below is read from `runs/*.json`. Regenerate the tables from finished runs with
-`python experiments/lm_compare.py --report_only`.
+Produced by `{command}` (`experiments/lm_compare.py`, config
+`experiments/configs/{study.__name__}.py`); every number below is read from `runs/*.json`.
+Regenerate the tables from finished runs with the same command and `--report_only`.
 
 **Setup.** {cfg["data"]["corpus"]} ({cfg["data"]["tokenizer"]} tokens), split by whole play
 (validation and test each {cfg["data"]["val_fraction"]:.0%} of the 42 works: two held-out plays
 each, never seen in training). d_model {cfg["model"]["d_model"]}, {cfg["model"]["num_layers"]}
 layers, {cfg["model"]["num_heads"]} heads; feed-forward width per model so that every model has
-{results_lm.TARGET_PARAMS / 1e6:.1f}M ± {results_lm.PARAM_TOLERANCE:.0%} parameters. Windows of
+{study.TARGET_PARAMS / 1e6:.1f}M ± {study.PARAM_TOLERANCE:.0%} parameters. Windows of
 {cfg["data"]["seq_len"]} bytes, batch {cfg["data"]["batch_size"]},
 {any_run["train_tokens"]:,} training tokens per run ({cfg["train"]["num_steps"]} AdamW steps, lr
 {cfg["optim"]["lr"]}, warmup {cfg["optim"]["warmup_steps"]}, cosine to
@@ -508,11 +593,10 @@ mode, Eq. 71). {hope_note} Validation and test loss over {cfg["train"]["eval_bat
 ({cfg["train"]["eval_batches"] * cfg["data"]["batch_size"] * cfg["data"]["seq_len"]:,} bytes) of
 the held-out plays. Mean ± sample std over seeds; bpc = loss / ln 2 (one byte per character).
 
-**Token budget.** {any_run["train_tokens"]:,} training tokens per run were chosen (session 2,
-from a throughput measurement under load) so that the plan (7 models × 3 seeds + 7 ablations × 1
-seed) fits about 45 minutes of an idle 2-core machine; the measured wall times are below. This is
-small: the models are far from converged, and the comparison measures how fast each architecture
-learns in its first quarter-million bytes.
+**Token budget.** {any_run["train_tokens"]:,} training tokens per run, so that the plan fits a
+CPU session; the measured wall times are below. This is small: the models are far from
+converged, and the comparison measures how fast each architecture learns in its first
+{any_run["train_tokens"]:,} bytes.
 
 **Machine.** {any_run["machine"]}, shared with other jobs: load average
 {min(loads):.1f}–{max(loads):.1f} during these runs, so tokens/s are contended numbers (compare
@@ -529,7 +613,7 @@ every ablation × seed 0): {n_finished} finished, {n_diverged} diverged. Not run
 `--variants`, `--seeds`, `--ablations`, `--ablation_seeds` pick a part; several processes may
 share the plan (a lock file per run); `--report_only` rewrites this file.
 
-## Models ({len(main)} of {len(results_lm.MODELS)} with at least one seed)
+## Models ({len(main)} of {len(study.MODELS)} with at least one seed)
 
 {main_table}
 
@@ -543,7 +627,7 @@ PAPER §7.2; Titans Table 1, §7.1, where NL Table 2 has no row). Paper order (b
 {diverged_table}
 
 ![loss vs tokens](loss_vs_tokens.png)
-
+{memory_section(groups, main, out)}
 ## Hope ablations (NL-arXiv Table 6)
 
 {abl_table if abl_rows else "(not run yet)"}
@@ -565,20 +649,28 @@ def main(argv):
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     out, workdir = Path(FLAGS.out), Path(FLAGS.workdir)
+    try:
+        study = importlib.import_module(FLAGS.study)
+    except ModuleNotFoundError as error:
+        raise app.UsageError(
+            f"--study={FLAGS.study!r}: no such config module in experiments/configs"
+        ) from error
     command = "python experiments/lm_compare.py" + (" --quick" if FLAGS.quick else "")
+    if FLAGS.study != "results_lm":
+        command += f" --study={FLAGS.study} --out={out}"
     if FLAGS.report_only:
-        write_report(out, command)
+        write_report(out, command, study)
         return
-    for name in FLAGS.variants:
-        if name not in results_lm.MODELS:
-            raise app.UsageError(f"--variants: {name!r} is not one of {results_lm.MODELS}")
-    for name in FLAGS.ablations:
-        if name not in results_lm.ABLATIONS:
-            raise app.UsageError(
-                f"--ablations: {name!r} is not one of {list(results_lm.ABLATIONS)}"
-            )
-    plan = [(v, int(s)) for s in FLAGS.seeds for v in FLAGS.variants]
-    plan += [(v, int(s)) for s in FLAGS.ablation_seeds for v in FLAGS.ablations]
+    variants = list(study.MODELS) if FLAGS.variants is None else FLAGS.variants
+    ablations = list(study.ABLATIONS) if FLAGS.ablations is None else FLAGS.ablations
+    for name in variants:
+        if name not in study.MODELS:
+            raise app.UsageError(f"--variants: {name!r} is not one of {study.MODELS}")
+    for name in ablations:
+        if name not in study.ABLATIONS:
+            raise app.UsageError(f"--ablations: {name!r} is not one of {list(study.ABLATIONS)}")
+    plan = [(v, int(s)) for s in FLAGS.seeds for v in variants]
+    plan += [(v, int(s)) for s in FLAGS.ablation_seeds for v in ablations]
     for variant, seed in plan:
         if (out / "runs" / f"{run_name(variant, seed)}.json").exists():
             print(f"skip {run_name(variant, seed)} (finished)", flush=True)
@@ -589,7 +681,7 @@ def main(argv):
             continue
         print(f"run {run_name(variant, seed)} (load {os.getloadavg()[0]:.1f})", flush=True)
         try:
-            record = train_one(variant, seed, out, workdir, FLAGS.quick)
+            record = train_one(variant, seed, out, workdir, FLAGS.quick, study)
         finally:
             lock.unlink(missing_ok=True)
         f, d = record["final"], record["diverged"]
@@ -604,8 +696,8 @@ def main(argv):
             f"{record['tokens_per_sec']:.0f} tokens/s, {record['wall_s']:.0f} s",
             flush=True,
         )
-        write_report(out, command)
-    write_report(out, command)
+        write_report(out, command, study)
+    write_report(out, command, study)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from nestlearn.eval import answer_training, compare, niah
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
 from nestlearn.train.step import split_model
+from nestlearn.train.trainer import memory_writes_graph
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/niah", "Directory of the run records, tables, heat maps.")
@@ -207,31 +208,40 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             print(f"  {name} diverged at step {i + 1}: not tested", flush=True)
             break
     train_s = time.perf_counter() - start
-    logits_fn = answer_training.make_logits_fn(graphdef)
-    test_rng = np.random.default_rng([seed, 2])
-    exact = {t: {} for t in tasks}
-    token = {t: {} for t in tasks}
-    for length in test_lengths if divergence is None else ():
-        per_batch = max(1, EVAL_TOKENS // length)
-        for task in tasks:
-            depths = [d for d in DEPTHS for _ in range(FLAGS.samples)]
-            hits, accs = [], []
-            for s in range(0, len(depths), per_batch):
-                batch = niah.make_batch(
-                    task,
-                    data.val,
-                    length=length,
-                    depths=depths[s : s + per_batch],
-                    rng=test_rng,
-                    tokenizer=tok,
-                )
-                result = niah.score(np.asarray(logits_fn(params, rest, batch.inputs)), batch)
-                hits += result.exact.tolist()
-                accs += result.token_accuracy.tolist()
-            exact[task][str(length)] = _by_depth(hits, depths)
-            token[task][str(length)] = _by_depth(accs, depths)
-        accuracy = {t: round(float(np.mean(exact[t][str(length)])), 3) for t in tasks}
-        print(f"  {name} L={length}: exact {accuracy} ({time.perf_counter() - start:.0f} s)")
+    # Writes on, and (a model with in-context memory) the same parameters with every memory held
+    # at its initial state: the same examples, so the two columns differ only by the writes.
+    graphs = {"on": graphdef}
+    if models.has_memory(config.model):
+        graphs["off"] = memory_writes_graph(config.model, False, params)
+    exact = {w: {t: {} for t in tasks} for w in graphs}
+    token = {w: {t: {} for t in tasks} for w in graphs}
+    for writes, graph in graphs.items() if divergence is None else ():
+        logits_fn = answer_training.make_logits_fn(graph)
+        test_rng = np.random.default_rng([seed, 2])
+        for length in test_lengths:
+            per_batch = max(1, EVAL_TOKENS // length)
+            for task in tasks:
+                depths = [d for d in DEPTHS for _ in range(FLAGS.samples)]
+                hits, accs = [], []
+                for s in range(0, len(depths), per_batch):
+                    batch = niah.make_batch(
+                        task,
+                        data.val,
+                        length=length,
+                        depths=depths[s : s + per_batch],
+                        rng=test_rng,
+                        tokenizer=tok,
+                    )
+                    result = niah.score(np.asarray(logits_fn(params, rest, batch.inputs)), batch)
+                    hits += result.exact.tolist()
+                    accs += result.token_accuracy.tolist()
+                exact[writes][task][str(length)] = _by_depth(hits, depths)
+                token[writes][task][str(length)] = _by_depth(accs, depths)
+            accuracy = {t: round(float(np.mean(exact[writes][t][str(length)])), 3) for t in tasks}
+            print(
+                f"  {name} writes {writes} L={length}: exact {accuracy} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
     record = {
         "model": name,
         "seed": seed,
@@ -252,8 +262,10 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "samples": FLAGS.samples,
         },
         "divergence": divergence,  # None, or where the loss became non-finite (then not tested)
-        "exact": exact,
-        "token_accuracy": token,
+        "exact": exact["on"],
+        "token_accuracy": token["on"],
+        "exact_writes_off": exact.get("off"),  # None: the model has no in-context memory
+        "token_accuracy_writes_off": token.get("off"),
         "curve": curve,
         "train_s": train_s,
         "wall_s": time.perf_counter() - start,
@@ -291,6 +303,24 @@ def write_report(out: Path, command: str) -> None:
             [[LABELS[m]] + [cell(m, kind, t, n) for t in tasks for n in lengths] for m in names],
         )
         for kind in ("exact", "token_accuracy")
+    )
+    with_off = [m for m in tested if runs[m].get("exact_writes_off")]
+    off_table = compare.markdown_table(
+        ["model", "writes"] + [f"{t} {short(n)}" for t in tasks for n in lengths],
+        [
+            [LABELS[m], writes] + [cell(m, kind, t, n) for t in tasks for n in lengths]
+            for m in with_off
+            for writes, kind in (("on", "exact"), ("off", "exact_writes_off"))
+        ],
+    )
+    off_section = (
+        "\n## In-context writes on and off (exact match, %)\n\n"
+        "The same trained parameters and the same test examples, evaluated with the model's "
+        "in-context memories writing (as trained) and held at their initial state "
+        "(`model.memory_writes=False`). Retrieval that survives with the writes off is done by "
+        "something other than the memory (attention, the convolution).\n\n" + off_table + "\n"
+        if with_off
+        else ""
     )
     train_rows = []
     for m in names:
@@ -376,7 +406,10 @@ def write_report(out: Path, command: str) -> None:
             ylabel="needle depth",
         )
     summary = {
-        m: {k: runs[m].get(k) for k in ("divergence", "exact", "token_accuracy")} for m in names
+        m: {
+            k: runs[m].get(k) for k in ("divergence", "exact", "token_accuracy", "exact_writes_off")
+        }
+        for m in names
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     proto = runs[names[0]]["protocol"]
@@ -462,7 +495,7 @@ step and curriculum length are in the last column).
 ## Exact-match accuracy (%), mean over depths ({len(names)} of {len(results_lm.MODELS)} models)
 
 {exact_table}
-
+{off_section}
 ## Per-byte accuracy of the value (%), mean over depths
 
 Chance without retrieval: 10 for the 7 digits of passkey and number; about 20 for a UUID, whose

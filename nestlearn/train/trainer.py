@@ -620,7 +620,7 @@ def _saved_config(workdir: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(_upgrade(saved)))
 
 
-def _probe_graph(model_config: ml_collections.ConfigDict, writes: bool, params: Any):
+def memory_writes_graph(model_config: ml_collections.ConfigDict, writes: bool, params: Any):
     """The graph of the model of `model_config` with `memory_writes=writes` (built abstractly).
 
     Raises:
@@ -667,7 +667,7 @@ def probe_run(
     def losses(writes: bool):
         graph = run.graphdef
         if model_config.memory_writes != writes:
-            graph = _probe_graph(model_config, writes, params)
+            graph = memory_writes_graph(model_config, writes, params)
         step = probe.build_position_loss(graph, params=params, mesh=run.mesh)
         return probe.position_losses(step, params, rest, batches)
 

@@ -43,8 +43,8 @@ def test_divergence_reads_the_first_nonfinite_step(lm_compare):
 def test_a_diverged_run_is_recorded_and_reported_not_averaged(lm_compare, tmp_path, monkeypatch):
     quick = lm_compare.config_for
 
-    def exploding(variant, seed, is_quick):
-        c = quick(variant, seed, is_quick)
+    def exploding(variant, seed, is_quick, study):
+        c = quick(variant, seed, is_quick, study)
         c.optim.lr = 1e30  # the first update makes every later gradient non-finite
         c.optim.grad_clip = 0.0
         c.train.num_steps = 10
@@ -95,3 +95,26 @@ def test_a_diverged_run_is_recorded_and_reported_not_averaged(lm_compare, tmp_pa
         and "| diverged | diverged | — | — | 0 (+1 diverged) |" in readme
     )
     assert (out / "ablations_loss_vs_tokens.png").exists()
+
+    # The probe's section: the late gap's mean and standard error over the seeds that have one.
+    for seed, gap in ((1, 0.1), (2, 0.3)):
+        record = json.loads((out / "runs" / f"transformer_pp_s{seed}.json").read_text())
+        record.update(variant="hope", seed=seed)
+        record["probe"] = {
+            "has_memory": True,
+            "loss_on": 2.0,
+            "loss_off": 2.0 + gap / 2,
+            "positions": [0, 8],
+            "loss_by_position_on": [2.5, 1.5],
+            "loss_by_position_off": [2.5, 1.5 + gap],
+            "late_start": 8,
+            "late_gap": gap,
+            "late_gap_se": 0.01,
+            "num_sequences": 4,
+            "seq_len": 16,
+        }
+        (out / "runs" / f"hope_s{seed}.json").write_text(json.dumps(record))
+    lm_compare.write_report(out, "test")
+    readme = (out / "README.md").read_text()
+    assert "| Hope | yes | +0.2000 | 0.1000 | +2.0 | +0.1000 ± 0.0100, +0.3000 ± 0.0100 |" in readme
+    assert (out / "loss_by_position.png").exists()

@@ -92,9 +92,9 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     _run(
         "niah.py",
         "--quick",
-        "--models=transformer_pp",
+        "--models=transformer_pp,deltanet",
         "--samples=1",
-        "--model_overrides=rope_theta=5000",
+        "--model_overrides=chunk_size=8",
         f"--out={tmp_path / 'niah'}",
         cache=cache,
     )
@@ -102,13 +102,17 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     assert record["protocol"]["start"] == "from scratch"
     assert [c["length"] for c in record["curve"]] == [160, 384]  # the quick curriculum, in order
     assert record["protocol"]["stage_tasks"] == {"160": ["passkey"], "384": list(niah.TASKS)}
-    assert record["protocol"]["model_overrides"] == ["rope_theta=5000"]
+    assert record["protocol"]["model_overrides"] == ["chunk_size=8"]
+    assert record["exact_writes_off"] is None  # no in-context memory: one evaluation
+    memory = json.loads((tmp_path / "niah" / "runs" / "deltanet_s0.json").read_text())
+    assert memory["exact_writes_off"].keys() == memory["exact"].keys()
     assert set(record["exact"]) == {"passkey", "number", "uuid"}
     for task in record["exact"].values():
         for by_depth in task.values():
             assert len(by_depth) == 5 and all(0 <= x <= 1 for x in by_depth)
     readme = (tmp_path / "niah" / "README.md").read_text()
     assert "Transformer++" in readme and (tmp_path / "niah" / "heatmap_exact.png").exists()
+    assert "| DeltaNet | off |" in readme  # the writes-off rows
     assert (tmp_path / "niah" / "train_curves.png").exists()
 
 
@@ -119,3 +123,27 @@ def test_recall_script_runs_and_reports(tmp_path):
     assert record["protocol"]["pairs"] == 4 and list(record["accuracy"]) == ["4", "8", "16"]
     assert all(0 <= a <= 1 for a in record["accuracy"].values())
     assert "Gated DeltaNet" in (out / "README.md").read_text()
+
+
+def _memory_study():
+    sys.path.insert(0, str(ROOT / "experiments" / "configs"))
+    spec = importlib.util.spec_from_file_location(
+        "memory_study", ROOT / "experiments" / "configs" / "memory_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["hope", "titans_lmm", "deltanet", "gated_deltanet"])
+def test_the_memory_study_has_long_windows_at_the_parameter_budget(name):
+    study = _memory_study()
+    config = study.get_config(name)
+    assert config.data.seq_len == 1024 and config.data.seq_len <= config.model.max_len
+    assert config.train.num_steps * config.data.batch_size * 1024 == study.TRAIN_TOKENS
+    model = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
+    assert models.has_memory(config.model)
+    n = models.count_params(model)
+    assert abs(n - study.TARGET_PARAMS) <= study.PARAM_TOLERANCE * study.TARGET_PARAMS
+    with pytest.raises(ValueError, match="hope_attention"):
+        study.get_config("hope_attention")

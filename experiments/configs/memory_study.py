@@ -1,0 +1,59 @@
+"""Does the in-context memory matter in language modelling? 1,024-byte windows, writes on and off.
+
+  python experiments/lm_compare.py --study=memory_study --out=docs/results/memory/lm \
+      --workdir=runs/memory_study
+  python experiments/main.py --config=experiments/configs/memory_study.py:hope --workdir=W
+
+The models of the LM comparison (`results_lm`: ≈2M parameters, byte-level Shakespeare, the same
+optimizer levels), trained on windows of `SEQ_LEN` bytes so that a memory has hundreds of tokens
+of context to write before the positions it is judged on. Each run ends with the probe
+(`nestlearn.eval.probe`, docs/SEMANTICS.md §3): the validation loss by position with the
+in-context writes on (as trained) and off (every memory held at its initial state, same
+parameters). The study's measurement is the late gap, the mean off − on loss over positions
+`SEQ_LEN // 2` … `SEQ_LEN - 1`; a model without in-context memory (Transformer++, full causal
+attention over the window) has none by construction and is the control.
+"""
+
+from __future__ import annotations
+
+import results_lm
+
+#: Compared models: the memory models and the attention control.
+MODELS = ("hope", "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
+#: No ablations in this study (the sweep's `--ablations` default).
+ABLATIONS: dict = {}
+LABELS = results_lm.LABELS
+TARGET_PARAMS = results_lm.TARGET_PARAMS
+PARAM_TOLERANCE = results_lm.PARAM_TOLERANCE
+#: Window length (bytes) and windows per batch (2,048 bytes per step, as the LM comparison).
+SEQ_LEN = 1024
+BATCH_SIZE = 2
+#: Training bytes per run.
+TRAIN_TOKENS = 491_520
+#: Validation windows of the final evaluation and the probe (sequences of the standard error).
+EVAL_BATCHES = 24
+
+
+def get_config(arg: str | None = "hope"):
+    """The experiment config of one model: `results_lm.get_config(arg)` with long windows.
+
+    Args:
+      arg: "<model>" or "<model>,quick" (see `results_lm.get_config`); quick keeps its tiny
+        model and synthetic corpus with windows of 64 tokens.
+    """
+    name, _, mode = (arg or "hope").partition(",")
+    if name not in MODELS:
+        raise ValueError(f"memory_study model {name!r} is unknown; allowed: {list(MODELS)}")
+    c = results_lm.get_config(arg)
+    if mode == "quick":
+        c.data.seq_len = 64
+        return c
+    c.data.seq_len = SEQ_LEN
+    c.data.batch_size = BATCH_SIZE
+    c.train.num_steps = TRAIN_TOKENS // (SEQ_LEN * BATCH_SIZE)
+    c.optim.warmup_steps = max(1, c.train.num_steps // 10)
+    c.train.log_every = 10
+    c.train.eval_every = c.train.num_steps
+    c.train.eval_batches = EVAL_BATCHES // BATCH_SIZE
+    c.train.checkpoint_every = c.train.num_steps
+    return c
