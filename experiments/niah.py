@@ -78,7 +78,8 @@ flags.DEFINE_float("lr", 3e-3, "Peak learning rate (the LM comparison's by defau
 flags.DEFINE_list(
     "model_overrides",
     [],
-    "'key=value' model config changes for a sensitivity run (e.g. alpha_bias=7).",
+    "'key=value' model config changes for a sensitivity run (e.g. alpha_bias=7, "
+    "self_modifying.alpha_bias_init=7).",
 )
 flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
@@ -141,10 +142,16 @@ def train_config(name: str, seed: int, steps: int, quick: bool):
     config = results_lm.task_config(name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick)
     for item in FLAGS.model_overrides:
         key, _, value = item.partition("=")
-        if key not in config.model or not value:
-            raise ValueError(f"--model_overrides: {item!r} is not 'key=value' for a key of {name}")
-        old = config.model[key]
-        config.model[key] = value.lower() == "true" if isinstance(old, bool) else type(old)(value)
+        *parents, leaf = key.split(".")
+        node = config.model
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "get") or leaf not in node or not value:
+            raise ValueError(
+                f"--model_overrides: {item!r} is not 'key=value' for a (dotted) key of {name}"
+            )
+        old = node[leaf]
+        node[leaf] = value.lower() == "true" if isinstance(old, bool) else type(old)(value)
     if quick:
         config.model.max_len = max(QUICK["test_lengths"])
     return config

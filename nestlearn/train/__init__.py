@@ -17,6 +17,7 @@ from nestlearn.train.trainer import (
     build_run,
     evaluate_workdir,
     probe_workdir,
+    restore_workdir,
     train_and_evaluate,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "learning_rate_schedule",
     "probe_workdir",
     "read_metrics",
+    "restore_workdir",
     "train_and_evaluate",
     "validate_config",
 ]

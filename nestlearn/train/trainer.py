@@ -73,6 +73,7 @@ __all__ = [
     "on_mesh",
     "probe_run",
     "probe_workdir",
+    "restore_workdir",
     "sample_texts",
     "train_and_evaluate",
 ]
@@ -557,7 +558,8 @@ def evaluate_workdir(
         config.sample.num_samples = num_samples
     if prompt is not None:
         config.sample.prompt = prompt
-    run, state, rest, batches = _restored(config, workdir, split, max_batches)
+    run, state, rest = _restored(config, workdir, max_batches)
+    batches = _split_batches(run, split)
     result: dict[str, Any] = {"step": int(state.step)}
     result.update(
         evaluate_split(
@@ -574,10 +576,24 @@ def evaluate_workdir(
     return result
 
 
+def restore_workdir(workdir: str | Path) -> tuple[Run, TrainState, Any]:
+    """The run of `workdir`'s saved config and its newest checkpoint; creates nothing there.
+
+    Returns:
+      `(run, state, rest)`: the run (config, data, graph, mesh), the restored train state and the
+      model's non-parameter state.
+
+    Raises:
+      NoCheckpointError: no usable checkpoint in `workdir`.
+    """
+    workdir = Path(workdir)
+    return _restored(_saved_config(workdir), workdir)
+
+
 def _restored(
-    config: ml_collections.ConfigDict, workdir: Path, split: str, max_batches: int | None
-) -> tuple[Run, TrainState, Any, list[Batch]]:
-    """The run of a saved `config`, its newest checkpoint and `split`'s evaluation batches."""
+    config: ml_collections.ConfigDict, workdir: Path, max_batches: int | None = None
+) -> tuple[Run, TrainState, Any]:
+    """The run of a saved `config` and its newest checkpoint."""
     if max_batches is not None:
         config.train.eval_batches = max_batches
     run = build_run(config, workdir)
@@ -585,8 +601,13 @@ def _restored(
         state, rest, _ = restore(run)
     finally:
         run.checkpointer.close()
+    return run, state, rest
+
+
+def _split_batches(run: Run, split: str) -> list[Batch]:
+    """`split`'s evaluation batches of `run` on its mesh."""
     cfg = run.config
-    batches = [
+    return [
         on_mesh(b, run.mesh)
         for b in eval_batches(
             getattr(run.data, split),
@@ -595,7 +616,6 @@ def _restored(
             max_batches=cfg.train.eval_batches,
         )
     ]
-    return run, state, rest, batches
 
 
 def _saved_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -697,7 +717,8 @@ def probe_workdir(workdir: str | Path, *, max_batches: int | None = None) -> dic
       NoCheckpointError: no usable checkpoint in `workdir` (nothing is created there).
     """
     workdir = Path(workdir)
-    run, state, rest, batches = _restored(_saved_config(workdir), workdir, "val", max_batches)
+    run, state, rest = _restored(_saved_config(workdir), workdir, max_batches)
+    batches = _split_batches(run, "val")
     primary = jax.process_index() == 0
     result = probe_run(run, state.params, rest, batches, workdir if primary else None)
     return {"step": int(state.step), **result}

@@ -1,0 +1,63 @@
+"""experiments/memory_stream.py: a long stream through Hope's memories stays finite and bounded."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from nestlearn import models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _modules():
+    sys.path.insert(0, str(ROOT / "experiments" / "configs"))
+    loaded = []
+    for name, path in (
+        ("memory_stream", ROOT / "experiments" / "memory_stream.py"),
+        ("default_config", ROOT / "experiments" / "configs" / "default.py"),
+    ):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+    return loaded
+
+
+def _stream(arg, tokens, chunk):
+    script, default = _modules()
+    config = default.get_config(arg)
+    model = models.build(config.model, rngs=nnx.Rngs(0))
+    text = np.random.default_rng(0).integers(0, config.model.vocab_size, 10_000)
+    trace = script.run_stream(model, script.stream_tokens(text, tokens), chunk, log_every=10**9)
+    return script, trace
+
+
+def test_the_stream_records_every_state_array_per_call():
+    script, trace = _stream("smoke", 1024, 256)
+    assert trace["tokens"] == [256, 512, 768, 1024]
+    assert len(trace["loss"]) == 4 and np.all(np.isfinite(trace["loss"]))
+    weights = [k for k in trace["norms"] if "weights" in k]
+    assert weights, sorted(trace["norms"])  # the self-modifying memories' weights are traced
+    assert all(len(v) == 4 for v in trace["norms"].values())
+    assert trace["initial"].keys() == trace["norms"].keys()
+    rows = script.summary_rows(trace)
+    assert len(rows) == len(trace["norms"]) and all(r[-1] == "yes" for r in rows)
+    with pytest.raises(ValueError, match="shorter than one --chunk"):
+        script.run_stream(None, np.zeros(10, np.int32), 16)
+    with pytest.raises(ValueError, match="empty"):
+        script.stream_tokens(np.zeros(0, np.int32), 10)
+
+
+@pytest.mark.slow
+def test_a_million_tokens_through_the_default_hope_stay_finite_and_bounded():
+    _, trace = _stream(None, 1 << 20, 4096)
+    largest = max(max(v) for v in trace["norms"].values())
+    print(f"largest state norm over 2^20 tokens: {largest:.4g}")
+    assert np.all(np.isfinite(trace["loss"]))
+    assert all(np.all(np.isfinite(v)) for v in trace["norms"].values())
+    initial = max(max(trace["initial"].values()), 1.0)
+    assert largest < 100 * initial, (largest, initial)
