@@ -140,18 +140,7 @@ def _by_depth(values: list[float], depths: list[float]) -> list[float]:
 def train_config(name: str, seed: int, steps: int, quick: bool):
     """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
     config = results_lm.task_config(name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick)
-    for item in FLAGS.model_overrides:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = config.model
-        for part in parents:
-            node = node.get(part) if hasattr(node, "get") else None
-        if node is None or not hasattr(node, "get") or leaf not in node or not value:
-            raise ValueError(
-                f"--model_overrides: {item!r} is not 'key=value' for a (dotted) key of {name}"
-            )
-        old = node[leaf]
-        node[leaf] = value.lower() == "true" if isinstance(old, bool) else type(old)(value)
+    results_lm.apply_model_overrides(config, FLAGS.model_overrides, name)
     if quick:
         config.model.max_len = max(QUICK["test_lengths"])
     return config

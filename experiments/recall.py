@@ -14,16 +14,24 @@ values 128–255, so chance is 1/128 per answer. Optimizer: the model's own trai
 (AdamW; Hope's CMS levels every 1/4/16 steps), `--lr` with warmup and cosine, clip 1, as in
 `experiments/niah.py`.
 
+`--gap` puts that many filler tokens between the pairs and the queries (keys 0–126, values
+127–253, filler 254): with a gap beyond the short convolution and any attention window, only an
+in-context memory can carry a pair to its query. `--model_overrides` changes model config keys
+(dotted, e.g. `self_modifying.eta_max=1`) for a sensitivity run.
+
 Test: fresh sequences with `--pairs` pairs (the training length) and with 2× and 4× as many pairs
-(more to store, a longer context), `--test_batches` batches of `--batch` sequences each; reported
-as the accuracy of the answers (the fraction predicted by argmax). Each finished model writes
-`<out>/runs/<model>_s<seed>.json` (training curve, accuracies, wall time, load); finished models
-are skipped. `<out>/README.md` and `results.json` are rewritten from the finished runs.
+(more to store, a longer context), with the in-context writes on and, for a model with memory,
+off (`model.memory_writes=False`, same parameters and sequences), `--test_batches` batches of
+`--batch` sequences each; reported as the accuracy of the answers (the fraction predicted by
+argmax). Each finished model writes `<out>/runs/<model>_s<seed>.json` (training curve,
+accuracies, wall time, load); finished models are skipped. `<out>/README.md` and `results.json`
+are rewritten from the finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -43,8 +51,10 @@ from nestlearn.eval import answer_training, compare, recall
 from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
 from nestlearn.train.step import split_model
+from nestlearn.train.trainer import memory_writes_graph
 
 VOCAB = 256  # keys 0–127, values 128–255 (the byte vocabulary of the LM comparison)
+GAP_VOCAB = 254  # with a filler gap: keys 0–126, values 127–253, filler 254
 TEST_SCALES = (1, 2, 4)  # test with 1×, 2×, 4× the training pairs
 QUICK = {"steps": 6, "batch": 4, "pairs": 4, "queries": 4, "test_batches": 1}
 LABELS = results_lm.LABELS
@@ -56,6 +66,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     steps, batch, pairs, queries = s["steps"], s["batch"], s["pairs"], s["queries"]
     config = results_lm.task_config(name, seed=args.seed, steps=steps, lr=args.lr, quick=args.quick)
     config.model.vocab_size = VOCAB
+    results_lm.apply_model_overrides(config, args.model_overrides, name)
+    vocab = GAP_VOCAB if args.gap else VOCAB
+    sample = functools.partial(recall.mqar_batch, queries=queries, vocab=vocab, gap=args.gap)
     model = models.build(config.model, rngs=nnx.Rngs(args.seed))
     graphdef, params, rest = split_model(model)
     tx = nested(build_levels(config))
@@ -67,7 +80,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     load_start, start = os.getloadavg(), time.perf_counter()
     curve = []
     for i in range(steps):
-        b = recall.mqar_batch(rng, batch=batch, pairs=pairs, queries=queries, vocab=VOCAB)
+        b = sample(rng, batch=batch, pairs=pairs)
         params, opt_state, m = train_step(
             params, opt_state, rest, b.inputs, b.targets, b.answer_mask
         )
@@ -82,20 +95,24 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
             if not np.isfinite(m["loss"]):
                 break
     train_s = time.perf_counter() - start
-    logits_fn = answer_training.make_logits_fn(graphdef)
-    test_rng = np.random.default_rng([args.seed, 2])
+    # Writes on, and (a model with in-context memory) off: same parameters, same test sequences.
+    graphs = {"on": graphdef}
+    if models.has_memory(config.model):
+        graphs["off"] = memory_writes_graph(config.model, False, params)
     accuracy = {}
-    for scale in TEST_SCALES:
-        hits, total = 0, 0
-        for _ in range(s["test_batches"]):
-            b = recall.mqar_batch(
-                test_rng, batch=batch, pairs=scale * pairs, queries=queries, vocab=VOCAB
-            )
-            predicted = np.argmax(np.asarray(logits_fn(params, rest, b.inputs)), axis=-1)
-            hits += int(((predicted == b.targets) & b.answer_mask).sum())
-            total += int(b.answer_mask.sum())
-        accuracy[str(scale * pairs)] = hits / total
-    print(f"  {name}: test accuracy by pairs {accuracy}", flush=True)
+    for writes, graph in graphs.items():
+        logits_fn = answer_training.make_logits_fn(graph)
+        test_rng = np.random.default_rng([args.seed, 2])
+        accuracy[writes] = {}
+        for scale in TEST_SCALES:
+            hits, total = 0, 0
+            for _ in range(s["test_batches"]):
+                b = sample(test_rng, batch=batch, pairs=scale * pairs)
+                predicted = np.argmax(np.asarray(logits_fn(params, rest, b.inputs)), axis=-1)
+                hits += int(((predicted == b.targets) & b.answer_mask).sum())
+                total += int(b.answer_mask.sum())
+            accuracy[writes][str(scale * pairs)] = hits / total
+        print(f"  {name}: writes {writes}, test accuracy by pairs {accuracy[writes]}", flush=True)
     record = {
         "model": name,
         "seed": args.seed,
@@ -108,8 +125,11 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
             "queries": queries,
             "lr": args.lr,
             "test_batches": s["test_batches"],
+            "gap": args.gap,
+            "model_overrides": list(args.model_overrides),
         },
-        "accuracy": accuracy,
+        "accuracy": accuracy["on"],
+        "accuracy_writes_off": accuracy.get("off"),  # None: no in-context memory
         "curve": curve,
         "train_s": train_s,
         "wall_s": time.perf_counter() - start,
@@ -138,6 +158,11 @@ def write_report(out: Path, command: str) -> None:
             [LABELS[m], f"{r['parameters'] / 1e6:.3f}M"]
             + [f"{100 * r['accuracy'][n]:.1f}" for n in counts]
             + [
+                f"{100 * r['accuracy_writes_off'][counts[0]]:.1f}"
+                if r.get("accuracy_writes_off")
+                else "no memory"
+            ]
+            + [
                 f"{100 * max(c['accuracy'] for c in first_half):.0f}" if first_half else "—",
                 f"{r['curve'][-1]['loss']:.3f}",
                 f"{r['train_s']:.0f}",
@@ -147,11 +172,13 @@ def write_report(out: Path, command: str) -> None:
     table = compare.markdown_table(
         ["model", "params"]
         + [f"accuracy (%), {n} pairs" for n in counts]
+        + [f"writes off (%), {counts[0]} pairs"]
         + ["best train acc. (%), first half", "final answer loss", "train s", "load"],
         rows,
     )
     (out / "results.json").write_text(json.dumps({m: runs[m]["accuracy"] for m in names}, indent=1))
-    mixed = [m for m in names if runs[m]["protocol"] != proto]
+    same = lambda p: {k: v for k, v in p.items() if v or k not in ("gap", "model_overrides")}
+    mixed = [m for m in names if same(runs[m]["protocol"]) != same(proto)]
     warning = (
         f"\n**Warning:** {', '.join(LABELS[m] for m in mixed)} ran another protocol; see each "
         "run's `protocol` field.\n"
@@ -164,17 +191,19 @@ def write_report(out: Path, command: str) -> None:
 
 Produced by `{command} --models={",".join(names)} --steps={proto["steps"]} --batch={proto["batch"]}
 --pairs={proto["pairs"]} --queries={proto["queries"]} --lr={proto["lr"]:g}
---test_batches={proto["test_batches"]} --out={out}` (`experiments/recall.py`, sequences from
-`nestlearn/eval/recall.py`); every number is read from `runs/*.json`. Regenerate with
-`python experiments/recall.py --report_only --out={out}`.
+--test_batches={proto["test_batches"]} --gap={proto.get("gap", 0)} --out={out}`
+(`experiments/recall.py`, sequences from `nestlearn/eval/recall.py`); every number is read from
+`runs/*.json`. Regenerate with `python experiments/recall.py --report_only --out={out}`.
 
 **Protocol.** Each model (≈2M parameters, `experiments/configs/results_lm.py`) is trained from
 scratch for {proto["steps"]} steps of {proto["batch"]} sequences: {proto["pairs"]} key–value pairs
 (keys bytes 0–127, distinct; values bytes 128–255), then {proto["queries"]} of the keys in random
-order, each followed by its value; loss = cross-entropy of the answers only; the model's own
-training levels, lr {proto["lr"]:g}, warmup, cosine, clip 1. Test: fresh sequences with 1×, 2×
-and 4× the training pairs ({proto["test_batches"]} × {proto["batch"]} sequences ×
-{proto["queries"]} answers each). Chance: 1/128 = 0.8%.
+order, each followed by its value (after {proto.get("gap", 0)} filler tokens when the gap is
+positive; keys 0–126 and values 127–253 then); loss = cross-entropy of the answers only; the
+model's own training levels, lr {proto["lr"]:g}, warmup, cosine, clip 1. Test: fresh sequences
+with 1×, 2× and 4× the training pairs ({proto["test_batches"]} × {proto["batch"]} sequences ×
+{proto["queries"]} answers each), with the model's in-context writes on (as trained) and off
+(`model.memory_writes=False`, same parameters and sequences). Chance: 1/128 = 0.8%.
 {warning}
 **Machine.** {machine["processor"]}, {machine["cpu_count"]} CPUs, jax {machine["jax"]}; wall time
 per model {min(walls):.0f}–{max(walls):.0f} s, total {sum(walls) / 60:.1f} min (shared machine:
@@ -201,6 +230,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--test_batches", type=int, default=4)
+    parser.add_argument(
+        "--gap", type=int, default=0, help="filler tokens between the pairs and the queries"
+    )
+    parser.add_argument(
+        "--model_overrides",
+        type=lambda x: [i for i in x.split(",") if i],
+        default=[],
+        help="'key=value,...' model config changes (dotted keys reach sub-configs)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny models and steps (smoke)")
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--compilation_cache", default="runs/jax_cache", help="'' = off")

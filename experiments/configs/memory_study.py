@@ -28,8 +28,8 @@ PARAM_TOLERANCE = results_lm.PARAM_TOLERANCE
 #: Window length (bytes) and windows per batch (2,048 bytes per step, as the LM comparison).
 SEQ_LEN = 1024
 BATCH_SIZE = 2
-#: Training bytes per run.
-TRAIN_TOKENS = 491_520
+#: Training bytes per run (the LM comparison's budget: 120 steps of 2,048 bytes).
+TRAIN_TOKENS = 245_760
 #: Validation windows of the final evaluation and the probe (sequences of the standard error).
 EVAL_BATCHES = 24
 

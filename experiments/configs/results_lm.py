@@ -167,6 +167,26 @@ def task_config(variant: str, *, seed: int, steps: int, lr: float, quick: bool =
     return config
 
 
+def apply_model_overrides(config, items, name: str) -> None:
+    """Sets each `'key=value'` of `items` in `config.model` (dotted keys reach sub-configs).
+
+    The value takes the type of the key's current value (`true`/`false` for a bool).
+
+    Raises:
+      ValueError: an item that is not `key=value` for an existing key of the model `name`.
+    """
+    for item in items:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = config.model
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "get") or leaf not in node or not value:
+            raise ValueError(f"model override {item!r} is not 'key=value' for a key of {name}")
+        old = node[leaf]
+        node[leaf] = value.lower() == "true" if isinstance(old, bool) else type(old)(value)
+
+
 def _quick(c):
     m = c.model
     m.d_model = 32

@@ -118,11 +118,23 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
 
 def test_recall_script_runs_and_reports(tmp_path):
     out = tmp_path / "recall"
-    _run("recall.py", "--quick", "--models=gated_deltanet", f"--out={out}", cache=tmp_path)
+    _run(
+        "recall.py",
+        "--quick",
+        "--models=gated_deltanet",
+        "--gap=8",
+        "--model_overrides=alpha_bias=6",
+        f"--out={out}",
+        cache=tmp_path,
+    )
     record = json.loads((out / "runs" / "gated_deltanet_s0.json").read_text())
     assert record["protocol"]["pairs"] == 4 and list(record["accuracy"]) == ["4", "8", "16"]
-    assert all(0 <= a <= 1 for a in record["accuracy"].values())
-    assert "Gated DeltaNet" in (out / "README.md").read_text()
+    assert record["protocol"]["gap"] == 8
+    assert record["protocol"]["model_overrides"] == ["alpha_bias=6"]
+    for accuracy in (record["accuracy"], record["accuracy_writes_off"]):
+        assert all(0 <= a <= 1 for a in accuracy.values())
+    readme = (out / "README.md").read_text()
+    assert "Gated DeltaNet" in readme and "--gap=8" in readme and "writes off (%)" in readme
 
 
 def _memory_study():
