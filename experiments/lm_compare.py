@@ -338,6 +338,7 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     recorded = load_runs(out)
     if not recorded:
         return
+    LABELS.update(study.LABELS)  # the study's own variants
     groups, diverged = split_runs(recorded)
     main = [v for v in study.MODELS if v in recorded]
     ablations = [v for v in study.ABLATIONS if v in recorded]
@@ -370,7 +371,7 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     rows = []
     for v in main:
         runs = groups.get(v, [])
-        ppl, source = PAPER_PPL[v]
+        ppl, source = PAPER_PPL.get(v, (None, "not in the paper"))
         rows.append(
             [
                 LABELS[v],
@@ -434,7 +435,8 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     ranked = [v for v in main if v in groups]
     order_here = sorted(ranked, key=lambda v: compare.mean_std(_vals(groups[v], "val_loss"))[0])
     order_paper = sorted(
-        [v for v in ranked if PAPER_PPL[v][0] is not None], key=lambda v: PAPER_PPL[v][0]
+        [v for v in ranked if PAPER_PPL.get(v, (None,))[0] is not None],
+        key=lambda v: PAPER_PPL[v][0],
     )
     claims = [
         c

@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import results_lm
 
-#: Compared models: the memory models and the attention control.
-MODELS = ("hope", "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
+#: Hope variants of this study: `self_modifying` changes on top of the `hope` config.
+HOPE_VARIANTS = {
+    # Retention α ≈ sigmoid(7) = 0.999 at initialisation (a memory horizon of ~1,000 tokens)
+    # instead of sigmoid(4) = 0.982 (~55 tokens), as Gated DeltaNet's forget gate.
+    "hope_alpha7": ("Hope, α₀ 0.999", {"alpha_bias_init": 7.0}),
+}
+#: Compared models: the memory models, Hope variants and the attention control.
+MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
 #: No ablations in this study (the sweep's `--ablations` default).
 ABLATIONS: dict = {}
-LABELS = results_lm.LABELS
+LABELS = {**results_lm.LABELS, **{k: label for k, (label, _) in HOPE_VARIANTS.items()}}
 TARGET_PARAMS = results_lm.TARGET_PARAMS
 PARAM_TOLERANCE = results_lm.PARAM_TOLERANCE
 #: Window length (bytes) and windows per batch (2,048 bytes per step, as the LM comparison).
@@ -44,7 +50,10 @@ def get_config(arg: str | None = "hope"):
     name, _, mode = (arg or "hope").partition(",")
     if name not in MODELS:
         raise ValueError(f"memory_study model {name!r} is unknown; allowed: {list(MODELS)}")
-    c = results_lm.get_config(arg)
+    base = "hope" if name in HOPE_VARIANTS else name
+    c = results_lm.get_config(f"{base},{mode}" if mode else base)
+    if name in HOPE_VARIANTS:
+        c.model.self_modifying.update(HOPE_VARIANTS[name][1])
     if mode == "quick":
         c.data.seq_len = 64
         return c

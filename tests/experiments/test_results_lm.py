@@ -147,10 +147,15 @@ def _memory_study():
     return module
 
 
-@pytest.mark.parametrize("name", ["hope", "titans_lmm", "deltanet", "gated_deltanet"])
+@pytest.mark.parametrize(
+    "name", ["hope", "hope_alpha7", "titans_lmm", "deltanet", "gated_deltanet"]
+)
 def test_the_memory_study_has_long_windows_at_the_parameter_budget(name):
     study = _memory_study()
     config = study.get_config(name)
+    if name == "hope_alpha7":
+        assert config.model.self_modifying.alpha_bias_init == 7.0
+        assert study.get_config("hope").model.self_modifying.alpha_bias_init != 7.0
     assert config.data.seq_len == 1024 and config.data.seq_len <= config.model.max_len
     assert config.train.num_steps * config.data.batch_size * 1024 == study.TRAIN_TOKENS
     model = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
