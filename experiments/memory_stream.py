@@ -37,17 +37,21 @@ from nestlearn.train import restore_workdir
 from nestlearn.train.step import split_model
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config",
-    "experiments/configs/default.py",
-    "Experiment config (model and corpus).",
-    lock_config=False,
-)
-flags.DEFINE_string("workdir", "", "Stream the newest checkpoint of this run instead.")
-flags.DEFINE_integer("tokens", 1 << 20, "Tokens to stream.")
-flags.DEFINE_integer("chunk", 4096, "Tokens per call (the state is carried between calls).")
-flags.DEFINE_enum("split", "train", ["train", "val", "test"], "Corpus split (wrapped around).")
-flags.DEFINE_string("out", "docs/results/memory/stream.json", "JSON trace ('' = none).")
+
+
+def define_flags() -> None:
+    """Defines the command line (only when run as a script, so importing this module is free)."""
+    config_flags.DEFINE_config_file(
+        "config",
+        "experiments/configs/default.py",
+        "Experiment config (model and corpus).",
+        lock_config=False,
+    )
+    flags.DEFINE_string("workdir", "", "Stream the newest checkpoint of this run instead.")
+    flags.DEFINE_integer("tokens", 1 << 20, "Tokens to stream.")
+    flags.DEFINE_integer("chunk", 4096, "Tokens per call (the state is carried between calls).")
+    flags.DEFINE_enum("split", "train", ["train", "val", "test"], "Corpus split (wrapped around).")
+    flags.DEFINE_string("out", "docs/results/memory/stream.json", "JSON trace ('' = none).")
 
 
 def stream_tokens(tokens: np.ndarray, total: int) -> np.ndarray:
@@ -174,5 +178,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     tune_host_allocator()
     app.run(main)
