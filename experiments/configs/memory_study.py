@@ -23,6 +23,32 @@ HOPE_VARIANTS = {
     # Retention α ≈ sigmoid(7) = 0.999 at initialisation (a memory horizon of ~1,000 tokens)
     # instead of sigmoid(4) = 0.982 (~55 tokens), as Gated DeltaNet's forget gate.
     "hope_alpha7": ("Hope, α₀ 0.999", {"alpha_bias_init": 7.0}),
+    # α₀ 0.999, each token's output-layer write the exact Eq. 57 step (up to η‖a‖²/(1 + η‖a‖²)
+    # of its error) at η_max 1, and no DGD erase on the input-side weight W₂ (which, applied
+    # token by token with unit keys, shrinks W₂ towards zero and with it every hidden feature).
+    "hope_tok_nodgd": (
+        "Hope, α₀ 0.999, token-normalised η ≤ 1, no DGD",
+        {
+            "alpha_bias_init": 7.0,
+            "dgd_step": "token_normalized",
+            "eta_max": 1.0,
+            "use_dgd": False,
+        },
+    ),
+    # As hope_tok_nodgd, with the inner gradient also through the self-generated target
+    # v̂ = M(v) (so each token's output-layer step is exactly contracting on the error
+    # M(k) − M(v) it sees, a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed).
+    "hope_tok_nodgd_dv": (
+        "Hope, α₀ 0.999, token-normalised η ≤ 1, no DGD, ∇ through v̂, no momentum",
+        {
+            "alpha_bias_init": 7.0,
+            "dgd_step": "token_normalized",
+            "eta_max": 1.0,
+            "use_dgd": False,
+            "stop_gradient_vhat": False,
+            "momentum": 0.0,
+        },
+    ),
 }
 #: Compared models: the memory models, Hope variants and the attention control.
 MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
