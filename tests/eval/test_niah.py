@@ -173,6 +173,7 @@ def test_score_on_constructed_logits():
         niah.score(logits[:, :-1], batch)
 
 
+@pytest.mark.slow
 def test_teacher_forced_score_equals_greedy_decoding():
     """Exact match in one pass ⇔ greedy generation after the query reproduces the answer."""
     config = models.default_config("transformer_pp")

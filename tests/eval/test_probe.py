@@ -139,6 +139,7 @@ def smoke_run(tmp_path_factory):
     return workdir, config, final
 
 
+@pytest.mark.slow
 def test_every_training_run_reports_the_probe(smoke_run):
     workdir, config, final = smoke_run
     result = json.loads((workdir / "probe.json").read_text())
@@ -171,6 +172,7 @@ def test_every_training_run_reports_the_probe(smoke_run):
     assert (workdir / "probe.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_probe_workdir_reproduces_the_run_probe(smoke_run):
     workdir, config, _ = smoke_run
     stored = json.loads((workdir / "probe.json").read_text())

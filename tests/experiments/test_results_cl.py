@@ -32,6 +32,7 @@ def _table(md: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
     script = _script("continual_fmnist")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
@@ -56,6 +57,7 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
         script.main(["--quick", "--methods", "bogus", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_optimizer_study_quick_writes_results_and_resumes(tmp_path):
     script = _script("optimizer_study")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path)]

@@ -69,6 +69,7 @@ def _run(script, *args, cache):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     cache = tmp_path / "cache"
     runs = []
@@ -116,6 +117,7 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
     assert (tmp_path / "niah" / "train_curves.png").exists()
 
 
+@pytest.mark.slow
 def test_recall_script_runs_and_reports(tmp_path):
     out = tmp_path / "recall"
     _run(

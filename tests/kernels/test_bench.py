@@ -146,6 +146,7 @@ def test_mlp_memory_flops_and_bytes():
     assert fwd.bytes == pallas_call_bytes(jaxpr.jaxpr)
 
 
+@pytest.mark.slow
 def test_bench_all_quick_smoke(tmp_path, capsys):
     """The one-command benchmark end to end on the CPU (tiny shapes, interpreted kernel)."""
     out = tmp_path / "kernels.json"

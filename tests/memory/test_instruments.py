@@ -96,6 +96,7 @@ def test_matrix_stats_of_a_delta_rule_equal_the_loop_of_the_definition(x64, rule
     assert float(stats.inner_loss_after) < float(stats.inner_loss_before)
 
 
+@pytest.mark.slow
 def test_chunk_stats_of_titans_read_the_chunk_boundary_states(x64):
     b, t, h, d, chunk = 2, 10, 2, 4, 4  # chunks of 4, 4 and a tail of 2
     arch = architectures.mlp(2, 6, "silu")
@@ -140,6 +141,7 @@ def test_chunk_stats_of_titans_read_the_chunk_boundary_states(x64):
     assert float(stats.inner_loss_after) < float(stats.inner_loss_before)
 
 
+@pytest.mark.slow
 def test_self_modifying_stats_equal_the_definition_on_prefix_states(x64):
     """Static k/v projections (the "static k, static v" ablation) make k_t and v_t plain numpy;
     η and α still come from the self-modifying M_η and M_α."""

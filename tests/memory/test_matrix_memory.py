@@ -261,6 +261,7 @@ def test_segments_match_recurrent_values_and_gradients(x64, small_segments, rule
         _assert_close(gc, gr, 1e-9)
 
 
+@pytest.mark.slow
 def test_segment_vjp_first_and_second_order(x64):
     # The delta rules' chunks run under a hand-written VJP (_delta_segment): reverse mode against
     # finite differences, to second order (the backward pass is itself differentiated).

@@ -354,6 +354,7 @@ def test_gradients(x64):
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_stop_gradient_writes_keeps_values_changes_gradients(x64):
     cfg = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4, eta_max=0.5)
     params = _perturbed_params(cfg, heads=1, dim=4, hidden=3, dtype=jnp.float64)
@@ -387,6 +388,7 @@ ABLATIONS = [
 ]
 
 
+@pytest.mark.slow
 def test_each_ablation_switch_changes_the_output():
     base = SelfModifyingConfig(chunk_size=2, memory_chunk_size=4, eta_max=0.5)
     params = _perturbed_params(base, heads=2, dim=4, hidden=4, dtype=jnp.float32)

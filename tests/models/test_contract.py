@@ -122,7 +122,7 @@ def test_greedy_generation_equals_recomputation(built):
 RECALL = dict(pairs=4, queries=4, vocab=16, gap=8)
 RECALL_STEPS = 600
 #: The default suite checks one model of each kind; the rest run with `-m slow`.
-RECALL_DEFAULT = ("hope", "gated_deltanet", "transformer_pp")
+RECALL_DEFAULT = ("deltanet", "transformer_pp")
 
 
 def recall_config(name, writes=True):

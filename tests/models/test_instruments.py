@@ -69,6 +69,8 @@ def test_matrix_mixer_stats_equal_the_delta_rule_loop_on_its_features(cls, fresh
         np.testing.assert_allclose(float(getattr(stats, key)), value, rtol=2e-5, err_msg=key)
 
 
+#: Models whose instrument test runs by default (the rest are `slow`).
+_INSTRUMENTS_FAST = ("linear_attention", "deltanet", "gated_deltanet", "transformer_pp")
 MEMORY_MODELS = (
     "hope",
     "linear_attention",
@@ -89,7 +91,13 @@ def _tiny(name, **changes):
     return models.build(config, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("name", [*MEMORY_MODELS, "transformer_pp", "hope_attention"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in _INSTRUMENTS_FAST else pytest.param(n, marks=pytest.mark.slow)
+        for n in (*MEMORY_MODELS, "transformer_pp", "hope_attention")
+    ],
+)
 def test_every_memory_model_records_one_set_per_layer_inside_capture_only(name, monkeypatch):
     model = _tiny(name)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -74,6 +74,7 @@ def _inputs(b=2, t=8, h=2, d=4):
     return q, q / jnp.linalg.norm(q, axis=-1, keepdims=True), v, alpha, beta
 
 
+@pytest.mark.slow
 def test_mlp_memory_with_per_head_params_on_a_2x2x2_mesh_from_the_context_mesh():
     (report,) = _run("mlp_memory_2x2x2")
     _check(report)

@@ -72,6 +72,7 @@ def test_transformer_pp_on_a_2x2x2_mesh_matches_one_device():
     _check(_spmd("transformer_pp", 2, 1, "2,2,2"), [(2, 2, 2)])
 
 
+@pytest.mark.slow
 def test_hope_on_an_8x1x1_mesh_matches_one_device_with_memory_active():
     report = _spmd("hope", 2, 1, "8,1,1")
     _check(report, [(8, 1, 1)])

@@ -29,6 +29,7 @@ def _default_smoke():
     return module.get_config("smoke")
 
 
+@pytest.mark.slow
 def test_default_smoke_run_logs_memory_and_level_instruments(tmp_path):
     config = _default_smoke()  # Hope, one layer, CMS levels of periods 1 and 4
     config.train.num_steps = 8

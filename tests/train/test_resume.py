@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nestlearn.train import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +46,7 @@ def _finish(proc, timeout=300):
     assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_reproduces_the_uninterrupted_losses(tmp_path):
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     ref_proc = _launch(reference)  # both run at once to halve the wall time
