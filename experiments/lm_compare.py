@@ -543,19 +543,27 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     runs_all = [r for rs in recorded.values() for r in rs]
     n_finished = sum(len(rs) for rs in groups.values())
     n_diverged = len(runs_all) - n_finished
-    hope_etas = sorted(
+
+    def write_rule(sm) -> str:
+        return (
+            f"η_max {sm['eta_max']:g}, dgd_step {sm.get('dgd_step', 'printed')}, "
+            f"DGD {'on' if sm.get('use_dgd', True) else 'off'}, "
+            f"momentum {sm.get('momentum', 0.5):g}"
+        )
+
+    hope_rules = sorted(
         {
-            r["config"]["model"]["self_modifying"]["eta_max"]
+            write_rule(r["config"]["model"]["self_modifying"])
             for r in runs_all
             if r["config"]["model"]["name"] == "hope"
         }
     )
     hope_note = (
         ""
-        if not hope_etas
-        else f"Hope and every ablation: `self_modifying.eta_max` = "
-        f"{' / '.join(f'{x:g}' for x in hope_etas)} (`results_lm.HOPE_ETA_MAX`; η = "
-        f"η_max·sigmoid(·), DESIGN §4)."
+        if not hope_rules
+        else "Hope's self-modifying write rules in these runs (η = η_max·sigmoid(·)): "
+        + "; ".join(hope_rules)
+        + " (`results_lm.HOPE_SELF_MODIFYING`, and the study's variants)."
     )
     codes = sorted({r["code"] for r in runs_all if "code" in r})
     unrecorded = sum("code" not in r for r in runs_all)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import results_lm
 
+from nestlearn.models.hope import HOPE_WRITES
+
 #: Hope variants of this study: `self_modifying` changes on top of the `hope` config.
 HOPE_VARIANTS = {
     # Retention α ≈ sigmoid(7) = 0.999 at initialisation (a memory horizon of ~1,000 tokens)
@@ -35,20 +37,11 @@ HOPE_VARIANTS = {
             "use_dgd": False,
         },
     ),
-    # As hope_tok_nodgd, with the inner gradient also through the self-generated target
-    # v̂ = M(v) (so each token's output-layer step is exactly contracting on the error
-    # M(k) − M(v) it sees, a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed).
-    "hope_tok_nodgd_dv": (
-        "Hope, α₀ 0.999, token-normalised η ≤ 1, no DGD, ∇ through v̂, no momentum",
-        {
-            "alpha_bias_init": 7.0,
-            "dgd_step": "token_normalized",
-            "eta_max": 1.0,
-            "use_dgd": False,
-            "stop_gradient_vhat": False,
-            "momentum": 0.0,
-        },
-    ),
+    # The `hope` model's default write rule (`nestlearn.models.hope.HOPE_WRITES`): as
+    # hope_tok_nodgd, with the inner gradient also through the self-generated target v̂ = M(v)
+    # (each token's output-layer step then contracts the error M(k) − M(v) it sees, with
+    # a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed).
+    "hope_tok_nodgd_dv": ("Hope, model default write rule", dict(HOPE_WRITES)),
 }
 #: Compared models: the memory models, Hope variants and the attention control.
 MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")

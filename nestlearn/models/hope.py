@@ -37,6 +37,16 @@ from nestlearn.models.mixers import (
 from nestlearn.models.registry import base_config, cms_config, register
 
 GENERATOR_CHUNK = 32
+#: The `hope` model's write rule (`self_modifying` keys that differ from `SelfModifyingConfig`).
+HOPE_WRITES = {
+    "chunk_size": GENERATOR_CHUNK,
+    "dgd_step": "token_normalized",
+    "eta_max": 1.0,
+    "use_dgd": False,
+    "stop_gradient_vhat": False,
+    "momentum": 0.0,
+    "alpha_bias_init": 7.0,
+}
 
 
 class HopeBlock(nnx.Module):
@@ -88,18 +98,25 @@ class HopeBlock(nnx.Module):
 def default_hope_config() -> ml_collections.ConfigDict:
     """Default model config of `hope`: 3-level scheduled sequential CMS, output-memory chunk 64.
 
-    Two choices differ from the `SelfModifyingConfig` defaults: the generator memories write every
-    `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk steps; 8 trains about 3× slower on the
-    CPU), and `dgd_step="chunk_normalized"`: each layer's chunk step is divided by one plus its
-    curvature over the chunk, which keeps the inner loop finite at any η_max (with the printed step
-    a trained model's memory goes to NaN at η_max 0.3; docs/SEMANTICS.md §1.3). The layer's
-    other stability defaults (normalised x and v, η_max 0.1, momentum 0.5) are kept.
+    The self-modifying memory's write rule differs from the `SelfModifyingConfig` defaults so
+    that the memory learns in context (docs/SEMANTICS.md §1.3 "Why the `hope` model's writes
+    differ"; measured with `experiments/configs/memory_study.py`):
+
+    * `dgd_step="token_normalized"`, `eta_max=1.0`: each token's output-layer write is Eq. 57's
+      step, removing up to η‖a‖²/(1 + η‖a‖²) of its own error and contracting for any η;
+    * `use_dgd=False`: no DGD erase of the input-side weight W₂, which applied token by token
+      with unit keys shrinks W₂, and with it every hidden feature, towards zero;
+    * `stop_gradient_vhat=False`: the inner gradient also flows through v̂ = M(v), so the step
+      contracts the error M(k) − M(v) the memory actually sees; `momentum=0` (Eq. 88);
+    * `alpha_bias_init=7.0`: retention α ≈ 0.999 at initialisation (~1,000-token horizon).
+
+    The generator memories write every `GENERATOR_CHUNK` = 32 tokens (fewer sequential chunk
+    steps; 8 trains about 3× slower on the CPU).
     """
     config = base_config("hope")
     config.cms = cms_config()
     config.self_modifying = default_self_modifying_config()
-    config.self_modifying.chunk_size = GENERATOR_CHUNK
-    config.self_modifying.dgd_step = "chunk_normalized"
+    config.self_modifying.update(HOPE_WRITES)
     return config
 
 

@@ -20,6 +20,7 @@ from nestlearn.memory.self_modifying import (
     self_modifying_memory,
     self_modifying_memory_recurrent,
 )
+from nestlearn.models.hope import HOPE_WRITES
 
 # Tiny shapes: compile time dominates, so the tests compile with XLA's cheapest backend settings.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -251,6 +252,11 @@ NAIVE_CASES = [
             "eta_alpha_per_channel": True,
             "stop_gradient_vhat": False,
         },
+    ),
+    # The `hope` model's write rule (nestlearn.models.hope.HOPE_WRITES; η_max from the test).
+    (
+        (4, 8),
+        {k: v for k, v in HOPE_WRITES.items() if k not in ("chunk_size", "eta_max")},
     ),
 ]
 
