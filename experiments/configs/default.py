@@ -6,10 +6,13 @@ play, in under ten minutes on a 2-core CPU. The CMS levels are trained in schedu
 is its own training-step level, updated every `periods[ℓ]` steps with its summed gradients
 (Eq. 71), beside an AdamW backbone.
 
-Expected result (measured on the shared 2-core CPU, load average 6-9; 1.43M parameters, 150
-steps of 16×128 bytes, ≈700-1,200 tokens/s after a ≈50 s compile): 378 s wall for the whole
-`make run` (training, evaluation, samples, report); validation loss 1.96 nats/byte (2.83 bits per
-char), test 1.97 (2.85 bpc); no skipped steps. Samples are Shakespeare-shaped gibberish.
+Expected result (measured on the 2-core CPU, idle, venv built; 1.43M parameters, 150 steps of
+16×128 bytes, ≈750-900 tokens/s after the compile): 8 min 19 s wall for the whole run (training,
+evaluation, samples, probe, report); validation loss 1.962 nats/byte (2.83 bits per char), test
+1.968 (2.84 bpc); no skipped steps; probe late gap (writes off − on, positions 64-127)
+−0.0008 ± 0.0012 nats/byte: 128-byte windows are too short for the memory to show (the memory
+study's 1,024-byte windows do, docs/results/memory/README.md). Samples are Shakespeare-shaped
+gibberish.
 
 Command:
   python experiments/main.py --config=experiments/configs/default.py --workdir=runs/default
