@@ -7,10 +7,10 @@ is its own training-step level, updated every `periods[ℓ]` steps with its summ
 (Eq. 71), beside an AdamW backbone.
 
 Expected result (measured on the 2-core CPU, idle, venv built; 1.43M parameters, 150 steps of
-16×128 bytes, ≈750-900 tokens/s after the compile): 8 min 19 s wall for the whole run (training,
-evaluation, samples, probe, report); validation loss 1.962 nats/byte (2.83 bits per char), test
-1.968 (2.84 bpc); no skipped steps; probe late gap (writes off − on, positions 64-127)
-−0.0008 ± 0.0012 nats/byte: 128-byte windows are too short for the memory to show (the memory
+16×128 bytes, ≈750-900 tokens/s after the compile): 7 min 26 s wall for the whole run (training,
+evaluation, samples, probe, report); validation loss 1.968 nats/byte (2.84 bits per char), test
+1.971 (2.84 bpc); no skipped steps; probe late gap (writes off − on, positions 64-127)
+−0.0001 ± 0.0014 nats/byte: 128-byte windows are too short for the memory to show (the memory
 study's 1,024-byte windows do, docs/results/memory/README.md). Samples are Shakespeare-shaped
 gibberish.
 

@@ -37,11 +37,16 @@ HOPE_VARIANTS = {
             "use_dgd": False,
         },
     ),
-    # The `hope` model's default write rule (`nestlearn.models.hope.HOPE_WRITES`): as
-    # hope_tok_nodgd, with the inner gradient also through the self-generated target v̂ = M(v)
-    # (each token's output-layer step then contracts the error M(k) − M(v) it sees, with
-    # a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed).
-    "hope_tok_nodgd_dv": ("Hope, model default write rule", dict(HOPE_WRITES)),
+    # As hope_tok_nodgd, with the inner gradient also through the self-generated target
+    # v̂ = M(v) (each token's output-layer step then contracts the error M(k) − M(v) it sees,
+    # with a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed): the `hope` model's default
+    # write rule (`nestlearn.models.hope.HOPE_WRITES`) at η_max 1.
+    "hope_tok_nodgd_dv": (
+        "Hope, token-normalised η ≤ 1, no DGD, ∇ through v̂, no momentum, α₀ 0.999",
+        {**HOPE_WRITES, "eta_max": 1.0},
+    ),
+    # The `hope` model's default write rule (η_max 4).
+    "hope_eta4": ("Hope, model default write rule (η ≤ 4)", dict(HOPE_WRITES)),
 }
 #: Compared models: the memory models, Hope variants and the attention control.
 MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")

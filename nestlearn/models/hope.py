@@ -41,7 +41,7 @@ GENERATOR_CHUNK = 32
 HOPE_WRITES = {
     "chunk_size": GENERATOR_CHUNK,
     "dgd_step": "token_normalized",
-    "eta_max": 1.0,
+    "eta_max": 4.0,
     "use_dgd": False,
     "stop_gradient_vhat": False,
     "momentum": 0.0,
@@ -102,7 +102,7 @@ def default_hope_config() -> ml_collections.ConfigDict:
     that the memory learns in context (docs/SEMANTICS.md §1.3 "Why the `hope` model's writes
     differ"; measured with `experiments/configs/memory_study.py`):
 
-    * `dgd_step="token_normalized"`, `eta_max=1.0`: each token's output-layer write is Eq. 57's
+    * `dgd_step="token_normalized"`, `eta_max=4.0`: each token's output-layer write is Eq. 57's
       step, removing up to η‖a‖²/(1 + η‖a‖²) of its own error and contracting for any η;
     * `use_dgd=False`: no DGD erase of the input-side weight W₂, which applied token by token
       with unit keys shrinks W₂, and with it every hidden feature, towards zero;
