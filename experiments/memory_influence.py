@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -100,7 +98,7 @@ def main(argv):
             study=FLAGS.study,
             windows=FLAGS.windows,
             seed=FLAGS.seed,
-            machine=f"{platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__}",
+            machine=compare.machine_info(),
             command="python " + " ".join(sys.argv),
         )
         compare.write_json_atomic(Path(FLAGS.out), record)

@@ -16,8 +16,6 @@ whole trace as JSON (`--out`).
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -168,8 +166,7 @@ def main(argv):
             "chunk": FLAGS.chunk,
             "finite": bool(finite),
             "largest_norm": largest,
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__} "
-            f"{jax.default_backend()}",
+            "machine": compare.machine_info(),
             "command": "python " + " ".join(sys.argv),
             **trace,
         }

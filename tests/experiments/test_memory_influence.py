@@ -32,7 +32,7 @@ def test_writes_change_the_predictions_from_the_first_written_state_on():
     delta = script.influence(study.get_config("deltanet,quick"), tokens, seed=0)
     assert delta.shape == (64,) and np.all(delta > 0.05), delta
     # Hope's output memory reads the state at the start of its chunk (8 tokens in quick mode):
-    # the first chunk is unchanged, the later ones are not (the default write rule is alive).
-    hope = script.influence(study.get_config("hope_tok_nodgd_dv,quick"), tokens, seed=0)
+    # the first chunk is unchanged, the later ones are not (the model's default write rule).
+    hope = script.influence(study.get_config("hope_eta4,quick"), tokens, seed=0)
     assert np.all(hope[:8] < 1e-5), hope[:8]
     assert hope[8:].mean() > 0.01, hope[8:]
