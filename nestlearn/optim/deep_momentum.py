@@ -37,7 +37,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nestlearn.optim.momentum_memory import _check_unit_interval
+from nestlearn.optim.momentum_memory import (
+    _check_learning_rate,
+    _check_nonnegative,
+    _check_unit_interval,
+)
 
 _NUM_FEATURES = 2  # [g, μ]
 
@@ -109,6 +113,7 @@ def scale_by_deep_momentum(
     """
     _check_unit_interval("alpha", alpha)
     _check_unit_interval("beta", beta)
+    _check_nonnegative("inner_lr", inner_lr)
     if objective not in ("l2", "dot"):
         raise ValueError(f"objective must be 'l2' or 'dot', got objective={objective!r}")
     if not isinstance(hidden, int) or hidden < 1:
@@ -197,6 +202,7 @@ def deep_momentum(
     The read-out has the scale of one gradient (an EMA), so use a learning rate about
     1/(1 − β) times that of `optax.sgd(..., momentum=β)`.
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_deep_momentum(
             alpha, beta, inner_lr, hidden=hidden, objective=objective, eps=eps, seed=seed

@@ -6,7 +6,7 @@ u = −∇_y L (Eq. 56):
   W_{t+1} = argmin_W ½‖W x − u‖² + 1/(2η)‖W − W_t‖²
           = W_t (I − η′ x xᵀ) − η′ ∇_y L ⊗ x,          η′ = η / (1 + η‖x‖²)   (Eq. 57)
 
-with the general-norm Sherman–Morrison step size of PAPER §2.6 (η/(1+η) for unit-norm x).
+with the general-norm Sherman–Morrison step size (η/(1+η) for unit-norm x; docs/optimizers.md).
 
 **Batches.** Expanding Eq. 56, ½‖W x − u‖² = ⟨W, G⟩ + ½ xᵀWᵀW x + const with G = ∇_y L ⊗ x the
 parameter gradient. For a batch x_1..x_n the linear term is the parameter gradient G that
@@ -33,6 +33,8 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from nestlearn.optim.momentum_memory import _check_learning_rate
 
 
 class DGDState(NamedTuple):
@@ -86,6 +88,7 @@ def scale_by_dgd(
       learning_rate: η, a float or an optax schedule.
       layout: "in_out" (Flax kernels [d_in, d_out]) or "out_in" (paper, [d_out, d_in]).
     """
+    _check_learning_rate(learning_rate)
     if layout not in ("in_out", "out_in"):
         raise ValueError(f"layout must be 'in_out' or 'out_in', got layout={layout!r}")
 

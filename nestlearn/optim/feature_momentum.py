@@ -6,7 +6,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from nestlearn.optim.momentum_memory import _check_unit_interval
+from nestlearn.optim.momentum_memory import _check_learning_rate, _check_unit_interval
 
 
 class FeatureMomentumState(NamedTuple):
@@ -81,6 +81,7 @@ def feature_momentum(
       coefficients: (c_0, c_1, …) of the element-wise polynomial φ.
       preconditioner: a transform computing P·φ(g); the identity when None.
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_feature_momentum(alpha, coefficients, preconditioner),
         optax.scale_by_learning_rate(learning_rate),

@@ -1,27 +1,33 @@
-"""M3, Multi-scale Momentum Muon (Algorithm 1, §7.2, arXiv 2512.24695).
+"""M3, Multi-scale Momentum Muon (Algorithm 1, §7.2, arXiv 2512.24695; docs/optimizers.md).
 
-Two momentum levels (CMS applied to the optimizer, Eq. 75 read as Algorithm 1, PAPER §9
-item 11): a fast momentum M¹ updated every step and a slow momentum M² refreshed every
-`slow_period` steps from the gradients summed since its previous refresh (half-open range, each
-gradient counted once, PAPER §9 item 12). Both are orthogonalized by Newton–Schulz on matrix
-leaves and divided by the root of a second-moment accumulator V:
+Two momentum levels (CMS applied to the optimizer; Eq. 75 read as Algorithm 1): a fast momentum
+M¹ updated every step and a slow momentum M² refreshed every `slow_period` steps from the
+gradients summed since its previous refresh (a half-open range: each gradient counted once).
+Both are orthogonalized by Newton–Schulz on matrix leaves and normalised by the root of a
+second-moment accumulator V. Algorithm 1 as printed (`form="printed", ema=False`):
 
   every step t:       M¹ ← M¹ + β₁ g,  V ← V + β₂ g²,  O¹ = NS(M¹)
   when t−1 ≡ 0 mod f: M² ← M² + β₃ Σ_{steps since the last refresh} g,  O² = NS(M²)   (t > 1)
   direction:          (O¹ + α O²) / (√V + ε)
 
-The slow refresh happens *before* the step that starts a new chunk, so chunk k uses the slow
-momentum built from chunks < k; chunk 0 has O² = 0. All scheduling runs on the traced counter
-(`jnp.where`, `lax.cond`).
+The default form normalises before orthogonalizing, O = NS(M / (√V + ε)), with EMA moments;
+`scale_by_m3` says why. The slow refresh happens *before* the step that starts a new chunk, so
+chunk k uses the slow momentum built from chunks < k; chunk 0 has O² = 0. All scheduling runs on
+the traced counter (`jnp.where`, `lax.cond`).
 """
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from nestlearn.optim.momentum_memory import _check_unit_interval
+from nestlearn.optim.momentum_memory import (
+    _check_learning_rate,
+    _check_nonnegative,
+    _check_steps,
+    _check_unit_interval,
+)
 from nestlearn.optim.newton_schulz import _resolve_coefficients, orthogonalize_leaf
 
 
@@ -45,36 +51,47 @@ def scale_by_m3(
     ns_steps: int = 5,
     slow_period: int = 16,
     *,
-    ema: bool = False,
+    form: Literal["preconditioned", "printed"] = "preconditioned",
+    ema: bool = True,
     coefficients: str | tuple[float, float, float] = "quintic",
 ) -> optax.GradientTransformationExtraArgs:
     """M3 direction (Algorithm 1, arXiv 2512.24695); see the module docstring.
 
     Mapping to the printed update θ_t = θ_{t−1} − η (O¹ + α O²)/(√V + ε): this transform returns
-    (O¹ + α O²)/(√V + ε) and `scale_by_learning_rate` applies −η. As printed the β's scale new
-    gradients and old states are not decayed (`ema=False`). With `ema=True`, M¹, V and M² are
-    exponential moving averages with decays β₁, β₂, β₃ and Adam-style bias correction (M² by
-    the number of refreshes), DESIGN §4.
+    the direction and `scale_by_learning_rate` applies −η. The two forms (docs/optimizers.md):
+
+      printed (Algorithm 1):       (NS(M¹) + α NS(M²)) / (√V + ε)
+      preconditioned (default):    NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
+
+    The printed form divides an orthogonalized matrix, which spreads mass over every coordinate,
+    by a per-coordinate √V that is 0 where the gradient has always been 0 (a dead unit, a
+    constant input): those coordinates move by η·|O|/ε. The preconditioned form orthogonalizes
+    the Adam-normalised momentum, so every matrix update has spectral norm ≈ 1 and a vector
+    update is Adam's. With `ema=False` the β's scale new gradients and old states are not
+    decayed, as printed; with `ema=True` (default) M¹, V and M² are exponential moving averages
+    with decays β₁, β₂, β₃ and Adam-style bias correction (M² by the number of refreshes).
 
     Args:
-      beta1: coefficient of the fast momentum.
-      beta2: coefficient of the second moment.
-      beta3: coefficient of the slow momentum.
-      alpha: weight of the slow level in the update.
+      beta1: coefficient of the fast momentum, in [0, 1].
+      beta2: coefficient of the second moment, in [0, 1].
+      beta3: coefficient of the slow momentum, in [0, 1].
+      alpha: weight of the slow level in the update, ≥ 0.
       eps: added to √V.
-      ns_steps: Newton–Schulz iterations.
-      slow_period: f, steps between slow refreshes (a positive int).
-      ema: exponential moving averages instead of the printed accumulations.
+      ns_steps: Newton–Schulz iterations, an int ≥ 1.
+      slow_period: f, steps between slow refreshes, an int ≥ 1.
+      form: "preconditioned" (default) or "printed" (Algorithm 1).
+      ema: exponential moving averages (default) instead of the printed accumulations.
       coefficients: Newton–Schulz coefficients; see `newton_schulz`.
     """
     for name, value in (("beta1", beta1), ("beta2", beta2), ("beta3", beta3)):
         _check_unit_interval(name, value)
-    if not isinstance(slow_period, int) or slow_period < 1:
-        raise ValueError(f"slow_period must be a positive int, got {slow_period=}")
+    _check_nonnegative("alpha", alpha)
+    _check_nonnegative("eps", eps)
+    _check_steps("ns_steps", ns_steps)
+    _check_steps("slow_period", slow_period)
+    if form not in ("preconditioned", "printed"):
+        raise ValueError(f"form must be 'preconditioned' or 'printed', got form={form!r}")
     coefficients = _resolve_coefficients(coefficients)
-
-    def orthogonalize(tree):
-        return jax.tree.map(lambda x: orthogonalize_leaf(x, ns_steps, coefficients), tree)
 
     def accumulate(state, new, beta):
         if ema:
@@ -86,6 +103,17 @@ def scale_by_m3(
             return x
         n = jnp.maximum(n, 1).astype(jnp.promote_types(x.dtype, jnp.float32))
         return (x / (1 - beta**n)).astype(x.dtype)
+
+    def directions(momentum, beta, n, second, count):
+        """O = NS(M̂ / (√V̂ + ε)) (preconditioned) or NS(M̂) (printed), leaf by leaf."""
+
+        def leaf(m, v):
+            m = debias(m, beta, n)
+            if form == "preconditioned":
+                m = m / (jnp.sqrt(debias(v, beta2, count)) + eps)
+            return orthogonalize_leaf(m, ns_steps, coefficients).astype(v.dtype)
+
+        return jax.tree.map(leaf, momentum, second)
 
     def init_fn(params):
         # A fresh tree per field: one shared buffer cannot be donated twice by a jitted step.
@@ -109,21 +137,6 @@ def scale_by_m3(
         def cast(tree, like):
             return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
-        slow = jax.tree.map(
-            lambda m, s: jnp.where(refresh, accumulate(m, s, beta3), m), state.slow, state.pending
-        )
-        slow = cast(slow, state.slow)
-        slow_direction = jax.lax.cond(
-            refresh,
-            lambda: cast(
-                orthogonalize(jax.tree.map(lambda m: debias(m, beta3, refreshes), slow)),
-                state.slow_direction,
-            ),
-            lambda: state.slow_direction,
-        )
-        pending = jax.tree.map(
-            lambda s, g: jnp.where(refresh, g, s + g).astype(s.dtype), state.pending, updates
-        )
         count = optax.safe_increment(state.count)
         fast = cast(
             jax.tree.map(lambda m, g: accumulate(m, g, beta1), state.fast, updates), updates
@@ -132,16 +145,27 @@ def scale_by_m3(
             jax.tree.map(lambda v, g: accumulate(v, g * g, beta2), state.second_moment, updates),
             updates,
         )
-        fast_direction = orthogonalize(jax.tree.map(lambda m: debias(m, beta1, count), fast))
-        direction = jax.tree.map(
-            lambda o1, o2, v, g: (
-                (o1 + alpha * o2) / (jnp.sqrt(debias(v, beta2, count)) + eps)
-            ).astype(g.dtype),
-            fast_direction,
-            slow_direction,
-            second,
-            updates,
+        slow = jax.tree.map(
+            lambda m, s: jnp.where(refresh, accumulate(m, s, beta3), m), state.slow, state.pending
         )
+        slow = cast(slow, state.slow)
+        slow_direction = jax.lax.cond(
+            refresh,
+            lambda: cast(directions(slow, beta3, refreshes, second, count), state.slow_direction),
+            lambda: state.slow_direction,
+        )
+        pending = jax.tree.map(
+            lambda s, g: jnp.where(refresh, g, s + g).astype(s.dtype), state.pending, updates
+        )
+        fast_direction = directions(fast, beta1, count, second, count)
+
+        def combine(o1, o2, v, g):
+            out = o1 + alpha * o2
+            if form == "printed":
+                out = out / (jnp.sqrt(debias(v, beta2, count)) + eps)
+            return out.astype(g.dtype)
+
+        direction = jax.tree.map(combine, fast_direction, slow_direction, second, updates)
         return direction, M3State(
             count=count,
             fast=fast,
@@ -164,13 +188,18 @@ def m3(
     ns_steps: int = 5,
     slow_period: int = 16,
     *,
-    ema: bool = False,
+    form: Literal["preconditioned", "printed"] = "preconditioned",
+    ema: bool = True,
     coefficients: str | tuple[float, float, float] = "quintic",
 ) -> optax.GradientTransformationExtraArgs:
-    """M3 (Algorithm 1, arXiv 2512.24695): θ ← θ − lr (O¹ + α O²)/(√V + ε).
+    """M3 (Algorithm 1, arXiv 2512.24695): θ ← θ − lr · direction of `scale_by_m3`.
 
-    Args: as `scale_by_m3`, plus `learning_rate` (a float or an optax schedule).
+    `form="printed", ema=False` is Algorithm 1 as printed. The default (preconditioned, EMA)
+    takes Muon-sized steps: start from Muon's learning rate, not Adam's.
+
+    Args: as `scale_by_m3`, plus `learning_rate` (η ≥ 0, a float or an optax schedule).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_m3(
             beta1,
@@ -180,6 +209,7 @@ def m3(
             eps,
             ns_steps,
             slow_period,
+            form=form,
             ema=ema,
             coefficients=coefficients,
         ),

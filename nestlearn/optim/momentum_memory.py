@@ -20,8 +20,26 @@ class MomentumMemoryState(NamedTuple):
 
 
 def _check_unit_interval(name, value):
+    """A ValueError naming `name` when a concrete `value` lies outside [0, 1]."""
     if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {name}={value}")
+
+
+def _check_nonnegative(name, value):
+    """A ValueError naming `name` when a concrete `value` is negative."""
+    if isinstance(value, (int, float)) and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {name}={value}")
+
+
+def _check_learning_rate(learning_rate):
+    """A negative constant rate is a ValueError; schedules and traced values are not checked."""
+    _check_nonnegative("learning_rate", learning_rate)
+
+
+def _check_steps(name, value):
+    """A ValueError naming `name` unless `value` is an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
 
 
 def scale_by_momentum_memory(beta: float = 0.9) -> optax.GradientTransformationExtraArgs:
@@ -66,4 +84,5 @@ def momentum_memory(
       learning_rate: a float or an optax schedule.
       beta: retention of the memory (momentum decay), in [0, 1].
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(scale_by_momentum_memory(beta), optax.scale_by_learning_rate(learning_rate))

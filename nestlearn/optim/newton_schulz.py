@@ -21,7 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nestlearn.optim.momentum_memory import _check_unit_interval
+from nestlearn.optim.momentum_memory import (
+    _check_learning_rate,
+    _check_steps,
+    _check_unit_interval,
+)
 
 CUBIC = (1.5, -0.5, 0.0)
 QUINTIC = (3.4445, -4.7750, 2.0315)
@@ -53,7 +57,7 @@ def newton_schulz(
 
     Args:
       x: an array with ndim ≥ 2, read as the matrix [prod(leading dims), last dim].
-      steps: number of iterations (static).
+      steps: number of iterations, an int ≥ 1 (static).
       coefficients: "quintic" (Muon), "cubic" (Eq. 44) or a triple (a, b, c) for
         X ← a X + b (X Xᵀ) X + c (X Xᵀ)² X.
       eps: added to the Frobenius norm before the initial normalization.
@@ -63,6 +67,7 @@ def newton_schulz(
     """
     if x.ndim < 2:
         raise ValueError(f"newton_schulz needs an array with ndim >= 2, got shape {x.shape}")
+    _check_steps("steps", steps)
     a, b, c = _resolve_coefficients(coefficients)
     mat = x.reshape(-1, x.shape[-1])  # [r, c]
     transposed = mat.shape[0] > mat.shape[1]
@@ -112,13 +117,14 @@ def scale_by_newton_schulz_momentum(
 
     Args:
       beta: decay of the linear memory, in [0, 1].
-      ns_steps: Newton–Schulz iterations.
+      ns_steps: Newton–Schulz iterations, an int ≥ 1.
       coefficients: "quintic", "cubic" or a triple; see `newton_schulz`.
       nesterov: read β m̂_{t+1} + (1 − β) ĝ_t (bias-corrected) instead of m̂_t.
       eps: Frobenius-norm guard of the normalization.
       shape_scaling: multiply matrix updates by sqrt(max(1, fan_out / fan_in)).
     """
     _check_unit_interval("beta", beta)
+    _check_steps("ns_steps", ns_steps)
     coefficients = _resolve_coefficients(coefficients)
 
     def init_fn(params):
@@ -166,14 +172,15 @@ def newton_schulz_momentum(
     """W ← W − lr · σ(m) with σ = Newton–Schulz (Eq. 52, arXiv 2512.24695).
 
     Args:
-      learning_rate: a float or an optax schedule.
+      learning_rate: η ≥ 0, a float or an optax schedule.
       beta: decay of the linear memory, in [0, 1].
-      ns_steps: Newton–Schulz iterations.
+      ns_steps: Newton–Schulz iterations, an int ≥ 1.
       coefficients: "quintic", "cubic" or a triple; see `newton_schulz`.
       nesterov: Nesterov read, as in Muon.
       eps: Frobenius-norm guard of the normalization.
       shape_scaling: multiply matrix updates by sqrt(max(1, fan_out / fan_in)).
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_newton_schulz_momentum(
             beta,

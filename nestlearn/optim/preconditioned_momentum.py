@@ -5,7 +5,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from nestlearn.optim.momentum_memory import _check_unit_interval
+from nestlearn.optim.momentum_memory import _check_learning_rate, _check_unit_interval
 
 
 class PreconditionedMomentumState(NamedTuple):
@@ -68,6 +68,7 @@ def preconditioned_momentum(
       alpha: retention of the memory (momentum decay), in [0, 1].
       preconditioner: a transform computing P·g; the identity when None.
     """
+    _check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_preconditioned_momentum(alpha, preconditioner),
         optax.scale_by_learning_rate(learning_rate),

@@ -7,7 +7,7 @@ the training-step clock:
     θ_{i+1} = θ_i − rule( Σ_{s=i−C+1}^{i} g_s )   if i ≡ 0 (mod C),      θ_{i+1} = θ_i otherwise,
 
 with steps i counted from 1 and the half-open chunk of the C gradients since the last update,
-so each gradient counts exactly once (PAPER §9 item 12, option (a)). With `accumulate="mean"`
+so each gradient counts exactly once (docs/optimizers.md, M3). With `accumulate="mean"`
 the sum is divided by C. Between its updates a level emits zero updates and its rule's state
 (momentum, Adam moments, step count) does not advance: the rule sees one gradient per chunk.
 

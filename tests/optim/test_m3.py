@@ -1,7 +1,7 @@
 """M3 (Algorithm 1, §7.2, arXiv 2512.24695) against a numpy transcription of Algorithm 1.
 
 The reference keeps the algorithm's two loops: an outer loop over chunks k of f steps, which
-refreshes the slow momentum from the f gradients of chunk k−1 (half-open range, PAPER §9 item 12),
+refreshes the slow momentum from the f gradients of chunk k−1 (half-open range),
 and an inner loop over the steps of chunk k.
 """
 
@@ -26,7 +26,7 @@ def _ns(x, steps, coeffs=no.QUINTIC, eps=1e-8):
     return mat.reshape(x.shape)
 
 
-def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema):
+def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema, form):
     m1, m2, v = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta)
     o2 = np.zeros_like(theta)
     trajectory, t, k = [], 0, 0
@@ -34,7 +34,13 @@ def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema):
         if k > 0:  # M² ← M² + β3 Σ_{i=(k−1)f+1}^{kf} g_i ; O² ← NS(M²)
             chunk = sum(grads[(k - 1) * f : k * f])
             m2 = b3 * m2 + (1 - b3) * chunk if ema else m2 + b3 * chunk
-            o2 = _ns(m2 / (1 - b3**k) if ema else m2, steps)
+            m2_hat = m2 / (1 - b3**k) if ema else m2
+            if form == "preconditioned":  # V̂ after the update of the chunk's first step
+                g = grads[t]
+                v_next = b2 * v + (1 - b2) * g**2 if ema else v + b2 * g**2
+                v_next_hat = v_next / (1 - b2 ** (t + 1)) if ema else v_next
+                m2_hat = m2_hat / (np.sqrt(v_next_hat) + eps)
+            o2 = _ns(m2_hat, steps)
         for _ in range(f):
             if t == len(grads):
                 break
@@ -44,15 +50,20 @@ def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema):
             v = b2 * v + (1 - b2) * g**2 if ema else v + b2 * g**2
             m1_hat = m1 / (1 - b1**t) if ema else m1
             v_hat = v / (1 - b2**t) if ema else v
-            o1 = _ns(m1_hat, steps)
-            theta = theta - lr * (o1 + alpha * o2) / (np.sqrt(v_hat) + eps)
+            if form == "printed":  # (NS(M¹) + α NS(M²)) / (√V + ε)
+                direction = (_ns(m1_hat, steps) + alpha * o2) / (np.sqrt(v_hat) + eps)
+            else:  # NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
+                direction = _ns(m1_hat / (np.sqrt(v_hat) + eps), steps) + alpha * o2
+            theta = theta - lr * direction
             trajectory.append(theta)
         k += 1
     return trajectory
 
 
+@pytest.mark.parametrize("form", ["printed", "preconditioned"])
 @pytest.mark.parametrize("ema", [False, True])
-def test_m3_matches_algorithm_1(x64, ema):
+def test_m3_matches_algorithm_1(x64, ema, form):
+    """form="printed", ema=False is Algorithm 1 as printed; the others change one line each."""
     rng = np.random.default_rng(0)
     shapes = {"w": (4, 3), "b": (3,)}
     hp = dict(lr=0.01, b1=0.9, b2=0.99, b3=0.8, alpha=0.7, eps=1e-6, steps=3, f=3)
@@ -67,6 +78,7 @@ def test_m3_matches_algorithm_1(x64, ema):
         hp["eps"],
         hp["steps"],
         hp["f"],
+        form=form,
         ema=ema,
     )
     state, p = tx.init(params), jax.tree.map(jnp.asarray, params)
@@ -77,7 +89,7 @@ def test_m3_matches_algorithm_1(x64, ema):
         p = optax.apply_updates(p, u)
         ours.append(p)
     for name in shapes:
-        ref = _m3_reference(params[name], [g[name] for g in grads], ema=ema, **hp)
+        ref = _m3_reference(params[name], [g[name] for g in grads], ema=ema, form=form, **hp)
         for step, (a, e) in enumerate(zip(ours, ref, strict=True)):
             np.testing.assert_allclose(a[name], e, rtol=1e-9, atol=1e-12, err_msg=f"{name}@{step}")
 
@@ -85,7 +97,7 @@ def test_m3_matches_algorithm_1(x64, ema):
 def test_m3_slow_level_sees_each_gradient_once(x64):
     """After 2f steps the slow momentum holds β3 (g_1 + … + g_f): one refresh, f gradients."""
     f, beta3 = 3, 0.5
-    tx = no.scale_by_m3(beta3=beta3, slow_period=f)
+    tx = no.scale_by_m3(beta3=beta3, slow_period=f, ema=False)
     params = {"w": jnp.zeros((2, 2))}
     state = tx.init(params)
     grads = [jnp.full((2, 2), float(i + 1)) for i in range(2 * f)]
