@@ -63,13 +63,15 @@ def scale_by_m3(
       printed (Algorithm 1):       (NS(M¹) + α NS(M²)) / (√V + ε)
       preconditioned (default):    NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
 
-    The printed form divides an orthogonalized matrix, which spreads mass over every coordinate,
-    by a per-coordinate √V that is 0 where the gradient has always been 0 (a dead unit, a
-    constant input): those coordinates move by η·|O|/ε. The preconditioned form orthogonalizes
-    the Adam-normalised momentum, so every matrix update has spectral norm ≈ 1 and a vector
-    update is Adam's. With `ema=False` the β's scale new gradients and old states are not
-    decayed, as printed; with `ema=True` (default) M¹, V and M² are exponential moving averages
-    with decays β₁, β₂, β₃ and Adam-style bias correction (M² by the number of refreshes).
+    The printed form divides an orthogonalized matrix, whose entries are spread evenly, by a
+    per-coordinate √V that is 0 or tiny where the gradients have been (in a ReLU MLP, pairs of
+    units never active together on a batch): those coordinates move by η·|O|/(√V + ε) ≫ η.
+    The preconditioned form orthogonalizes the Adam-normalised momentum, so every matrix
+    update has spectral norm ≈ 1 and a vector update is Adam's.
+
+    With `ema=False` the β's scale new gradients and old states are not decayed, as printed;
+    with `ema=True` (default) M¹, V and M² are exponential moving averages with decays β₁, β₂,
+    β₃ and Adam-style bias correction (M² by the number of refreshes).
 
     Args:
       beta1: coefficient of the fast momentum, in [0, 1].

@@ -1,9 +1,11 @@
 """The contract every optimizer in `nestlearn.optim` keeps (after optax/contrib/_common_test.py).
 
-Each transform: runs under `jax.jit` without recompiling on later calls; returns updates in the
-params' dtype (bfloat16 and float32) with a state whose structure, shapes and dtypes do not
-change, so `lax.cond` can choose between an updated and a carried state; works inside
-`optax.inject_hyperparams` (same updates and state) and inside `optax.MultiSteps`.
+Each transform, in every form: runs under `jax.jit` without recompiling on later calls; returns
+updates in the params' dtype (bfloat16 and float32) with a state whose structure, shapes and
+dtypes do not change, so `lax.cond` can choose between an updated and a carried state; is pure
+(the same call gives the same result and leaves its inputs unchanged); composes in `optax.chain`;
+works inside `optax.inject_hyperparams` (same updates and state) and inside `optax.MultiSteps`.
+Out-of-domain hyperparameters are a ValueError naming the argument.
 """
 
 import jax
@@ -23,9 +25,29 @@ OPTIMIZERS = {
         (),
     ),
     "delta_momentum": (no.delta_momentum, dict(learning_rate=0.1, alpha=0.9), ()),
+    "delta_momentum_arxiv": (
+        no.delta_momentum,
+        dict(learning_rate=0.1, alpha=0.9, form="arxiv", erase_rate=0.5),
+        (),
+    ),
+    "delta_momentum_neurips_square": (
+        no.delta_momentum,
+        dict(learning_rate=0.1, alpha=0.9, form="neurips"),
+        (),
+    ),
+    "delta_momentum_rate_inside": (
+        no.delta_momentum,
+        dict(learning_rate=0.1, alpha=0.9, learning_rate_in="momentum"),
+        (),
+    ),
     "deep_momentum": (
         no.deep_momentum,
         dict(learning_rate=0.1, alpha=0.99, beta=0.9, inner_lr=0.1, hidden=4),
+        ("hidden", "seed"),
+    ),
+    "deep_momentum_dot": (
+        no.deep_momentum,
+        dict(learning_rate=0.1, alpha=0.99, inner_lr=0.1, hidden=4, objective="dot"),
         ("hidden", "seed"),
     ),
     "feature_momentum": (
@@ -43,19 +65,33 @@ OPTIMIZERS = {
         dict(learning_rate=0.1, ns_steps=3, slow_period=2),
         ("ns_steps", "slow_period"),
     ),
+    "m3_printed": (
+        no.m3,
+        dict(learning_rate=0.1, ns_steps=3, slow_period=2, form="printed", ema=False),
+        ("ns_steps", "slow_period", "ema"),
+    ),
     "dgd": (no.dgd, dict(learning_rate=0.1), ()),
 }
 NAMES = sorted(OPTIMIZERS)
 
 
-def _problem(dtype):
-    params = {"w": jnp.full((3, 4), 0.5, dtype), "b": jnp.linspace(-1.0, 1.0, 4, dtype=dtype)}
-    inputs = jnp.linspace(-1.0, 2.0, 6, dtype=dtype).reshape(2, 3)
+def _problem(dtype, square=False):
+    """A linear map with a bias (square leaves only: a [4, 4] kernel and a scalar bias)."""
+    d_in = 4 if square else 3
+    params = {
+        "w": jnp.full((d_in, 4), 0.5, dtype),
+        "b": jnp.asarray(0.3, dtype) if square else jnp.linspace(-1.0, 1.0, 4, dtype=dtype),
+    }
+    inputs = jnp.linspace(-1.0, 2.0, 2 * d_in, dtype=dtype).reshape(2, d_in)
 
     def loss(p):
         return jnp.sum((inputs @ p["w"] + p["b"] - 1.0) ** 2)
 
     return params, loss, {"layer_inputs": {"w": inputs, "b": None}}
+
+
+def _setup(name, dtype):
+    return _problem(jnp.dtype(dtype), square=name.endswith("_square"))
 
 
 def _extra(name, extra):
@@ -71,7 +107,7 @@ def _signature(tree):
 def test_jit_dtype_cond_and_no_recompile(name, dtype):
     factory, kwargs, _ = OPTIMIZERS[name]
     tx = factory(**kwargs)
-    params, loss, extra = _problem(jnp.dtype(dtype))
+    params, loss, extra = _setup(name, dtype)
     extra = _extra(name, extra)
     traces = []
 
@@ -100,7 +136,7 @@ def test_jit_dtype_cond_and_no_recompile(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams(name):
     factory, kwargs, static = OPTIMIZERS[name]
-    params, loss, extra = _problem(jnp.float32)
+    params, loss, extra = _setup(name, jnp.float32)
     extra = _extra(name, extra)
     grads = jax.grad(loss)(params)
     tx = factory(**kwargs)
@@ -119,7 +155,7 @@ def test_inject_hyperparams(name):
 def test_multisteps(name):
     factory, kwargs, _ = OPTIMIZERS[name]
     tx = optax.MultiSteps(factory(**kwargs), every_k_schedule=2)
-    params, loss, extra = _problem(jnp.float32)
+    params, loss, extra = _setup(name, jnp.float32)
     extra = _extra(name, extra)
     grads = jax.grad(loss)(params)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
@@ -135,8 +171,68 @@ def test_multisteps(name):
 def test_state_can_be_donated(name):
     """No two state leaves share a buffer, so a train step may donate the whole state."""
     factory, kwargs, _ = OPTIMIZERS[name]
-    params, _, _ = _problem(jnp.float32)
+    params, _, _ = _setup(name, jnp.float32)
     state = factory(**kwargs).init(params)
     leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
     assert len({id(x) for x in leaves}) == len(leaves)
     jax.block_until_ready(jax.jit(lambda s: s, donate_argnums=0)(state))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pure_and_chains(name):
+    """update(g, s, p) twice gives the same result, leaves s unchanged, and chains."""
+    factory, kwargs, _ = OPTIMIZERS[name]
+    tx = factory(**kwargs)
+    params, loss, extra = _setup(name, jnp.float32)
+    extra = _extra(name, extra)
+    grads = jax.grad(loss)(params)
+    state = tx.init(params)
+    before = jax.tree.map(np.array, state)
+    first = tx.update(grads, state, params, **extra)
+    second = tx.update(grads, state, params, **extra)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True):
+        np.testing.assert_array_equal(a, b)
+    chained = optax.chain(optax.scale(2.0), tx)
+    updates, _ = chained.update(grads, chained.init(params), params, **extra)
+    expected, _ = tx.update(jax.tree.map(lambda g: 2.0 * g, grads), state, params, **extra)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# (factory, bad keyword arguments, the argument the message must name)
+BAD_HYPERPARAMETERS = [
+    *[
+        (factory, {**kwargs, "learning_rate": -0.1}, "learning_rate")
+        for factory, kwargs, _ in OPTIMIZERS.values()
+    ],
+    (no.momentum_memory, dict(learning_rate=0.1, beta=1.5), "beta"),
+    (no.preconditioned_momentum, dict(learning_rate=0.1, alpha=-0.1), "alpha"),
+    (no.feature_momentum, dict(learning_rate=0.1, alpha=2.0), "alpha"),
+    (no.delta_momentum, dict(learning_rate=0.1, alpha=1.5), "alpha"),
+    (no.delta_momentum, dict(learning_rate=0.1, erase_rate=-1.0), "erase_rate"),
+    (no.delta_momentum, dict(learning_rate=0.1, form="other"), "form"),
+    (no.delta_momentum, dict(learning_rate=0.1, learning_rate_in="other"), "learning_rate_in"),
+    (no.deep_momentum, dict(learning_rate=0.1, alpha=1.5), "alpha"),
+    (no.deep_momentum, dict(learning_rate=0.1, beta=-0.5), "beta"),
+    (no.deep_momentum, dict(learning_rate=0.1, inner_lr=-0.1), "inner_lr"),
+    (no.newton_schulz_momentum, dict(learning_rate=0.1, ns_steps=0), "ns_steps"),
+    (no.newton_schulz_momentum, dict(learning_rate=0.1, beta=1.1), "beta"),
+    (no.m3, dict(learning_rate=0.1, ns_steps=0), "ns_steps"),
+    (no.m3, dict(learning_rate=0.1, slow_period=0), "slow_period"),
+    (no.m3, dict(learning_rate=0.1, beta1=1.5), "beta1"),
+    (no.m3, dict(learning_rate=0.1, alpha=-1.0), "alpha"),
+    (no.m3, dict(learning_rate=0.1, form="other"), "form"),
+    (lambda **kw: no.newton_schulz(jnp.eye(2), **kw), dict(steps=0), "steps"),
+]
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, argument",
+    BAD_HYPERPARAMETERS,
+    ids=[f"{i}-{arg}" for i, (_, _, arg) in enumerate(BAD_HYPERPARAMETERS)],
+)
+def test_out_of_domain_hyperparameters_name_the_argument(factory, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        factory(**kwargs)

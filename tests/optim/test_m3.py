@@ -111,3 +111,21 @@ def test_m3_slow_level_sees_each_gradient_once(x64):
 def test_m3_rejects_bad_period():
     with pytest.raises(ValueError, match="slow_period"):
         no.m3(0.1, slow_period=0)
+
+
+def test_printed_form_moves_coordinates_whose_gradient_is_tiny():
+    """The diagnosis: Algorithm 1 divides NS(M¹), whose entries are spread evenly, by √V per
+    coordinate, so a coordinate whose gradients have been tiny (a unit that fired for one
+    example, an almost-constant input) moves by lr·|O|/√V ≫ lr; the default normalises before
+    orthogonalizing, and its update keeps spectral norm ≈ lr."""
+    g = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)))
+    g = g.at[1, 1].set(1e-9)
+    for form, ema in (("printed", False), ("preconditioned", True)):
+        tx = no.m3(1e-3, form=form, ema=ema)
+        updates, _ = tx.update({"w": g}, tx.init({"w": g}))
+        tiny = float(jnp.abs(updates["w"][1, 1]))
+        spectral = float(jnp.linalg.norm(updates["w"], 2))
+        if form == "printed":
+            assert tiny > 1e3, tiny  # 1e-3 · O(0.1) / (√0.999 · 1e-9)
+        else:
+            assert spectral < 2e-3, spectral
