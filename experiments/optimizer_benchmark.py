@@ -55,7 +55,7 @@ def toy_optimizers(quick):
         ),
         "Delta momentum": (
             (0.003, 0.01, 0.015, 0.02, 0.03),
-            lambda lr: no.delta_momentum(lr, 0.9, erase_rate=1e-4),
+            lambda lr: no.delta_momentum(lr, 0.9, form="arxiv", erase_rate=1e-4),
         ),
         "DMGD": (
             (0.03, 0.1, 0.2, 0.3, 0.5),
@@ -157,14 +157,16 @@ def digits_optimizers(quick):
         "SGD-momentum": ((0.03, 0.1, 0.3), lambda lr: optax.sgd(lr, momentum=0.9)),
         "Delta momentum": (
             (0.03, 0.1, 0.3),
-            lambda lr: optax.chain(optax.clip_by_global_norm(1.0), no.delta_momentum(lr, 0.9)),
+            lambda lr: optax.chain(
+                optax.clip_by_global_norm(1.0), no.delta_momentum(lr, 0.9, form="arxiv")
+            ),
         ),
         "DMGD": ((1.0, 3.0, 10.0), lambda lr: no.deep_momentum(lr, 0.999, 0.9, inner_lr=0.01)),
         "Muon (NS momentum)": (
             (0.01, 0.03, 0.1),
             lambda lr: no.newton_schulz_momentum(lr, 0.95, 5),
         ),
-        "M3": ((3e-4, 1e-3, 3e-3), lambda lr: no.m3(lr, slow_period=16)),
+        "M3": ((3e-4, 1e-3, 3e-3), lambda lr: no.m3(lr, slow_period=16, form="printed", ema=False)),
     }
     if quick:
         grids = {k: ((lrs[1],), make) for k, (lrs, make) in grids.items()}

@@ -69,6 +69,9 @@ OPTIMIZERS = {
         "M3 (Algorithm 1 printed)",
         lambda lr: no.m3(lr, form="printed", ema=False),
     ),
+    # The two halves of M3's mend, each alone: which change makes it train.
+    "m3_printed_ema": ("M3 (printed order, EMA)", lambda lr: no.m3(lr, form="printed")),
+    "m3_accumulated": ("M3 (preconditioned, accumulated)", lambda lr: no.m3(lr, ema=False)),
 }
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 10))
 NOISE = (0.0, 0.1, 0.3, 1.0)

@@ -16,8 +16,9 @@ themselves:
 - AdamW: `optax.adamw` (b2 0.95 on the LM, weight decay 0.1 on matrices on the LM; 1e-4 on MLP)
 - Muon: `newton_schulz_momentum` (Eq. 52: β 0.95, Nesterov, 5 quintic Newton–Schulz steps;
   vectors get the plain momentum read)
-- M3: `m3` (Algorithm 1 as printed: accumulated moments, slow level every 16 steps, α 0.5)
-- Delta momentum: `delta_momentum` (Eq. 49, arXiv form, α 0.9, erase rate 1)
+- M3: `m3(form="printed", ema=False)` (Algorithm 1 as printed: accumulated moments, slow
+  level every 16 steps, α 0.5)
+- Delta momentum: `delta_momentum(form="arxiv")` (Eq. 49 as printed, α 0.9, erase rate 1)
 - DMGD: `deep_momentum` (Eq. 50, coordinate-wise MLP memory, ℓ2 inner objective)
 
 Command (writes docs/results/optimizer_study/; 30 runs, measured 3,641 s of runs on the shared
@@ -137,9 +138,9 @@ def make_optimizer(name: str, problem: str, lr) -> optax.GradientTransformation:
     if name == "muon":
         return no.newton_schulz_momentum(lr, 0.95, 5)
     if name == "m3":
-        return no.m3(lr, slow_period=16)
+        return no.m3(lr, slow_period=16, form="printed", ema=False)
     if name == "delta":
-        return no.delta_momentum(lr, 0.9)
+        return no.delta_momentum(lr, 0.9, form="arxiv")
     if name == "dmgd":
         return no.deep_momentum(lr, 0.999, 0.9, inner_lr=0.01)
     raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
