@@ -72,6 +72,7 @@ OPTIMIZERS = {
     # The two halves of M3's mend, each alone: which change makes it train.
     "m3_printed_ema": ("M3 (printed order, EMA)", lambda lr: no.m3(lr, form="printed")),
     "m3_accumulated": ("M3 (preconditioned, accumulated)", lambda lr: no.m3(lr, ema=False)),
+    "m3_no_slow": ("M3 (default, α = 0: no slow level)", lambda lr: no.m3(lr, alpha=0.0)),
 }
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 10))
 NOISE = (0.0, 0.1, 0.3, 1.0)
@@ -180,7 +181,6 @@ def run_grid(problem, name: str, noise: float, settings: dict) -> dict:
         "seeds": list(settings["seeds"]),
         "noise": noise,
         "noise_std": sigma,
-        "initial_loss": float(curves[0, 0, 0]),
         "final_loss": [[_finite_or_inf(v) for v in row] for row in final],  # [lr][seed]
         "curves": [[[_finite_or_inf(v) for v in c[::every]] for c in row] for row in curves],
         "curve_every": every,
@@ -270,7 +270,9 @@ def summarise(records: dict) -> dict:
                 "diverged": [
                     lr
                     for lr, row in zip(r["grid"], r["final_loss"])
-                    if any(not math.isfinite(v) or v > r["initial_loss"] for v in row)
+                    if any(
+                        not math.isfinite(v) or v > _initial_loss(r, s) for s, v in enumerate(row)
+                    )
                 ],
                 "best_lr": r["grid"][int(np.argmin(m))],
                 "best": {},
@@ -281,6 +283,13 @@ def summarise(records: dict) -> dict:
                 row["best"][str(noise)] = {"loss": nm[i], "lr": rec["grid"][i]}
             out[problem][name] = row
     return out
+
+
+def _initial_loss(record: dict, seed_index: int) -> float:
+    """The loss before the first step at a seed (the LM records keep seed 0's only)."""
+    if "curves" in record:
+        return record["curves"][0][seed_index][0]
+    return record["initial_loss"]
 
 
 def _seed_means(record: dict) -> list[float]:
@@ -361,6 +370,9 @@ def main(argv=None):
     parser.add_argument("--data", default="real", choices=("real", "synthetic"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lm_steps", type=int, default=500)
+    parser.add_argument(
+        "--noise", default=",".join(f"{x:g}" for x in NOISE), help="noise levels σ to run"
+    )
     parser.add_argument("--quick", action="store_true", help="3 rates, 1 seed, 20 steps (smoke)")
     parser.add_argument("--report_only", action="store_true")
     args = parser.parse_args(argv)
@@ -375,7 +387,7 @@ def main(argv=None):
     settings = dict(
         grid=GRID[::4] if args.quick else GRID,
         seeds=SEEDS[:1] if args.quick else SEEDS,
-        noise=NOISE[:2] if args.quick else NOISE,
+        noise=NOISE[:2] if args.quick else tuple(float(x) for x in args.noise.split(",") if x),
         steps=20 if args.quick else args.steps,
         lm_steps=4 if args.quick else args.lm_steps,
         mlp_hidden=16 if args.quick else 128,

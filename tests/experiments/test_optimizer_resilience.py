@@ -1,0 +1,54 @@
+"""experiments/optimizer_resilience.py: the band and divergence rules, and a smoke run."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def resilience():
+    spec = importlib.util.spec_from_file_location(
+        "optimizer_resilience_under_test", ROOT / "experiments" / "optimizer_resilience.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(finals, initial=10.0):
+    return {
+        "grid": [1e-3, 1e-2, 1e-1],
+        "final_loss": finals,
+        "curves": [[[initial] for _ in row] for row in finals],
+    }
+
+
+def test_band_is_relative_to_the_best_of_any_optimizer(resilience):
+    records = {
+        "lsq": {
+            "a": {0.0: _record([[1.0, 1.0], [1.05, 1.15], [2.0, 2.0]])},
+            "b": {0.0: _record([[1.5, 1.5], [1.7, 1.7], [math.inf, 1.0]])},
+        }
+    }
+    summary = resilience.summarise(records)["lsq"]
+    assert summary["best_loss"] == 1.0
+    assert summary["a"]["band"] == [1e-3, 1e-2]  # mean 1.1 is within 10%
+    assert summary["b"]["band"] == [] and summary["b"]["own_band"] == [1e-3]
+    assert summary["b"]["diverged"] == [1e-1]  # one non-finite seed
+    assert summary["a"]["best"]["0.0"] == {"loss": 1.0, "lr": 1e-3}
+
+
+@pytest.mark.slow
+def test_quick_run_writes_records_and_tables(resilience, tmp_path):
+    resilience.main(
+        ["--quick", "--problems", "lsq", "--optimizers", "delta", "--out", str(tmp_path)]
+    )
+    assert len(list((tmp_path / "runs").glob("lsq-delta-noise*.json"))) == 2
+    summary = json.loads((tmp_path / "resilience.json").read_text())["summary"]
+    assert set(summary["lsq"]["delta"]["best"]) == {"0.0", "0.1"}
+    assert "Delta momentum" in (tmp_path / "resilience.md").read_text()
