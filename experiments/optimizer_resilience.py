@@ -94,7 +94,7 @@ def _study():
 
 
 def lsq_problem(settings: dict):
-    """(init(seed) -> params, loss(params, batch) -> scalar, batches [seeds, steps] or None)."""
+    """(init(seed), loss(params, batch), final_loss(params, batch), batch indices or None)."""
     kx, kw, kn = jax.random.split(jax.random.key(0), 3)
     x = 2.0 * jax.random.normal(kx, (64, 8))
     y = x @ jax.random.normal(kw, (8, 4)) + 0.5 * jax.random.normal(kn, (64, 4))
@@ -333,9 +333,8 @@ def markdown(summary: dict, meta: dict) -> str:
             "",
             f"Best final loss of any optimizer: {rows['best_loss']:.4g}.",
             "",
-            "| optimizer | band (of 10) | band rates | own band | diverged at | best lr | "
-            + " | ".join(f"best loss, σ {k}" for k in noises)
-            + " |",
+            f"| optimizer | band (of {len(meta['settings']['grid'])}) | band rates | own band "
+            "| diverged at | best lr | " + " | ".join(f"best loss, σ {k}" for k in noises) + " |",
             "|---|---|---|---|---|---|" + "---|" * len(noises),
         ]
         order = sorted(
