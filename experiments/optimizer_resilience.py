@@ -308,7 +308,10 @@ def markdown(summary: dict, meta: dict) -> str:
         "# Optimizer resilience: stable learning-rate band and gradient noise",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; 1-minute load average (low, high, runs without) "
+        "Machine: {processor}, {cpu_count} CPUs, {platform}, jax {jax}, {device}; ".format(
+            **meta["machine"]
+        )
+        + "1-minute load average (low, high, runs without) "
         f"{meta['loads']} (a shared machine: seconds are contended)  ",
         f"Compute: {meta['run_seconds']:.0f} s over {meta['total']} records "
         f"({meta['computed']} computed by this invocation)  ",
