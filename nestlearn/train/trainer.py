@@ -1,9 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the whole pipeline of one experiment.
 
 Data (split by document, tokenized, a checkpointable batch iterator) → model
-(`nestlearn.models.build`) → levels (backbone AdamW + scheduled CMS levels) → a jitted train step
-→ loop with metrics (JSONL, TensorBoard, tqdm), periodic evaluation and orbax checkpoints → final
-evaluation on the validation and test splits, samples, and `workdir/report.md`.
+(`nestlearn.models.build`) → levels (`config.levels`: the backbone and the scheduled CMS levels)
+→ a jitted train step → loop with metrics (JSONL, TensorBoard, tqdm), periodic evaluation and
+orbax checkpoints → final evaluation on the validation and test splits, samples, and
+`workdir/report.md`.
 
 Resume is automatic: the newest usable checkpoint in `workdir/checkpoints` restores params, every
 level's optimizer state, the model's other variables, the step, the RNG and the iterator state,
@@ -52,7 +53,7 @@ from nestlearn.train.instruments import (
     build_instrument_step,
     describe,
 )
-from nestlearn.train.levels import build_levels, learning_rate_schedule
+from nestlearn.train.levels import build_levels, resolve_levels
 from nestlearn.train.metrics import MetricWriter
 from nestlearn.train.progress import Progress
 from nestlearn.train.step import (
@@ -195,8 +196,17 @@ _FIXED_ON_RESUME = (
     "data.val_fraction",
     "data.test_fraction",
     "data.synthetic",
-    "optim.cms_rule",
 )
+#: Keys of every level that fix the shape of its restored optimizer state.
+_FIXED_LEVEL_KEYS = ("select", "rule", "period", "clip")
+
+
+def _fixed_on_resume(*configs: dict[str, Any]) -> list[str]:
+    names = sorted({name for config in configs for name in config.get("levels", {})})
+    return [
+        *_FIXED_ON_RESUME,
+        *(f"levels.{name}.{key}" for name in names for key in _FIXED_LEVEL_KEYS),
+    ]
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -205,14 +215,23 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with the model keys added since it was written, at the value it ran with.
+def _upgrade(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the keys added since it was written, at the values it ran with.
 
     `model.memory_writes` did not exist before the switch; every such run had its writes on.
+    A config without `levels` ran an AdamW backbone and `optim.cms_rule` on each CMS level of
+    the model (the levels of `now`, whose model must be the same).
     """
     model = saved.get("model")
     if isinstance(model, dict):
         model.setdefault("memory_writes", True)
+    if "levels" not in saved:
+        cms_rule = saved.get("optim", {}).get("cms_rule", "adamw")
+        saved["levels"] = {
+            name: {"select": None, "rule": "adamw" if name == "backbone" else cms_rule}
+            | {"period": None, "clip": 0.0}
+            for name in now.get("levels", {})
+        }
     return saved
 
 
@@ -220,9 +239,9 @@ def _check_resumable(run: Run) -> None:
     saved = run.checkpointer.read_config()
     if saved is None:
         return
-    saved = _upgrade(saved)
     now = dump_config(run.config)
-    changed = [k for k in _FIXED_ON_RESUME if _lookup(now, k) != _lookup(saved, k)]
+    saved = _upgrade(saved, now)
+    changed = [k for k in _fixed_on_resume(now, saved) if _lookup(now, k) != _lookup(saved, k)]
     if changed:
         raise ValueError(
             f"workdir {run.checkpointer.directory.parent} holds checkpoints of a run whose config "
@@ -243,7 +262,7 @@ def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
 
     Raises:
       ValueError: the checkpoints were written with a config that differs in a field that
-        fixes the restored shapes or the data order (`_FIXED_ON_RESUME`).
+        fixes the restored shapes or the data order (`_fixed_on_resume`).
     """
     _check_resumable(run)
     restored = run.checkpointer.restore(checkpoint_trees(run.state, run.rest))
@@ -385,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if cfg.train.instruments:
         instrument_step = build_instrument_step(run.graphdef, params=state.params, mesh=run.mesh)
     levels = LevelMonitor(level_stats(state.opt_state))
-    schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    schedule = resolve_levels(cfg)[-1].schedule  # the catch-all level's (it comes last)
     # Multi-host: every process trains, process 0 alone writes metrics and the report.
     writer = MetricWriter(workdir, resume_step=start, primary=jax.process_index() == 0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
