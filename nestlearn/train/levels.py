@@ -95,7 +95,9 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-_LEVEL_KEYS = tuple(k for k, v in level_config().items() if k != "adamw")
+_LEVEL_KEYS = tuple(
+    k for k, v in level_config().items() if not isinstance(v, ml_collections.ConfigDict)
+)
 
 
 def _rule_namespaces():
@@ -256,57 +258,50 @@ def _resolve(config, name: str, entry, cms: dict[str, tuple[str, int]]) -> Level
     for key in _LEVEL_KEYS:
         if key not in entry:
             raise _error(name, key, "is missing; build level entries with level_config()")
-    get = entry.get
-    rule = get("rule")
-    factory = rule_factory(rule) if isinstance(rule, str) else None
+    factory = rule_factory(entry.rule) if isinstance(entry.rule, str) else None
     if factory is None:
-        raise _error(name, "rule", f"={rule!r} is unknown; allowed: {available_rules()}")
+        raise _error(name, "rule", f"={entry.rule!r} is unknown; allowed: {available_rules()}")
     kwargs = {}
     for section, (section_factory, values) in rules.items():
         checked = _rule_kwargs(config, name, section, section_factory, values)
-        if section == rule:
+        if section == entry.rule:
             kwargs = checked
-    select, period = get("select"), get("period")
+    select, period = entry.select, entry.period
     if name in cms:
         select = cms[name][0] if select is None else select
         period = cms[name][1] if period is None else period
     period = 1 if period is None else period
-    schedule = get("schedule")
-    if schedule not in SCHEDULES:
-        raise _error(name, "schedule", f"={schedule!r} is not allowed; allowed: {list(SCHEDULES)}")
-    accumulate = get("accumulate")
-    if accumulate not in _ACCUMULATIONS:
-        raise _error(
-            name, "accumulate", f"={accumulate!r} is not allowed; allowed: {list(_ACCUMULATIONS)}"
-        )
-    peak = _default(config, name, "learning_rate", get("learning_rate"))
-    warmup = _default(config, name, "warmup_steps", get("warmup_steps"))
-    ratio = _default(config, name, "min_lr_ratio", get("min_lr_ratio"))
+    for key, choices in (("schedule", SCHEDULES), ("accumulate", _ACCUMULATIONS)):
+        if entry[key] not in choices:
+            raise _error(name, key, f"={entry[key]!r} is not allowed; allowed: {list(choices)}")
+    peak = _default(config, name, "learning_rate", entry.learning_rate)
+    warmup = _default(config, name, "warmup_steps", entry.warmup_steps)
+    ratio = _default(config, name, "min_lr_ratio", entry.min_lr_ratio)
     for key, value, ok, bound in (
         ("learning_rate", peak, peak > 0, "> 0"),
         ("warmup_steps", warmup, warmup >= 0, ">= 0"),
         ("min_lr_ratio", ratio, 0 <= ratio <= 1, "in [0, 1]"),
         ("period", period, isinstance(period, int) and period >= 1, "an integer >= 1"),
-        ("clip", get("clip"), get("clip") >= 0, ">= 0"),
+        ("clip", entry.clip, entry.clip >= 0, ">= 0"),
     ):
         if not ok:
             raise _error(name, key, f"={value!r} must be {bound}")
     return LevelSpec(
         name=name,
         select=select,
-        rule=rule,
+        rule=entry.rule,
         factory=factory,
         kwargs=kwargs,
         schedule=learning_rate_schedule(
             peak,
             num_steps=config.train.num_steps,
-            kind=schedule,
+            kind=entry.schedule,
             warmup_steps=warmup,
             min_lr_ratio=ratio,
         ),
         period=period,
-        accumulate=accumulate,
-        clip=float(get("clip")),
+        accumulate=entry.accumulate,
+        clip=float(entry.clip),
     )
 
 
