@@ -215,23 +215,34 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def _upgrade(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the keys added since it was written, at the values it ran with.
 
     `model.memory_writes` did not exist before the switch; every such run had its writes on.
-    A config without `levels` ran an AdamW backbone and `optim.cms_rule` on each CMS level of
-    the model (the levels of `now`, whose model must be the same).
+    A config without `levels` ran AdamW on the backbone and `optim.cms_rule` (at
+    `optim.lr · optim.cms_lr_scale`, folding by `optim.cms_accumulate`) on each scheduled CMS level.
     """
+    from nestlearn import models
+    from nestlearn.train.config import base_config
+
     model = saved.get("model")
     if isinstance(model, dict):
         model.setdefault("memory_writes", True)
-    if "levels" not in saved:
-        cms_rule = saved.get("optim", {}).get("cms_rule", "adamw")
-        saved["levels"] = {
-            name: {"select": None, "rule": "adamw" if name == "backbone" else cms_rule}
-            | {"period": None, "clip": 0.0}
-            for name in now.get("levels", {})
-        }
+    if "levels" in saved or not isinstance(model, dict):
+        return saved
+    optim = saved.setdefault("optim", {})
+    rule, scale = optim.pop("cms_rule", "adamw"), optim.pop("cms_lr_scale", 1.0)
+    accumulate = optim.pop("cms_accumulate", "sum")
+    saved["levels"] = levels = dump_config(base_config(model["name"]))["levels"]
+    cms = ml_collections.ConfigDict(_tuples(model)).get("cms")
+    if cms is not None and cms.get("mode") == "scheduled":
+        for name, _, _ in models.cms_level_selectors(ml_collections.ConfigDict(_tuples(model))):
+            entry = levels[name]
+            entry.update(rule="sgd" if rule == "momentum" else rule, accumulate=accumulate)
+            if rule == "momentum":
+                entry["sgd"] = {"momentum": optim["b1"]}
+            if scale != 1.0:
+                entry["learning_rate"] = optim["lr"] * scale
     return saved
 
 
@@ -239,8 +250,8 @@ def _check_resumable(run: Run) -> None:
     saved = run.checkpointer.read_config()
     if saved is None:
         return
+    saved = _upgrade(saved)
     now = dump_config(run.config)
-    saved = _upgrade(saved, now)
     changed = [k for k in _fixed_on_resume(now, saved) if _lookup(now, k) != _lookup(saved, k)]
     if changed:
         raise ValueError(

@@ -307,3 +307,18 @@ def test_a_named_level_selects_by_regex_and_the_catch_all_keeps_the_rest():
         ("embed", "embed"),
         ("backbone", None),
     ]
+
+
+def test_a_run_saved_before_config_levels_resumes_only_with_the_rules_it_ran():
+    from nestlearn.train import trainer
+    from nestlearn.train.checkpoint import dump_config
+
+    now = dump_config(tiny_config.get_config("hope_attention"))  # CMS levels 0 and 1
+    for cms_rule, changed in (("adamw", []), ("sgd", ["cms_level_0", "cms_level_1"])):
+        saved = {k: v for k, v in now.items() if k != "levels"}
+        saved["optim"] = {**now["optim"], "cms_rule": cms_rule, "cms_lr_scale": 1.0}
+        saved = trainer._upgrade(saved)
+        assert "cms_rule" not in saved["optim"]
+        keys = trainer._fixed_on_resume(now, saved)
+        differ = [k for k in keys if trainer._lookup(now, k) != trainer._lookup(saved, k)]
+        assert differ == [f"levels.{name}.rule" for name in changed]
