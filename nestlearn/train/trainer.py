@@ -53,7 +53,7 @@ from nestlearn.train.instruments import (
     build_instrument_step,
     describe,
 )
-from nestlearn.train.levels import build_levels, resolve_levels
+from nestlearn.train.levels import build_levels, level_config, resolve_levels
 from nestlearn.train.metrics import MetricWriter
 from nestlearn.train.progress import Progress
 from nestlearn.train.step import (
@@ -234,10 +234,10 @@ def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
     rule, scale = optim.pop("cms_rule", "adamw"), optim.pop("cms_lr_scale", 1.0)
     accumulate = optim.pop("cms_accumulate", "sum")
     saved["levels"] = levels = dump_config(base_config(model["name"]))["levels"]
-    cms = ml_collections.ConfigDict(_tuples(model)).get("cms")
-    if cms is not None and cms.get("mode") == "scheduled":
-        for name, _, _ in models.cms_level_selectors(ml_collections.ConfigDict(_tuples(model))):
-            entry = levels[name]
+    model_config = ml_collections.ConfigDict(_tuples(model))
+    if model_config.get("cms") is not None and model_config.cms.get("mode") == "scheduled":
+        for name, _, _ in models.cms_level_selectors(model_config):
+            entry = levels.setdefault(name, json.loads(level_config().to_json()))
             entry.update(rule="sgd" if rule == "momentum" else rule, accumulate=accumulate)
             if rule == "momentum":
                 entry["sgd"] = {"momentum": optim["b1"]}
