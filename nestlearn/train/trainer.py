@@ -379,7 +379,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
     iterator = BatchIterator(
-        run.data.train, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, seed=cfg.seed
+        run.data.train,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        seed=cfg.seed,
+        vocab_size=cfg.model.vocab_size,
     )
     if data_state is not None:
         iterator.restore(data_state)
@@ -390,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     train_step = build_train_step(
@@ -509,6 +514,7 @@ def _finish(
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     final = {"step": int(state.step), "skipped_steps": int(state.skipped)}
@@ -641,6 +647,7 @@ def _split_batches(run: Run, split: str) -> list[Batch]:
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
 
