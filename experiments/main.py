@@ -96,7 +96,7 @@ def main(argv):
         raise app.UsageError("--config is required with --mode=train")
     try:
         final = nestlearn.train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except _STOPS as e:
+    except (*_STOPS, OSError) as e:  # OSError: the report or probe files (it names the file)
         sys.exit(f"--mode=train --workdir={FLAGS.workdir}: {type(e).__name__}: {e}")
     print(json.dumps(final, indent=2))
 

@@ -61,7 +61,7 @@ def check_unit_interval(x: Any, *, name: str) -> None:
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name}{list(where)} = {values[where]!r} is outside [0, 1]; {name} must lie in "
+            f"{name}{list(where)} = {float(values[where])} is outside [0, 1]; {name} must lie in "
             f"[0, 1] ({int(bad.sum())} of {values.size} values are outside)"
         )
 

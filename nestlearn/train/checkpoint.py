@@ -187,7 +187,11 @@ def _is_read_error(e: BaseException) -> bool:
 
 
 def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+    """The error's type and first line; a long line keeps its head and its tail (the cause)."""
+    line = (str(e).splitlines() or [""])[0]
+    if len(line) > 400:
+        line = f"{line[:200]} ... {line[-200:]}"
+    return f"{type(e).__name__}: {line}"
 
 
 def _leaf_specs(flat: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -215,7 +219,6 @@ class Checkpointer:
         self._manager = self._open()
         self._saving: int | None = None  # the step of the newest save started
         self._failed = False  # a save failed: close() then reports nothing more
-        self.moved_aside: list[Path] = []  # corrupt checkpoints moved by restore()
 
     def _open(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
@@ -228,9 +231,10 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def _write_error(self, e: BaseException, what: str) -> WriteError:
+    def _write_error(self, e: BaseException, step: int | None) -> WriteError:
+        """The `WriteError` of a failed save of `step`, naming the newest intact checkpoint."""
         self._failed = True
-        committed = [s for s in self.all_steps() if s != self._saving]
+        committed = [s for s in self.all_steps() if s != step]
         resume = (
             f"the newest committed checkpoint (step {committed[-1]}) is intact: free space or fix "
             "the file system, then rerun the same command to resume from it"
@@ -239,8 +243,8 @@ class Checkpointer:
             "then rerun the same command to start over"
         )
         return WriteError(
-            f"{what} in {self.directory} failed ({_first_line(e)}); the run stops here, and "
-            f"{resume}"
+            f"saving checkpoint step {step} in {self.directory} failed ({_first_line(e)}); the "
+            f"run stops here, and {resume}"
         )
 
     def check(self) -> None:
@@ -248,12 +252,17 @@ class Checkpointer:
         try:
             self._manager.check_for_errors()
         except Exception as e:
-            raise self._write_error(e, f"saving checkpoint step {self._saving}") from e
+            raise self._write_error(e, self._saving) from e
 
     def save(
         self, step: int, *, trees: dict[str, Any], data: dict[str, Any], config: dict[str, Any]
     ) -> None:
-        """Starts an asynchronous save of `trees` (one per array item) and the JSON items."""
+        """Starts an asynchronous save of `trees` (one per array item) and the JSON items.
+
+        Raises:
+          ValueError: `trees` lacks an array item or has an extra one.
+          WriteError: this save, or the previous one still finishing, failed.
+        """
         if set(trees) != set(self.array_items):
             raise ValueError(
                 f"trees has items {sorted(trees)}, expected {sorted(self.array_items)}"
@@ -271,7 +280,7 @@ class Checkpointer:
         try:
             self._manager.save(step, args=ocp.args.Composite(**args), force=True)
         except Exception as e:  # this save, or the previous one finishing in the background
-            raise self._write_error(e, f"saving checkpoint step {step}") from e
+            raise self._write_error(e, step) from e
         self._saving = step
 
     def _check_fits(self, step: int, meta: dict[str, Any], targets: dict[str, Any]) -> None:
@@ -295,8 +304,7 @@ class Checkpointer:
             try:
                 stored = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / name)
                 stored = {k: v for k, v in dict(stored.tree).items() if k != "n"}
-            except Exception as e:  # unreadable metadata: the data is checked by the restore
-                del e
+            except Exception:  # unreadable metadata: the restore checks the data itself
                 continue
             flat, _ = _to_host(targets[name])
             want = _leaf_specs({k: v for k, v in flat.items() if v.size})
@@ -375,7 +383,6 @@ class Checkpointer:
             corrupt = self.directory / "corrupt" / f"{step}.{n}"
         corrupt.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(self.directory / str(step)), corrupt)
-        self.moved_aside.append(corrupt)
         return corrupt
 
     def restore(self, targets: dict[str, Any]) -> Restored | None:
@@ -423,7 +430,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:
-            raise self._write_error(e, f"saving checkpoint step {self._saving}") from e
+            raise self._write_error(e, self._saving) from e
 
     def close(self) -> None:
         """Waits for the pending save and closes; after a `WriteError`, reports nothing more."""
