@@ -47,7 +47,7 @@ def test_an_empty_batch_or_sequence_is_a_value_error_naming_the_shape(model, sha
 
 
 def test_a_state_of_another_batch_size_is_refused_naming_the_shapes(model):
-    _, state = model(jnp.ones((2, 4), jnp.int32))
+    state = model.init_state(2)
     with pytest.raises(ValueError, match=r"state\.layers\[0\].* has shape \(2, .* need \(3, "):
         model(jnp.ones((3, 1), jnp.int32), state)
     logits, _ = model(jnp.ones((2, 1), jnp.int32), state)  # the right batch still streams
