@@ -7,6 +7,12 @@ memory probe (`nestlearn.eval.probe`).
 
 from nestlearn.train.checkpoint import Checkpointer, Restored
 from nestlearn.train.config import CMS_RULES, base_config, validate_config
+from nestlearn.train.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    WriteError,
+)
 from nestlearn.train.levels import build_levels, learning_rate_schedule
 from nestlearn.train.metrics import MetricWriter, read_metrics
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, cross_entropy
@@ -23,6 +29,9 @@ from nestlearn.train.trainer import (
 
 __all__ = [
     "CMS_RULES",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
     "Checkpointer",
     "MetricWriter",
     "NoCheckpointError",
@@ -30,6 +39,7 @@ __all__ = [
     "Restored",
     "Run",
     "TrainState",
+    "WriteError",
     "base_config",
     "build_eval_step",
     "build_levels",
