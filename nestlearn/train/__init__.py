@@ -7,6 +7,12 @@ memory probe (`nestlearn.eval.probe`).
 
 from nestlearn.train.checkpoint import Checkpointer, Restored
 from nestlearn.train.config import base_config, validate_config
+from nestlearn.train.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    WriteError,
+)
 from nestlearn.train.levels import (
     LevelSpec,
     available_rules,
@@ -29,6 +35,9 @@ from nestlearn.train.trainer import (
 )
 
 __all__ = [
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
     "Checkpointer",
     "LevelSpec",
     "MetricWriter",
@@ -37,6 +46,7 @@ __all__ = [
     "Restored",
     "Run",
     "TrainState",
+    "WriteError",
     "available_rules",
     "base_config",
     "build_eval_step",

@@ -11,6 +11,9 @@ allowed.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import ml_collections
 
 __all__ = ["base_config", "validate_config"]
@@ -226,6 +229,8 @@ def _compare(config, schema, prefix: str) -> None:
                 f"config key '{prefix}{key}'={value!r} must be of type "
                 f"{type(default).__name__} (like the default {default!r})"
             )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config key '{prefix}{key}'={value!r} must be finite")
 
 
 def _get(config, dotted: str):
@@ -238,11 +243,14 @@ def _get(config, dotted: str):
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks an experiment config against the schema, before anything is built.
 
+    Warns (UserWarning) when `model.chunk_size` exceeds `data.seq_len`.
+
     Raises:
       ValueError: naming the first offending key and what is allowed there — an unknown or
-        missing key, a value of the wrong type, a list instead of a tuple, an unknown choice
-        (model name, corpus, tokenizer), a value out of range, or a bad level (an unknown
-        rule, level key or rule keyword; `nestlearn.train.levels.resolve_levels`).
+        missing key, a value of the wrong type, a list instead of a tuple, a non-finite float
+        (`optim.lr=inf`), an unknown choice (model name, corpus, tokenizer), a value out of
+        range, or a bad level (an unknown rule, level key or rule keyword;
+        `nestlearn.train.levels.resolve_levels`).
     """
     from nestlearn import models
     from nestlearn.data.corpora import CORPORA
@@ -303,6 +311,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config key 'optim.min_lr_ratio'={config.optim.min_lr_ratio} must be <= 1"
         )
+    if config.model.chunk_size > config.data.seq_len:
+        warnings.warn(
+            f"config key 'model.chunk_size'={config.model.chunk_size} exceeds "
+            f"'data.seq_len'={config.data.seq_len}: each training window is one partial chunk, "
+            "so a memory that reads its chunk-start state (Titans, Hope) never reads its own "
+            "writes during training; use model.chunk_size <= data.seq_len",
+            UserWarning,
+            stacklevel=2,
+        )
+
     from nestlearn.train.levels import resolve_levels
 
     resolve_levels(config)

@@ -19,6 +19,7 @@ in/out shardings, and checkpoints restore onto whatever mesh the resumed run has
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -48,6 +49,7 @@ from nestlearn.parallel import (
 )
 from nestlearn.train.checkpoint import Checkpointer, dump_config
 from nestlearn.train.config import validate_config
+from nestlearn.train.errors import CheckpointCorruptError
 from nestlearn.train.instruments import (
     LevelMonitor,
     build_instrument_step,
@@ -274,10 +276,23 @@ def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
     Raises:
       ValueError: the checkpoints were written with a config that differs in a field that
         fixes the restored shapes or the data order (`_fixed_on_resume`).
+      CheckpointMismatchError: the newest checkpoint's arrays do not fit the model.
+      CheckpointReadError: reading a checkpoint kept failing with a storage error.
+      CheckpointCorruptError: checkpoints existed but every one failed its integrity check, so
+        nothing is left to resume from (rather than starting over without a word).
     """
     _check_resumable(run)
     restored = run.checkpointer.restore(checkpoint_trees(run.state, run.rest))
     if restored is None:
+        corrupt = run.checkpointer.directory / "corrupt"
+        if corrupt.is_dir() and any(corrupt.iterdir()):
+            raise CheckpointCorruptError(
+                f"workdir {run.checkpointer.directory.parent} has no usable checkpoint: every one "
+                f"failed its integrity check and lies in {corrupt} "
+                f"({sorted(p.name for p in corrupt.iterdir())}). Starting over would overwrite "
+                f"the run's metrics.jsonl; to start from step 0 here, delete {corrupt}, or use "
+                "a new --workdir"
+            )
         return run.state, run.rest, None
     trees = restored.trees
     opt = NestedState({level.name: trees[f"opt_{level.name}"] for level in run.levels})
@@ -373,6 +388,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       ValueError: an invalid config (naming the key).
       NonFiniteError: `train.max_consecutive_nonfinite` non-finite steps in a row.
       nestlearn.data.fetch.DataError: the corpus could not be fetched or is malformed.
+      WriteError: a checkpoint or metric write failed (a full disk, an I/O error); the run
+        stops at once and the checkpoints committed before stay intact.
+      CheckpointMismatchError, CheckpointReadError, CheckpointCorruptError: the workdir's
+        checkpoints cannot be resumed from (see `restore`).
     """
     tune_host_allocator()  # XLA:CPU's per-step buffers stay in the process (host_memory)
     workdir = Path(workdir)
@@ -390,7 +409,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
     iterator = BatchIterator(
-        run.data.train, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, seed=cfg.seed
+        run.data.train,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        seed=cfg.seed,
+        vocab_size=cfg.model.vocab_size,
     )
     if data_state is not None:
         iterator.restore(data_state)
@@ -401,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     train_step = build_train_step(
@@ -430,6 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tr = cfg.train
     try:
         for step in range(start + 1, tr.num_steps + 1):
+            run.checkpointer.check()  # a failed background save stops the run at once
             batch = on_mesh(next(iterator), run.mesh)
             last = step == tr.num_steps
             logging = step % tr.log_every == 0 or last
@@ -487,11 +512,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     data=dict(iterator.state._asdict()),
                     config=config_json,
                 )
-        return _finish(run, state, rest, eval_step, writer, workdir, val_batches, config_json)
-    finally:
-        progress.close()
-        writer.close()
-        run.checkpointer.close()
+        run.checkpointer.wait()
+        final = _finish(run, state, rest, eval_step, writer, workdir, val_batches, config_json)
+    except BaseException:
+        # The error in flight names the cause; closing must neither hide it nor hang on it.
+        for close in (progress.close, writer.close, run.checkpointer.close):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    progress.close()
+    writer.close()
+    run.checkpointer.close()
+    return final
 
 
 def _finish(
@@ -512,6 +544,7 @@ def _finish(
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     final = {"step": int(state.step), "skipped_steps": int(state.skipped)}
@@ -644,6 +677,7 @@ def _split_batches(run: Run, split: str) -> list[Batch]:
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
 
