@@ -212,7 +212,7 @@ def divergence(records: list[dict], message: str) -> dict:
     record is the step the run stopped at.
     """
     train = [r for r in records if r.get("kind") == "train"]
-    finite = [r for r in train if math.isfinite(r["loss"])]
+    finite = [r for r in train if math.isfinite(float(r["loss"]))]  # non-finite: "nan" strings
     first_bad = next((r["step"] for r in train if r.get("skipped", 0) > 0), None)
     before = [r for r in finite if first_bad is None or r["step"] < first_bad]
     return {

@@ -44,7 +44,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import matplotlib
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -174,9 +173,12 @@ def run_lm(name: str, lr: float, s: dict, dataset, config) -> dict:
     """Trains the LM with one optimizer and rate; train loss every step, val loss periodically."""
     model = models.build(config.model, rngs=nnx.Rngs(config.seed))
     graphdef, params, rest = split_model(model)
-    optim = ml_collections.ConfigDict(config.optim.to_dict())
-    optim.lr = lr  # the schedule's peak: warmup to lr, cosine decay to lr · min_lr_ratio
-    schedule = learning_rate_schedule(optim, config.train.num_steps)
+    schedule = learning_rate_schedule(  # warmup to lr, cosine decay to lr · min_lr_ratio
+        lr,
+        num_steps=config.train.num_steps,
+        warmup_steps=config.optim.warmup_steps,
+        min_lr_ratio=config.optim.min_lr_ratio,
+    )
     levels = (Level("backbone", None, make_optimizer(name, "lm", schedule)),)
     train_step = build_train_step(levels, params=params, grad_clip=1.0, graphdef=graphdef)
     eval_step = build_eval_step(graphdef)

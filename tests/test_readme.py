@@ -17,8 +17,8 @@ def test_readme_opens_with_the_two_commands():
     assert commands == ["make run", "make test"]
 
 
-def test_readme_has_the_three_stories():
-    assert len(SNIPPETS) == 3
+def test_readme_has_the_four_stories():
+    assert len(SNIPPETS) == 4
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))

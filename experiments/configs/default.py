@@ -42,10 +42,9 @@ def get_config(arg=None):
     c.data.tokenizer = "byte"
     c.data.seq_len = 128
     c.data.batch_size = 16
-    # Optimizer: AdamW backbone, AdamW on each CMS level at its own period.
+    # Levels: AdamW on the backbone and on each CMS level at its own period (config.levels).
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 50
-    c.optim.cms_rule = "adamw"
     # Schedule of the run.
     c.train.num_steps = 150
     c.train.log_every = 10

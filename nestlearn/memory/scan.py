@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from nestlearn.core.validation import check_chunk_size
+from nestlearn.core.validation import check_chunk_size, check_nonempty, check_unit_interval
 from nestlearn.memory import rules
 from nestlearn.memory.architectures import MemoryArch
 from nestlearn.memory.objectives import Objective
@@ -71,6 +71,9 @@ def _check_inputs(
         if jnp.ndim(inputs[name]) != 4:
             raise ValueError(f"inputs[{name!r}] has shape {jnp.shape(inputs[name])}, expected 4-D")
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    check_nonempty(k.shape, "bthd", name="inputs['k']")
+    check_nonempty(v.shape, "bthd", name="inputs['v']")
+    check_unit_interval(inputs.get("retention"), name="inputs['retention']")
     b, t, h, d_in = k.shape
     if q.shape != k.shape:
         raise ValueError(f"q has shape {q.shape} but k has shape {k.shape}; they must agree")

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nestlearn.core.validation import check_unit_interval
 from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels.mlp_memory import MLPMemoryState, mlp_memory, mlp_memory_chunked
 from nestlearn.memory import architectures, objectives, rules
@@ -155,7 +156,8 @@ def titans_memory(
       k: keys [b, t, h, d_in].
       v: values [b, t, h, d_out].
       theta: step sizes θ_t [b, t, h].
-      alpha: forget gates α_t ∈ [0, 1] [b, t, h] (retention 1 − α_t).
+      alpha: forget gates α_t ∈ [0, 1] [b, t, h] (retention 1 − α_t); a concrete α outside
+        [0, 1] is refused.
       eta: momentum decays η_t [b, t, h].
       arch: memory architecture (``architectures.mlp(...)`` in Titans).
       params: meta-learned initial weights [h, ...] shared by all sequences.
@@ -181,8 +183,8 @@ def titans_memory(
       ``(o [b, t, h, d_out], TitansState)``.
 
     Raises:
-      ValueError: a bad ``initial_state``, ``objective`` or ``kernel_impl``, or
-        ``kernel_impl="pallas"`` where it cannot run.
+      ValueError: a bad ``initial_state``, ``objective`` or ``kernel_impl``,
+        ``kernel_impl="pallas"`` where it cannot run, or a concrete α outside [0, 1].
     """
     if initial_state is not None:  # checked here, before the path is chosen: same error on both
         if not isinstance(initial_state, TitansState):
@@ -202,6 +204,7 @@ def titans_memory(
     )
     if not writes:
         return _read_only(q, k, v, arch=arch, params=params, initial_state=initial_state)
+    check_unit_interval(alpha, name="alpha")
     if unsupported is None:  # the op's configuration: its kernel, or its XLA form
         residual = _kernel_layout(arch, params)
         kernel_state = None

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nestlearn.core.validation import check_token_ids
 from nestlearn.models.language_model import LanguageModel
 
 
@@ -51,10 +52,17 @@ def generate(
 
     Returns:
       [b, t0 + max_new_tokens] int32: the prompt followed by the new tokens.
+
+    Raises:
+      ValueError: a prompt that is not [b, t0] with b, t0 ≥ 1, concrete prompt ids outside
+        [0, vocab_size) (naming the first), or a negative `max_new_tokens`.
     """
     prompt_tokens = jnp.asarray(prompt_tokens)
-    if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] < 1:
-        raise ValueError(f"prompt_tokens must be [b, t0] with t0 >= 1, got {prompt_tokens.shape}")
+    if prompt_tokens.ndim != 2 or min(prompt_tokens.shape) < 1:
+        raise ValueError(
+            f"prompt_tokens must be [b, t0] with b >= 1 and t0 >= 1, got {prompt_tokens.shape}"
+        )
+    check_token_ids(prompt_tokens, model.config.vocab_size, name="prompt_tokens")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     prompt_tokens = prompt_tokens.astype(jnp.int32)

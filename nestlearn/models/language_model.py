@@ -31,6 +31,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from nestlearn.core.validation import check_nonempty, check_token_ids
 from nestlearn.models import registry
 from nestlearn.models.cms import CMSOnlineState, cms_online_update, validate_cms_config
 from nestlearn.models.layers import DTYPES, RMSNorm, compute_dtype
@@ -99,12 +100,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"unknown key(s) {cms_unknown} in cms; allowed: {sorted(default.cms.keys())}"
             )
         validate_cms_config(config.cms)
+    if "self_modifying" in config:
+        _validate_self_modifying(config)
     if not config.memory_writes and not registry.has_memory(config):
         raise ValueError(
             f"model.memory_writes=False, but model {config.name!r} has no in-context memory to "
             "switch off (models with one: the matrix mixers, Titans, Hope, or any model with "
             "cms.mode='online'); leave it True"
         )
+
+
+def _validate_self_modifying(config: ml_collections.ConfigDict) -> None:
+    """The `self_modifying` sub-config's values, checked before the model is built.
+
+    A bad value is reported as `self_modifying.<key> ...` (e.g. `self_modifying.eta_max must be
+    > 0, got -1.0`).
+    """
+    from nestlearn.models.mixers import self_modifying_config
+
+    try:
+        self_modifying_config(config.self_modifying, config.chunk_size, writes=True)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        first = message.split(" ", 1)[0]
+        if first in config.self_modifying:
+            raise ValueError(f"self_modifying.{message}") from None
+        raise ValueError(f"self_modifying: {message}") from None
 
 
 class LanguageModel(nnx.Module):
@@ -154,16 +175,49 @@ class LanguageModel(nnx.Module):
     def __call__(
         self, tokens: jax.Array, state: LMState | None = None
     ) -> tuple[jax.Array, LMState]:
-        """Args: tokens [b, t] int; state or None. Returns (logits [b, t, V] float32, new state)."""
+        """Runs the model on `tokens`, continuing `state` (None: fresh sequences).
+
+        Args:
+          tokens: [b, t] integer token ids in [0, vocab_size), b ≥ 1, t ≥ 1.
+          state: the `LMState` of b sequences (a previous call's), or None.
+
+        Returns:
+          `(logits [b, t, V] float32, new state)`.
+
+        Raises:
+          ValueError: tokens not integer [b, t], an empty batch or sequence, concrete ids
+            outside [0, vocab_size) (naming the first one; traced ids are not checked), or a
+            state whose layers or shapes do not fit b sequences of this model.
+        """
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens must be integer [b, t], got {tokens.dtype} {tokens.shape}")
-        if state is not None and len(state.layers) != len(self.blocks):
-            raise ValueError(f"state has {len(state.layers)} layers, model {len(self.blocks)}")
+        check_nonempty(tokens.shape, "bt", name="tokens")
+        check_token_ids(tokens, self.config.vocab_size)
+        if state is not None:
+            self._check_state(state, tokens.shape[0])
         if self.online:
             return self._online_call(tokens, state)
         layers = (None,) * len(self.blocks) if state is None else state.layers
         logits, layers = self.forward(tokens, layers)
         return logits, LMState(layers=layers, online=None)
+
+    def _check_state(self, state: LMState, batch: int) -> None:
+        """ValueError naming the first leaf of `state` whose shape differs from a fresh state's."""
+        if not isinstance(state, LMState) or len(state.layers) != len(self.blocks):
+            layers = len(state.layers) if isinstance(state, LMState) else type(state).__name__
+            raise ValueError(f"state has {layers} layers, model {len(self.blocks)}")
+        fresh = jax.eval_shape(lambda: self.init_state(batch))
+        got, want = jax.tree.structure(state), jax.tree.structure(fresh)
+        if got != want:
+            raise ValueError(f"state has structure {got}, a model state has {want}")
+        flat = jax.tree_util.tree_flatten_with_path(state)[0]
+        for (path, leaf), expected in zip(flat, jax.tree.leaves(fresh)):
+            if jnp.shape(leaf) != expected.shape:
+                raise ValueError(
+                    f"state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, but "
+                    f"{batch} sequence(s) of tokens [b, t] need {expected.shape}: the state "
+                    "belongs to another batch size (or model)"
+                )
 
     def forward(self, tokens: jax.Array, layers: tuple) -> tuple[jax.Array, tuple]:
         """One pass through every block with the given block states (no online updates)."""

@@ -94,6 +94,18 @@ def _field_value(field) -> Any:
     return value
 
 
+def _check_tensor_data(reader, path: Path, size: int) -> None:
+    """ValueError when a tensor's data runs past the end of the file (a truncated download)."""
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size or len(tensor.data.reshape(-1)) * tensor.data.itemsize < tensor.n_bytes:
+            raise ValueError(
+                f"truncated or corrupt GGUF file {path}: tensor {tensor.name!r} "
+                f"({tensor.tensor_type.name}, {int(tensor.n_elements)} elements) needs bytes "
+                f"{int(tensor.data_offset)}..{end}, but the file has {size} bytes; fetch it again"
+            )
+
+
 def read_gguf(path: str | os.PathLike, *, num_layers: int | None = None) -> GGUFCheckpoint:
     """Reads and dequantises a Llama-architecture GGUF file.
 
@@ -103,15 +115,25 @@ def read_gguf(path: str | os.PathLike, *, num_layers: int | None = None) -> GGUF
         dequantised.
 
     Raises:
-      ValueError: not a file, not a `llama` checkpoint, a missing tensor, or a bad `num_layers`.
+      ValueError: not a file, a truncated or corrupt file ("truncated or corrupt GGUF file
+        <path>: ..." with what was expected), not a `llama` checkpoint, a missing tensor, or a
+        bad `num_layers`.
     """
     import gguf
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"path={str(path)!r} is not a file")
-    reader = gguf.GGUFReader(str(path))
-    meta = {name: _field_value(field) for name, field in reader.fields.items()}
+    size = path.stat().st_size
+    try:
+        reader = gguf.GGUFReader(str(path))
+        meta = {name: _field_value(field) for name, field in reader.fields.items()}
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"truncated or corrupt GGUF file {path}: its {size} bytes do not hold the header, "
+            f"metadata and tensor data it declares ({type(e).__name__}: {e}); fetch it again"
+        ) from None
+    _check_tensor_data(reader, path, size)
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ValueError(f"{path}: general.architecture={arch!r}; only 'llama' is supported")

@@ -6,8 +6,21 @@ memory probe (`nestlearn.eval.probe`).
 """
 
 from nestlearn.train.checkpoint import Checkpointer, Restored
-from nestlearn.train.config import CMS_RULES, base_config, validate_config
-from nestlearn.train.levels import build_levels, learning_rate_schedule
+from nestlearn.train.config import base_config, validate_config
+from nestlearn.train.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    WriteError,
+)
+from nestlearn.train.levels import (
+    LevelSpec,
+    available_rules,
+    build_levels,
+    learning_rate_schedule,
+    level_config,
+    resolve_levels,
+)
 from nestlearn.train.metrics import MetricWriter, read_metrics
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, cross_entropy
 from nestlearn.train.trainer import (
@@ -22,14 +35,19 @@ from nestlearn.train.trainer import (
 )
 
 __all__ = [
-    "CMS_RULES",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
     "Checkpointer",
+    "LevelSpec",
     "MetricWriter",
     "NoCheckpointError",
     "NonFiniteError",
     "Restored",
     "Run",
     "TrainState",
+    "WriteError",
+    "available_rules",
     "base_config",
     "build_eval_step",
     "build_levels",
@@ -38,8 +56,10 @@ __all__ = [
     "cross_entropy",
     "evaluate_workdir",
     "learning_rate_schedule",
+    "level_config",
     "probe_workdir",
     "read_metrics",
+    "resolve_levels",
     "restore_workdir",
     "train_and_evaluate",
     "validate_config",

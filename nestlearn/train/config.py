@@ -3,19 +3,20 @@
 An experiment config (`experiments/configs/<name>.py::get_config`) is `base_config(model)` with
 fields changed. `validate_config` checks it once, before anything is built: every section and
 key must exist in the schema (the model section is checked against
-`nestlearn.models.default_config(model.name)`), every value must have the schema's type, and the
-fields with a fixed set of choices or a range must respect them. Each error names the key and
-what is allowed.
+`nestlearn.models.default_config(model.name)`, the `levels` section by
+`nestlearn.train.levels.resolve_levels`), every value must have the schema's type, and the fields
+with a fixed set of choices or a range must respect them. Each error names the key and what is
+allowed.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import ml_collections
 
-__all__ = ["CMS_RULES", "base_config", "validate_config"]
-
-#: Update rules a scheduled CMS level may use (its own optax rule, Eq. 71, arXiv 2512.24695).
-CMS_RULES = ("adamw", "sgd", "momentum")
+__all__ = ["base_config", "validate_config"]
 
 
 def _sections() -> ml_collections.ConfigDict:
@@ -36,18 +37,16 @@ def _sections() -> ml_collections.ConfigDict:
     c.data.synthetic.num_docs = 40  # documents of the synthetic corpus
     c.data.synthetic.doc_words = 400  # words per synthetic document
 
+    # The defaults every level of `levels` reads where its own key is None (levels.py).
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-3  # peak learning rate of the backbone (AdamW)
+    c.optim.lr = 3e-3  # peak learning rate (levels.<name>.learning_rate)
     c.optim.warmup_steps = 50  # linear warmup from 0 to lr
     c.optim.min_lr_ratio = 0.1  # cosine decay ends at lr * min_lr_ratio at train.num_steps
-    c.optim.b1 = 0.9
+    c.optim.b1 = 0.9  # AdamW (levels.<name>.adamw.b1, …)
     c.optim.b2 = 0.95
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1  # decoupled, on matrices (ndim >= 2) only
     c.optim.grad_clip = 1.0  # global-norm clip of the gradient before the levels; 0 = off
-    c.optim.cms_rule = "adamw"  # rule of each scheduled CMS level: adamw | sgd | momentum
-    c.optim.cms_lr_scale = 1.0  # CMS level lr = lr * cms_lr_scale
-    c.optim.cms_accumulate = "sum"  # sum (Eq. 71) | mean: how a level folds its period's grads
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 500  # optimizer steps
@@ -82,12 +81,22 @@ def _sections() -> ml_collections.ConfigDict:
 def base_config(model: str = "hope") -> ml_collections.ConfigDict:
     """The full config with defaults, with the model section of `nestlearn.models.default_config`.
 
-    `model.vocab_size = 0` means "the tokenizer's vocabulary size".
+    `model.vocab_size = 0` means "the tokenizer's vocabulary size". `levels` has `backbone` and,
+    for a model with a CMS, `cms_level_<i>` for each of the model's default CMS levels: AdamW on
+    the `optim` defaults.
     """
     from nestlearn import models
+    from nestlearn.train.levels import level_config
 
     c = _sections()
     c.model = models.default_config(model)
+    # The train step's levels (nestlearn/train/levels.py, docs/levels.md): `backbone` owns every
+    # parameter no other level claims; a scheduled CMS model adds one level per CMS level.
+    c.levels = ml_collections.ConfigDict()
+    c.levels.backbone = level_config()
+    if "cms" in c.model:
+        for i in range(len(c.model.cms.periods)):
+            c.levels[f"cms_level_{i}"] = level_config()  # select, period: model.cms
     return c
 
 
@@ -150,8 +159,6 @@ def hope_pod_config(
 
 _CHOICES = {
     "data.tokenizer": ("byte", "char", "gpt2"),
-    "optim.cms_rule": CMS_RULES,
-    "optim.cms_accumulate": ("sum", "mean"),
 }
 _POSITIVE = (
     "data.seq_len",
@@ -173,7 +180,6 @@ _NON_NEGATIVE = (
     "optim.min_lr_ratio",
     "optim.weight_decay",
     "optim.grad_clip",
-    "optim.cms_lr_scale",
     "optim.eps",
     "sample.num_samples",
     "sample.top_k",
@@ -196,6 +202,10 @@ def _type_ok(value, default) -> bool:
     return isinstance(value, type(default))
 
 
+#: Sections whose keys are the config's own (checked by their builders, not against the schema).
+_OPEN_SECTIONS = ("levels",)
+
+
 def _compare(config, schema, prefix: str) -> None:
     keys, allowed = set(config.keys()), set(schema.keys())
     for key in sorted(keys - allowed):
@@ -210,7 +220,8 @@ def _compare(config, schema, prefix: str) -> None:
         if isinstance(default, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ValueError(f"config key '{prefix}{key}' must be a section, got {value!r}")
-            _compare(value, default, f"{prefix}{key}.")
+            if f"{prefix}{key}" not in _OPEN_SECTIONS:
+                _compare(value, default, f"{prefix}{key}.")
         elif isinstance(value, list):
             raise ValueError(f"config key '{prefix}{key}' is a list; use a tuple: {tuple(value)}")
         elif not _type_ok(value, default):
@@ -218,6 +229,8 @@ def _compare(config, schema, prefix: str) -> None:
                 f"config key '{prefix}{key}'={value!r} must be of type "
                 f"{type(default).__name__} (like the default {default!r})"
             )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config key '{prefix}{key}'={value!r} must be finite")
 
 
 def _get(config, dotted: str):
@@ -230,10 +243,14 @@ def _get(config, dotted: str):
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks an experiment config against the schema, before anything is built.
 
+    Warns (UserWarning) when `model.chunk_size` exceeds `data.seq_len`.
+
     Raises:
       ValueError: naming the first offending key and what is allowed there — an unknown or
-        missing key, a value of the wrong type, a list instead of a tuple, an unknown choice
-        (model name, corpus, tokenizer, CMS rule), or a value out of range.
+        missing key, a value of the wrong type, a list instead of a tuple, a non-finite float
+        (`optim.lr=inf`), an unknown choice (model name, corpus, tokenizer), a value out of
+        range, or a bad level (an unknown rule, level key or rule keyword;
+        `nestlearn.train.levels.resolve_levels`).
     """
     from nestlearn import models
     from nestlearn.data.corpora import CORPORA
@@ -294,3 +311,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config key 'optim.min_lr_ratio'={config.optim.min_lr_ratio} must be <= 1"
         )
+    if config.model.chunk_size > config.data.seq_len:
+        warnings.warn(
+            f"config key 'model.chunk_size'={config.model.chunk_size} exceeds "
+            f"'data.seq_len'={config.data.seq_len}: each training window is one partial chunk, "
+            "so a memory that reads its chunk-start state (Titans, Hope) never reads its own "
+            "writes during training; use model.chunk_size <= data.seq_len",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    from nestlearn.train.levels import resolve_levels
+
+    resolve_levels(config)

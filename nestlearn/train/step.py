@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from nestlearn.core import Level, assign_levels
+from nestlearn.core import Level, assign_levels, tree_paths
 from nestlearn.optim.scheduler import level_stats, nested
 from nestlearn.parallel import (
     batch_sharding,
@@ -130,6 +130,35 @@ def _level_norms(updates: Any, owners: list[str], names: list[str]) -> jax.Array
     return jnp.sqrt(jnp.stack([squares[name] for name in names]))
 
 
+def _short(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _check_tree(got: Any, want: Any, got_name: str, want_name: str) -> None:
+    """ValueError naming both trees' structures (and their differing paths or shapes) when `got`
+    does not have the structure and leaf shapes of `want`; runs at trace time."""
+    got_def, want_def = jax.tree.structure(got), jax.tree.structure(want)
+    if got_def == want_def:
+        bad = [
+            f"{path}: {jnp.shape(a)} vs {jnp.shape(b)}"
+            for path, a, b in zip(tree_paths(got), jax.tree.leaves(got), jax.tree.leaves(want))
+            if jnp.shape(a) != jnp.shape(b)
+        ]
+        if not bad:
+            return
+        detail = f"leaf shapes differ ({got_name} vs {want_name}): {bad[:5]}"
+    else:
+        got_paths, want_paths = tree_paths(got), tree_paths(want)
+        detail = (
+            f"{got_name}-only paths {sorted(set(got_paths) - set(want_paths))[:5]}, "
+            f"{want_name}-only paths {sorted(set(want_paths) - set(got_paths))[:5]}"
+        )
+    raise ValueError(
+        f"train_step: {got_name} does not match {want_name}; {detail}. {got_name} has "
+        f"structure {_short(str(got_def))}; {want_name} has {_short(str(want_def))}"
+    )
+
+
 def _apply(
     tx: optax.GradientTransformation,
     grads: Any,
@@ -162,13 +191,22 @@ def build_train_step(
     `level/<name>/step_update_norm` (‖Δθ‖ of the level's update in this step, 0 when it held or
     the step was skipped; `nestlearn.train.instruments.LevelMonitor`) and `memory_rms/layer_<i>`
     for layers with in-context memory.
+
+    A `state` whose params or optimizer state do not have the structure and shapes of `params`
+    and `nested(levels).init(params)` is refused while tracing (ValueError naming both
+    structures and the differing paths).
     """
     tx = nested(levels)
     owners = assign_levels(levels, params)
     names = [level.name for level in levels]
     grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
+    opt_shapes = jax.eval_shape(tx.init, params)
+    built_for = params  # the params the levels were built for
 
     def train_step(state: TrainState, rest: nnx.State, inputs: jax.Array, targets: jax.Array):
+        # Shapes and structures are static: checked once, while tracing.
+        _check_tree(state.params, built_for, "state.params (the gradients)", "the levels' params")
+        _check_tree(state.opt_state, opt_shapes, "state.opt_state", "the levels' optimizer state")
         (loss, memory), grads = grad_fn(state.params, rest, inputs, targets)
         leaf_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
         level_finite = jnp.stack(
@@ -215,7 +253,7 @@ def build_train_step(
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     shapes = TrainState(
         params=params,
-        opt_state=jax.eval_shape(tx.init, params),
+        opt_state=opt_shapes,
         step=scalar,
         consecutive_nonfinite=scalar,
         skipped=scalar,

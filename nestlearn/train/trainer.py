@@ -1,9 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the whole pipeline of one experiment.
 
 Data (split by document, tokenized, a checkpointable batch iterator) → model
-(`nestlearn.models.build`) → levels (backbone AdamW + scheduled CMS levels) → a jitted train step
-→ loop with metrics (JSONL, TensorBoard, tqdm), periodic evaluation and orbax checkpoints → final
-evaluation on the validation and test splits, samples, and `workdir/report.md`.
+(`nestlearn.models.build`) → levels (`config.levels`: the backbone and the scheduled CMS levels)
+→ a jitted train step → loop with metrics (JSONL, TensorBoard, tqdm), periodic evaluation and
+orbax checkpoints → final evaluation on the validation and test splits, samples, and
+`workdir/report.md`.
 
 Resume is automatic: the newest usable checkpoint in `workdir/checkpoints` restores params, every
 level's optimizer state, the model's other variables, the step, the RNG and the iterator state,
@@ -18,6 +19,7 @@ in/out shardings, and checkpoints restore onto whatever mesh the resumed run has
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -47,12 +49,13 @@ from nestlearn.parallel import (
 )
 from nestlearn.train.checkpoint import Checkpointer, dump_config
 from nestlearn.train.config import validate_config
+from nestlearn.train.errors import CheckpointCorruptError
 from nestlearn.train.instruments import (
     LevelMonitor,
     build_instrument_step,
     describe,
 )
-from nestlearn.train.levels import build_levels, learning_rate_schedule
+from nestlearn.train.levels import build_levels, level_config, resolve_levels
 from nestlearn.train.metrics import MetricWriter
 from nestlearn.train.progress import Progress
 from nestlearn.train.step import (
@@ -195,8 +198,17 @@ _FIXED_ON_RESUME = (
     "data.val_fraction",
     "data.test_fraction",
     "data.synthetic",
-    "optim.cms_rule",
 )
+#: Keys of every level that fix the shape of its restored optimizer state.
+_FIXED_LEVEL_KEYS = ("select", "rule", "period", "clip")
+
+
+def _fixed_on_resume(*configs: dict[str, Any]) -> list[str]:
+    names = sorted({name for config in configs for name in config.get("levels", {})})
+    return [
+        *_FIXED_ON_RESUME,
+        *(f"levels.{name}.{key}" for name in names for key in _FIXED_LEVEL_KEYS),
+    ]
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -206,13 +218,33 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with the model keys added since it was written, at the value it ran with.
+    """A saved config with the keys added since it was written, at the values it ran with.
 
     `model.memory_writes` did not exist before the switch; every such run had its writes on.
+    A config without `levels` ran AdamW on the backbone and `optim.cms_rule` (at
+    `optim.lr · optim.cms_lr_scale`, folding by `optim.cms_accumulate`) on each scheduled CMS level.
     """
+    from nestlearn import models
+    from nestlearn.train.config import base_config
+
     model = saved.get("model")
     if isinstance(model, dict):
         model.setdefault("memory_writes", True)
+    if "levels" in saved or not isinstance(model, dict):
+        return saved
+    optim = saved.setdefault("optim", {})
+    rule, scale = optim.pop("cms_rule", "adamw"), optim.pop("cms_lr_scale", 1.0)
+    accumulate = optim.pop("cms_accumulate", "sum")
+    saved["levels"] = levels = dump_config(base_config(model["name"]))["levels"]
+    model_config = ml_collections.ConfigDict(_tuples(model))
+    if model_config.get("cms") is not None and model_config.cms.get("mode") == "scheduled":
+        for name, _, _ in models.cms_level_selectors(model_config):
+            entry = levels.setdefault(name, json.loads(level_config().to_json()))
+            entry.update(rule="sgd" if rule == "momentum" else rule, accumulate=accumulate)
+            if rule == "momentum":
+                entry["sgd"] = {"momentum": optim["b1"]}
+            if scale != 1.0:
+                entry["learning_rate"] = optim["lr"] * scale
     return saved
 
 
@@ -222,7 +254,7 @@ def _check_resumable(run: Run) -> None:
         return
     saved = _upgrade(saved)
     now = dump_config(run.config)
-    changed = [k for k in _FIXED_ON_RESUME if _lookup(now, k) != _lookup(saved, k)]
+    changed = [k for k in _fixed_on_resume(now, saved) if _lookup(now, k) != _lookup(saved, k)]
     if changed:
         raise ValueError(
             f"workdir {run.checkpointer.directory.parent} holds checkpoints of a run whose config "
@@ -243,11 +275,24 @@ def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
 
     Raises:
       ValueError: the checkpoints were written with a config that differs in a field that
-        fixes the restored shapes or the data order (`_FIXED_ON_RESUME`).
+        fixes the restored shapes or the data order (`_fixed_on_resume`).
+      CheckpointMismatchError: the newest checkpoint's arrays do not fit the model.
+      CheckpointReadError: reading a checkpoint kept failing with a storage error.
+      CheckpointCorruptError: checkpoints existed but every one failed its integrity check, so
+        nothing is left to resume from (rather than starting over without a word).
     """
     _check_resumable(run)
     restored = run.checkpointer.restore(checkpoint_trees(run.state, run.rest))
     if restored is None:
+        corrupt = run.checkpointer.directory / "corrupt"
+        if corrupt.is_dir() and any(corrupt.iterdir()):
+            raise CheckpointCorruptError(
+                f"workdir {run.checkpointer.directory.parent} has no usable checkpoint: every one "
+                f"failed its integrity check and lies in {corrupt} "
+                f"({sorted(p.name for p in corrupt.iterdir())}). Starting over would overwrite "
+                f"the run's metrics.jsonl; to start from step 0 here, delete {corrupt}, or use "
+                "a new --workdir"
+            )
         return run.state, run.rest, None
     trees = restored.trees
     opt = NestedState({level.name: trees[f"opt_{level.name}"] for level in run.levels})
@@ -343,6 +388,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       ValueError: an invalid config (naming the key).
       NonFiniteError: `train.max_consecutive_nonfinite` non-finite steps in a row.
       nestlearn.data.fetch.DataError: the corpus could not be fetched or is malformed.
+      WriteError: a checkpoint or metric write failed (a full disk, an I/O error); the run
+        stops at once and the checkpoints committed before stay intact.
+      CheckpointMismatchError, CheckpointReadError, CheckpointCorruptError: the workdir's
+        checkpoints cannot be resumed from (see `restore`).
     """
     tune_host_allocator()  # XLA:CPU's per-step buffers stay in the process (host_memory)
     workdir = Path(workdir)
@@ -360,7 +409,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
     iterator = BatchIterator(
-        run.data.train, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, seed=cfg.seed
+        run.data.train,
+        batch_size=cfg.data.batch_size,
+        seq_len=cfg.data.seq_len,
+        seed=cfg.seed,
+        vocab_size=cfg.model.vocab_size,
     )
     if data_state is not None:
         iterator.restore(data_state)
@@ -371,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     train_step = build_train_step(
@@ -385,7 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if cfg.train.instruments:
         instrument_step = build_instrument_step(run.graphdef, params=state.params, mesh=run.mesh)
     levels = LevelMonitor(level_stats(state.opt_state))
-    schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    schedule = resolve_levels(cfg)[-1].schedule  # the catch-all level's (it comes last)
     # Multi-host: every process trains, process 0 alone writes metrics and the report.
     writer = MetricWriter(workdir, resume_step=start, primary=jax.process_index() == 0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -400,6 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tr = cfg.train
     try:
         for step in range(start + 1, tr.num_steps + 1):
+            run.checkpointer.check()  # a failed background save stops the run at once
             batch = on_mesh(next(iterator), run.mesh)
             last = step == tr.num_steps
             logging = step % tr.log_every == 0 or last
@@ -457,11 +512,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     data=dict(iterator.state._asdict()),
                     config=config_json,
                 )
-        return _finish(run, state, rest, eval_step, writer, workdir, val_batches, config_json)
-    finally:
-        progress.close()
-        writer.close()
-        run.checkpointer.close()
+        run.checkpointer.wait()
+        final = _finish(run, state, rest, eval_step, writer, workdir, val_batches, config_json)
+    except BaseException:
+        # The error in flight names the cause; closing must neither hide it nor hang on it.
+        for close in (progress.close, writer.close, run.checkpointer.close):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    progress.close()
+    writer.close()
+    run.checkpointer.close()
+    return final
 
 
 def _finish(
@@ -482,6 +544,7 @@ def _finish(
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
     final = {"step": int(state.step), "skipped_steps": int(state.skipped)}
@@ -614,6 +677,7 @@ def _split_batches(run: Run, split: str) -> list[Batch]:
             batch_size=cfg.data.batch_size,
             seq_len=cfg.data.seq_len,
             max_batches=cfg.train.eval_batches,
+            vocab_size=cfg.model.vocab_size,
         )
     ]
 

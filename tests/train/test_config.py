@@ -34,7 +34,10 @@ def test_tiny_config_is_valid():
             lambda c: setattr(c.data, "tokenizer", "sentencepiece"),
             r"'data.tokenizer'='sentencepiece' is not allowed; allowed: \['byte', 'char', 'gpt2'\]",
         ),
-        (lambda c: setattr(c.optim, "cms_rule", "lion"), r"'optim.cms_rule'='lion' is not allowed"),
+        (
+            lambda c: setattr(c.levels.backbone, "rule", "lino"),
+            r"'levels.backbone.rule'='lino' is unknown; allowed: \[.*'lion'",
+        ),
         (lambda c: setattr(c.data, "batch_size", 0), r"'data.batch_size'=0 must be > 0"),
         (
             lambda c: setattr(c.optim, "weight_decay", -1.0),
