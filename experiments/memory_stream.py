@@ -108,9 +108,23 @@ def run_stream(model, tokens: np.ndarray, chunk: int, *, log_every: int = 32) ->
     return trace
 
 
+#: A state array whose final norm is below this fraction of its initial norm has collapsed.
+COLLAPSE_RATIO = 1e-3
+
+
+def collapsed(trace: dict) -> list[str]:
+    """State arrays that started non-zero and ended below `COLLAPSE_RATIO` of their initial norm
+    (a memory decayed to its zero state; momenta, which start at 0, never count)."""
+    return [
+        k
+        for k, values in trace["norms"].items()
+        if trace["initial"][k] > 0 and values[-1] < COLLAPSE_RATIO * trace["initial"][k]
+    ]
+
+
 def summary_rows(trace: dict) -> list[list[str]]:
-    """One row per state array: path, initial, min, max, final norm, finite."""
-    rows = []
+    """One row per state array: path, initial, min, max, final norm, finite, collapsed."""
+    rows, dead = [], set(collapsed(trace))
     for k, values in trace["norms"].items():
         v = np.asarray(values)
         rows.append(
@@ -121,6 +135,7 @@ def summary_rows(trace: dict) -> list[list[str]]:
                 f"{np.nanmax(v):.3g}",
                 f"{v[-1]:.3g}",
                 "yes" if np.all(np.isfinite(v)) else "no",
+                "yes" if k in dead else "no",
             ]
         )
     return rows
@@ -149,13 +164,17 @@ def main(argv):
     rows = summary_rows(trace)
     print(
         compare.markdown_table(
-            ["state array", "initial norm", "min", "max", "final", "finite"], rows
+            ["state array", "initial norm", "min", "max", "final", "finite", "collapsed"], rows
         )
     )
-    finite = all(r[-1] == "yes" for r in rows) and np.all(np.isfinite(trace["loss"]))
+    finite = all(r[5] == "yes" for r in rows) and np.all(np.isfinite(trace["loss"]))
     largest = max(max(v) for v in trace["norms"].values())
+    dead = collapsed(trace)
+    live = sum(v > 0 for v in trace["initial"].values())
     print(
-        f"finite: {finite}; largest state norm over the stream {largest:.3g}; "
+        f"finite: {finite}; collapsed (final norm < {COLLAPSE_RATIO:g} × initial): "
+        f"{len(dead)} of {live} state arrays that started non-zero; "
+        f"largest state norm over the stream {largest:.3g}; "
         f"{len(trace['tokens']) * FLAGS.chunk / trace['seconds']:,.0f} tokens/s"
     )
     if FLAGS.out:
@@ -166,6 +185,7 @@ def main(argv):
             "chunk": FLAGS.chunk,
             "finite": bool(finite),
             "largest_norm": largest,
+            "collapsed": dead,
             "machine": compare.machine_info(),
             "command": "python " + " ".join(sys.argv),
             **trace,

@@ -1,4 +1,4 @@
-"""experiments/memory_stream.py: a long stream through Hope's memories stays finite and bounded."""
+"""experiments/memory_stream.py: a long stream through Hope's memories: finite, bounded, alive."""
 
 import importlib.util
 import sys
@@ -45,15 +45,27 @@ def test_the_stream_records_every_state_array_per_call():
     assert all(len(v) == 4 for v in trace["norms"].values())
     assert trace["initial"].keys() == trace["norms"].keys()
     rows = script.summary_rows(trace)
-    assert len(rows) == len(trace["norms"]) and all(r[-1] == "yes" for r in rows)
+    assert len(rows) == len(trace["norms"]) and all(r[5] == "yes" for r in rows)
+    assert script.collapsed(trace) == [k for k, r in zip(trace["norms"], rows) if r[6] == "yes"]
     with pytest.raises(ValueError, match="shorter than one --chunk"):
         script.run_stream(None, np.zeros(10, np.int32), 16)
     with pytest.raises(ValueError, match="empty"):
         script.stream_tokens(np.zeros(0, np.int32), 10)
 
 
+def test_collapse_is_a_nonzero_state_decayed_below_the_ratio():
+    script, _ = _modules()
+    trace = {
+        "initial": {"w": 2.0, "m": 0.0, "alive": 1.0},
+        "norms": {"w": [1.0, 1e-4], "m": [0.5, 0.0], "alive": [0.5, 0.9]},
+    }
+    assert script.collapsed(trace) == ["w"]
+
+
 @pytest.mark.slow
 def test_a_million_tokens_through_the_default_hope_stay_finite_and_bounded():
+    """Finite and bounded (`collapsed` is reported by the script, not asserted: docs/SEMANTICS.md
+    §1.3 "Long streams")."""
     _, trace = _stream(None, 1 << 20, 4096)
     largest = max(max(v) for v in trace["norms"].values())
     print(f"largest state norm over 2^20 tokens: {largest:.4g}")
