@@ -16,6 +16,10 @@ attention over the window) has none by construction and is the control.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `results_lm`, beside this file
 import results_lm
 
 from nestlearn.models.hope import HOPE_WRITES
