@@ -51,14 +51,14 @@ HOPE_VARIANTS = {
     ),
     # The `hope` model's default write rule (η_max 4).
     "hope_eta4": ("Hope, model default write rule (η ≤ 4)", dict(HOPE_WRITES)),
-    # The default write rule with M_k and M_v initialised further from the identity (W₁ std
-    # s/√n; on unit random inputs cos(k, v) ≈ 0.8 at s = 1, 0.5 at 2, 0.2 at 4), so that a write
-    # stores an association between two different vectors rather than the small difference
-    # between k and v ≈ k (the trained default's inner loss ½‖k − v‖² is ≈ 0.03).
     # The default write rule at η_max 16: a token's write removes the fraction
     # η‖a‖²/(1 + η‖a‖²) of its error, small when ‖a‖ is (a = σ(W₂k) − σ(W₂v), k close to v);
     # η_max 1 → 4 doubled the late gap.
     "hope_eta16": ("Hope, default write rule at η ≤ 16", {**HOPE_WRITES, "eta_max": 16.0}),
+    # The default write rule with M_k and M_v initialised further from the identity (W₁ std
+    # s/√n; on unit random inputs cos(k, v) ≈ 0.8 at s = 1, 0.5 at 2, 0.2 at 4), so that a write
+    # stores an association between two different vectors rather than the small difference
+    # between k and v ≈ k (the trained default's inner loss ½‖k − v‖² is ≈ 0.03).
     "hope_kv2": (
         "Hope, default write rule, kv_init_scale 2",
         {**HOPE_WRITES, "kv_init_scale": 2.0},
@@ -66,6 +66,19 @@ HOPE_VARIANTS = {
     "hope_kv4": (
         "Hope, default write rule, kv_init_scale 4",
         {**HOPE_WRITES, "kv_init_scale": 4.0},
+    ),
+    # The default write rule with retention towards the meta-learned initial weights W₀
+    # (W₀ + α(W − W₀)) instead of towards zero, a fixed point of the residual-MLP memory's
+    # writes that long streams collapse into (docs/SEMANTICS.md §1.3 "Long streams").
+    "hope_w0": (
+        "Hope, default write rule, retention towards W₀",
+        {**HOPE_WRITES, "retention_target": "initial"},
+    ),
+    # As hope_w0 with α₀ ≈ sigmoid(4) = 0.982 (a ~55-token horizon): towards W₀ a short
+    # retention forgets the writes, not the meta-learned memory.
+    "hope_w0_alpha4": (
+        "Hope, default write rule, retention towards W₀, α₀ 0.982",
+        {**HOPE_WRITES, "retention_target": "initial", "alpha_bias_init": 4.0},
     ),
 }
 #: Compared models: the memory models, Hope variants and the attention control.

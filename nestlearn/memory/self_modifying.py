@@ -13,7 +13,11 @@ and every memory takes one DGD step with weight decay and Titans-style momentum 
     W₂_t = W₂_{t−1} (α_t I − η_t k_t k_tᵀ) + S₂_t     (Eq. 88 on the input-side weight)
     W₁_t = α_t W₁_{t−1} + S₁_t                         (α decays the output-side weight)
 
-with β = ``momentum`` (β = 0 gives Eq. 88 as printed). By default x is ℓ2-normalised per head
+with β = ``momentum`` (β = 0 gives Eq. 88 as printed). With ``retention_target="initial"`` the
+retention decays each weight towards its meta-learned initial value W₀ instead of towards zero,
+α_t W → W₀ + α_t (W − W₀) (W₂'s erase term −η_t W₂ k_t k_tᵀ is unchanged): the deviation
+W − W₀ obeys the recursion above, and a memory left unwritten returns to W₀, not to the zero
+weights that are a fixed point of a residual-MLP memory's writes (docs/SEMANTICS.md §1.3). By default x is ℓ2-normalised per head
 before generation and k, q, v after it, so the self-generated targets v̂ = M(v) have the scale of
 the keys (unnormalised v lets the target outrun the prediction and the memories diverge; see
 docs/SEMANTICS.md §1.3). Causal chunking (§8.2, Eq. 90, PAPER §9
@@ -64,6 +68,7 @@ Params = dict[str, Any]
 
 _GENERATORS = ("k", "v", "q", "eta", "alpha")
 DGD_STEPS = ("printed", "normalized", "chunk_normalized", "token_normalized")
+RETENTION_TARGETS = ("zero", "initial")
 _NORM_EPS = 1e-6
 
 
@@ -118,6 +123,9 @@ class SelfModifyingConfig:
         (W₁'s gradient at the running W₁, as in the per-token Eq. 88; a_t from the chunk-start
         W₂): each token's write then removes the fraction η_t‖a_t‖²/(1 + η_t‖a_t‖²) of its own
         error, whatever the scale of the memory (docs/SEMANTICS.md §1.3).
+      retention_target: what α_t decays each memory towards: "zero" (Eq. 88 as printed, α_t W)
+        or "initial", the meta-learned initial weights W₀ of ``params`` (W₀ + α_t (W − W₀)),
+        also when streaming from an ``initial_state``.
       remat: rematerialise each chunk in the backward pass (``jax.checkpoint``).
       writes: the in-context writes; False keeps every memory at its initial state through the
         whole sequence (no write, no decay, no momentum) while k, v, q, η, α and the reads are
@@ -146,6 +154,7 @@ class SelfModifyingConfig:
     activation: str = "silu"
     hidden_expansion: float = 1.0
     dgd_step: str = "printed"
+    retention_target: str = "zero"
     remat: bool = True
     writes: bool = True
 
@@ -205,6 +214,11 @@ class SelfModifyingConfig:
             )
         if self.dgd_step not in DGD_STEPS:
             raise ValueError(f"dgd_step must be one of {DGD_STEPS}, got {self.dgd_step!r}")
+        if self.retention_target not in RETENTION_TARGETS:
+            raise ValueError(
+                f"retention_target must be one of {RETENTION_TARGETS}, "
+                f"got {self.retention_target!r}"
+            )
 
 
 class SelfModifyingState(NamedTuple):
@@ -463,17 +477,21 @@ def _erase_steps(eta: jax.Array, k: jax.Array, config: SelfModifyingConfig) -> j
 
 
 def _write_token(
-    w: Params, s: Params, tok: _Tokens, config: SelfModifyingConfig
+    w: Params, s: Params, tok: _Tokens, config: SelfModifyingConfig, anchor: Params | None = None
 ) -> tuple[Params, Params]:
-    """One token of Eq. 88 with momentum; tok fields have a leading axis of length 1."""
+    """One token of Eq. 88 with momentum; tok fields have a leading axis of length 1.
+
+    ``anchor`` holds the weights W₀ that α decays towards (None: zero).
+    """
     beta = config.momentum
     e, a, terms, slopes = _gradient_factors(w, tok.k, tok.v, config)
     eta1, eta2 = (x[0] for x in _layer_steps(tok.eta, a, w["w1"], slopes, config))  # [e] each
     alpha = jnp.exp(tok.log_alpha[0])  # [e]
     s1 = beta * s["w1"] - jnp.outer(eta1 * e[0], a[0])
     s2 = beta * s["w2"] - sum(jnp.outer(delta[0], eta2 * rho[0]) for delta, rho in terms)
-    w1 = alpha[:, None] * w["w1"] + s1
-    w2 = w["w2"] * alpha[None, :] + s2
+    a1, a2 = (0.0, 0.0) if anchor is None else (anchor["w1"], anchor["w2"])
+    w1 = a1 + alpha[:, None] * (w["w1"] - a1) + s1
+    w2 = a2 + (w["w2"] - a2) * alpha[None, :] + s2
     if config.use_dgd:
         erase = _erase_steps(tok.eta, tok.k, config)[0]  # [e]
         w2 = w2 - jnp.outer(w["w2"] @ tok.k[0], erase * tok.k[0])
@@ -508,6 +526,7 @@ def _write_chunk(
     tok: _Tokens,
     config: SelfModifyingConfig,
     reads: jax.Array | None = None,
+    anchor: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[_Memory, jax.Array | None]:
     """Closed form of c tokens of Eq. 88 with momentum, gradients at the chunk-start weights.
 
@@ -523,13 +542,15 @@ def _write_chunk(
     W₂v (and W₂y of the reads), and e = (k − v) + W₁(σ(W₂k) − σ(W₂v)) takes one product with W₁.
     With per-head η and α (e = 1) every coefficient is a scalar per token, so K Kᵀ serves both
     the solve and its right-hand side, W₂k is reused in the right-hand side, and the DGD erase
-    of W₂ joins the gradient step in one product.
+    of W₂ joins the gradient step in one product. With an ``anchor`` W₀ the decays act on the
+    deviation: W₁_0 and W₂_0 above become W₁_0 − W₀ and W₂_0 − W₀, and W₀ is added back.
 
     Args:
       mem: the memory's weights and momentum at the chunk start.
       tok: the chunk's tokens, fields [c, ...].
       config: the layer's options.
       reads: rows y [r, d] to read through the memory at the chunk start, or None.
+      anchor: the weights (W₁ [d, n], W₂ [n, d]) that α decays towards; None: zero.
 
     Returns:
       ``(mem, M(y))``: the memory after the chunk and M(y) [r, d] read before the writes (None
@@ -542,6 +563,8 @@ def _write_chunk(
     erase_eta = _erase_steps(eta, k, config)  # [c, e]
     per_head = eta.shape[-1] == 1
     w1, s1, w2, s2 = mem
+    # The decayed parts of the weights: the deviations from the anchor (the weights without one).
+    dev1, dev2 = (w1, w2) if anchor is None else (w1 - anchor[0], w2 - anchor[1])
 
     # Pre-activations: one product of the rows [K; V; Y] with W₂ (split, whose transpose is a
     # concatenation), and S₂K for the solve.
@@ -602,14 +625,16 @@ def _write_chunk(
         #                                                 + β Φ[t−1,1] S₁_0 a_t
         # (e⁰ the chunk-start residual): one system per head, or per channel when e = d.
         strict = jnp.einsum("tn,mn->tm", a, a)[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
-        rhs = e + (jnp.exp(lam[:-1]) - 1.0) * (a @ w1.T) + beta * phi[:-1, 0] * (a @ s1.T)
+        rhs = e + (jnp.exp(lam[:-1]) - 1.0) * (a @ dev1.T) + beta * phi[:-1, 0] * (a @ s1.T)
         solve = lambda m, r: _unit_lower_inverse(m) @ r
         if per_head:
             e = solve(strict[..., 0], rhs)  # [c, d]
         else:
             e = jax.vmap(solve, in_axes=(2, 1), out_axes=1)(strict, rhs)
     outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
-    w1 = scale_rows(decay_c, w1) + beta * scale_rows(phi_0, s1) - outer1(coef_w1)
+    w1 = scale_rows(decay_c, dev1) + beta * scale_rows(phi_0, s1) - outer1(coef_w1)
+    if anchor is not None:
+        w1 = w1 + anchor[0]
     s1 = beta_c * s1 - outer1(coef_s1)
 
     # Input-side weight W₂ (columns are key channels; α and η scale columns).
@@ -618,18 +643,27 @@ def _write_chunk(
             kk = k @ k.T  # [c(t), c(i)] ⟨k_i, k_t⟩
             q_mat = kk * erase_eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
             s2_k = jnp.einsum("cd,nd->cn", k, s2)
-            rhs = scale_tokens(jnp.exp(lam[:-1]), z_k) + beta * scale_tokens(phi[:-1, 0], s2_k)
+            if anchor is None:
+                rhs = scale_tokens(jnp.exp(lam[:-1]), z_k)
+            else:
+                z_0 = k @ anchor[1].T  # [c, n] W₀k
+                rhs = z_0 + scale_tokens(jnp.exp(lam[:-1]), z_k - z_0)
+            rhs = rhs + beta * scale_tokens(phi[:-1, 0], s2_k)
             weight = phi[:-1, :, 0] * eta2[:, 0]  # [c(t), c(m)]
             for delta, rho in terms:
                 rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
         else:
             erase = erase_eta * k  # [c, d] erase keys η_i k_i
             q_mat = _bilinear(erase, k, gamma[:-1])
-            rhs = (jnp.exp(lam[:-1]) * k) @ w2.T + beta * (phi[:-1, 0] * k) @ s2.T
+            rhs = (jnp.exp(lam[:-1]) * k) @ dev2.T + beta * (phi[:-1, 0] * k) @ s2.T
+            if anchor is not None:
+                rhs = rhs + k @ anchor[1].T
             for delta, rho in terms:
                 rhs = rhs - _bilinear(eta2 * rho, k, phi[:-1]) @ delta
         r = _unit_lower_inverse(q_mat) @ rhs  # [c, n]
-    w2_new = scale_cols(decay_c, w2) + beta * scale_cols(phi_0, s2)
+    w2_new = scale_cols(decay_c, dev2) + beta * scale_cols(phi_0, s2)
+    if anchor is not None:
+        w2_new = w2_new + anchor[1]
     s2 = beta_c * s2
     for i, (delta, rho) in enumerate(terms):
         if per_head:
@@ -717,7 +751,18 @@ def _chunked_one(
     """
     gen_names = _adaptive_generators(config)
     sigma = architectures.ACTIVATIONS[config.activation]
-    write = jax.vmap(lambda mem, tok: _write_chunk(mem, tok, config)[0], (0, None))
+    anchors = static.get("anchor")  # {name: {"w1", "w2"}} or None (decay towards zero)
+
+    def anchor_of(names):  # (W₁ [g, d, n], W₂ [g, n, d]) of the stacked memories, or None
+        if anchors is None:
+            return None
+        return tuple(jnp.stack([anchors[n][leaf] for n in names]) for leaf in ("w1", "w2"))
+
+    gen_anchor = anchor_of(gen_names)
+    write = jax.vmap(
+        lambda mem, tok, anchor: _write_chunk(mem, tok, config, anchor=anchor)[0],
+        (0, None, None if gen_anchor is None else 0),
+    )
 
     def generator_body(gen, xs):  # gen: _Memory with leaves [g, ...]
         x_c, inputs, q_c = xs  # [c, d], [c, g, d] (P_□ x) or None, [c, d]
@@ -731,7 +776,7 @@ def _chunked_one(
         tok = _generate(dict(zip(gen_names, y)), static, x_c, q_c, config)
         if not config.writes:
             return gen, tok
-        new = write(gen, tok)
+        new = write(gen, tok, gen_anchor)
         if config.stop_gradient_writes:
             new = _straight_through(gen, new)
         return new, tok
@@ -749,8 +794,11 @@ def _chunked_one(
     if stats:
         tokens, gen_losses = tokens
 
+    mem_anchor = anchor_of(["memory"])
+    mem_anchor = None if mem_anchor is None else tuple(a[0] for a in mem_anchor)
+
     def memory_body(mem, tok):
-        new, o = _write_chunk(mem, tok, config, reads=tok.q)
+        new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=mem_anchor)
         if not config.writes:
             return mem, o  # the unused write is dead code for XLA
         if config.stop_gradient_writes:
@@ -796,8 +844,9 @@ def _recurrent_one(x, q_in, weights, momentum, static, *, config: SelfModifyingC
         if not config.writes:
             return (ws, ss), o
         new_w, new_s = {}, {}
+        anchors = static.get("anchor", {})
         for n in names:
-            new_w[n], new_s[n] = _write_token(ws[n], ss[n], tok, config)
+            new_w[n], new_s[n] = _write_token(ws[n], ss[n], tok, config, anchors.get(n))
         if config.stop_gradient_writes:
             new_w, new_s = _straight_through(ws, new_w), _straight_through(ss, new_s)
         return (new_w, new_s), o
@@ -858,6 +907,8 @@ def _check_and_prepare(x, q, params, config, initial_state):
     static = jax.tree.map(lambda a: a.astype(dtype), static)
     static["eta_bias"] = params["eta_bias"].astype(dtype).reshape(h, -1)
     static["alpha_bias"] = params["alpha_bias"].astype(dtype).reshape(h, -1)
+    if config.retention_target == "initial":
+        static["anchor"] = {n: jax.tree.map(lambda a: a.astype(dtype), params[n]) for n in names}
     if initial_state is None:
         weights = {
             n: jax.tree.map(lambda a: jnp.broadcast_to(a.astype(dtype), (b, *a.shape)), params[n])

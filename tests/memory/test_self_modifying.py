@@ -179,8 +179,13 @@ def _naive(x, q, params, cfg, tokens=None):
                         if cfg.dgd_step == "token_normalized":  # Eq. 57 in the erase
                             erase = eta / (1.0 + np.sum(eta * k * k))
                         factor = factor - np.outer(k, erase * k)
-                    weights[n]["w1"] = np.diag(alpha) @ weights[n]["w1"] + mom[n]["w1"]
-                    weights[n]["w2"] = weights[n]["w2"] @ factor + mom[n]["w2"]
+                    new1 = np.diag(alpha) @ weights[n]["w1"] + mom[n]["w1"]
+                    new2 = weights[n]["w2"] @ factor + mom[n]["w2"]
+                    if cfg.retention_target == "initial":  # α decays towards W₀, not zero
+                        keep = np.eye(d) - np.diag(alpha)
+                        new1 = new1 + keep @ np.asarray(params[n]["w1"][hi])
+                        new2 = new2 + np.asarray(params[n]["w2"][hi]) @ keep
+                    weights[n]["w1"], weights[n]["w2"] = new1, new2
             finals[(bi, hi)] = (weights, mom)
     return out, finals
 
@@ -258,6 +263,16 @@ NAIVE_CASES = [
         (4, 8),
         {k: v for k, v in HOPE_WRITES.items() if k not in ("chunk_size", "eta_max")},
     ),
+    ((4, 8), {"retention_target": "initial"}),
+    (
+        (3, 5),
+        {
+            "retention_target": "initial",
+            "dgd_step": "token_normalized",
+            "eta_alpha_per_channel": True,
+            "stop_gradient_vhat": False,
+        },
+    ),
 ]
 
 
@@ -287,6 +302,7 @@ def test_chunk_parallel_matches_naive_loop(x64, chunks, options):
 @pytest.mark.parametrize("dgd_step", ["printed", "chunk_normalized", "token_normalized"])
 def test_recurrent_equals_chunk_parallel_at_chunk_one(x64, dgd_step):
     cfg = SelfModifyingConfig(
+        retention_target="initial" if dgd_step == "printed" else "zero",
         chunk_size=1,
         memory_chunk_size=1,
         eta_max=0.5,
@@ -304,8 +320,11 @@ def test_recurrent_equals_chunk_parallel_at_chunk_one(x64, dgd_step):
     assert _max_diff(state, state_rec) < 1e-12
 
 
-def test_pieces_with_carried_state_equal_one_call(x64):
-    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8, eta_max=0.5)
+@pytest.mark.parametrize("target", ["zero", "initial"])
+def test_pieces_with_carried_state_equal_one_call(x64, target):
+    cfg = SelfModifyingConfig(
+        chunk_size=4, memory_chunk_size=8, eta_max=0.5, retention_target=target
+    )
     params = _perturbed_params(cfg, heads=2, dim=4, hidden=3, dtype=jnp.float64)
     x, q = _inputs((2, 16, 2, 4), jnp.float64)
     o, state = _memory(x, q, params=params, config=cfg)
@@ -431,6 +450,28 @@ def test_zero_momentum_ignores_momentum_state():
     assert _max_diff(o_c, o_d) > 1e-5
 
 
+@pytest.mark.parametrize(("target", "collapses"), [("zero", True), ("initial", False)])
+def test_retention_decays_towards_its_target(target, collapses):
+    """Short retention (α ≈ sigmoid(−2) ≈ 0.12) over 64 tokens: towards zero the weights vanish
+    (the residual-MLP memory then reads M(q) = q); towards W₀ they stay near the initial weights,
+    moved only by the last few writes."""
+    cfg = SelfModifyingConfig(
+        chunk_size=4, memory_chunk_size=8, alpha_bias_init=-2.0, retention_target=target
+    )
+    params = _perturbed_params(cfg, heads=2, dim=4, hidden=3, dtype=jnp.float32)
+    x, q = _inputs((1, 64, 2, 4), jnp.float32)
+    _, state = _memory(x, q, params=params, config=cfg)
+    for name, w in state.weights.items():
+        for leaf in ("w1", "w2"):
+            final = float(jnp.linalg.norm(w[leaf][0]))
+            gap = float(jnp.linalg.norm(w[leaf][0] - params[name][leaf]))
+            initial = float(jnp.linalg.norm(params[name][leaf]))
+            if collapses:
+                assert final < 1e-3 * initial, (name, leaf, final, initial)
+            else:
+                assert gap < 0.5 * initial, (name, leaf, gap, initial)
+
+
 def test_dtype_and_default_state():
     cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8)
     params = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=8, config=cfg)
@@ -514,6 +555,7 @@ def test_long_stream_stays_finite_and_bounded():
         ("normalize_v", 1),
         ("kv_init_scale", -1.0),
         ("project_inputs", "yes"),
+        ("retention_target", "init"),
     ],
 )
 def test_config_validation(field, value):
