@@ -7,11 +7,12 @@
 The model (untrained from `--config`, or the newest checkpoint of `--workdir`) reads `--tokens`
 bytes of a corpus split as one sequence (batch 1), `--chunk` tokens per call, carrying its state
 (`LanguageModel.__call__(tokens, state)`: every memory writes as in training). After each call
-the script records the mean next-token loss of the chunk and the Frobenius norm of every array
-of the carried state (the self-modifying memories' weights and momenta, CMS, conv caches), so a
-memory that blows up (a norm growing without bound) or dies (a weight decaying to 0) shows.
-Prints a table of the state's arrays (initial, minimum, maximum and final norm) and writes the
-whole trace as JSON (`--out`).
+the script records the mean next-token loss of the chunk, the Frobenius norm of every array of
+the carried state (the self-modifying memories' weights and momenta, CMS, conv caches) and the
+norm of that call's change of it, so a memory that blows up (a norm growing without bound), dies
+(a weight decaying to 0) or stops writing (no change) shows. Prints a table of the state's
+arrays (initial, minimum, maximum and final norm, last call's change) and writes the whole trace
+as JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -68,12 +69,19 @@ def state_norms(state) -> dict[str, jax.Array]:
     }
 
 
+def _difference(new, old):
+    """new − old for floating leaves (the others are kept, and dropped by `state_norms`)."""
+    floating = lambda a: jnp.issubdtype(a.dtype, jnp.floating)
+    return jax.tree.map(lambda a, b: a - b if floating(a) else a, new, old)
+
+
 def run_stream(model, tokens: np.ndarray, chunk: int, *, log_every: int = 32) -> dict:
     """Streams `tokens` [n] through `model` in calls of `chunk` tokens; the trace as a dict.
 
     Returns:
-      `{"tokens", "loss" (per call), "norms" ({path: per-call norm}), "initial" ({path: norm}),
-      "seconds"}`; lists are per call, in order.
+      `{"tokens", "loss" (per call), "norms" ({path: per-call norm}), "changes" ({path: norm of
+      the call's change of the array}), "initial" ({path: norm}), "seconds"}`; lists are per
+      call, in order.
     """
     n = tokens.size // chunk * chunk
     if n == 0:
@@ -82,21 +90,22 @@ def run_stream(model, tokens: np.ndarray, chunk: int, *, log_every: int = 32) ->
 
     @jax.jit
     def step(params, rest, x, state):
-        logits, state = nnx.merge(graphdef, params, rest)(x, state)
+        logits, new = nnx.merge(graphdef, params, rest)(x, state)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], x[:, 1:]).mean()
-        return loss, state, state_norms(state)
+        return loss, new, state_norms(new), state_norms(_difference(new, state))
 
     state = model.init_state(1)
-    trace = {"tokens": [], "loss": [], "norms": {}, "initial": {}}
+    trace = {"tokens": [], "loss": [], "norms": {}, "changes": {}, "initial": {}}
     trace["initial"] = {k: float(v) for k, v in state_norms(state).items()}
     start = time.perf_counter()
     for i, s in enumerate(range(0, n, chunk)):
         x = jnp.asarray(tokens[None, s : s + chunk], jnp.int32)
-        loss, state, norms = step(params, rest, x, state)
+        loss, state, norms, changes = step(params, rest, x, state)
         trace["tokens"].append(s + chunk)
         trace["loss"].append(float(loss))
         for k, v in norms.items():
             trace["norms"].setdefault(k, []).append(float(v))
+            trace["changes"].setdefault(k, []).append(float(changes[k]))
         if i % log_every == 0 or s + chunk == n:
             top = max(trace["norms"], key=lambda k: trace["norms"][k][-1])
             print(
@@ -123,7 +132,8 @@ def collapsed(trace: dict) -> list[str]:
 
 
 def summary_rows(trace: dict) -> list[list[str]]:
-    """One row per state array: path, initial, min, max, final norm, finite, collapsed."""
+    """One row per state array: path, initial, min, max, final norm, last call's change,
+    finite, collapsed."""
     rows, dead = [], set(collapsed(trace))
     for k, values in trace["norms"].items():
         v = np.asarray(values)
@@ -134,6 +144,7 @@ def summary_rows(trace: dict) -> list[list[str]]:
                 f"{np.nanmin(v):.3g}",
                 f"{np.nanmax(v):.3g}",
                 f"{v[-1]:.3g}",
+                f"{trace['changes'][k][-1]:.3g}",
                 "yes" if np.all(np.isfinite(v)) else "no",
                 "yes" if k in dead else "no",
             ]
@@ -164,10 +175,20 @@ def main(argv):
     rows = summary_rows(trace)
     print(
         compare.markdown_table(
-            ["state array", "initial norm", "min", "max", "final", "finite", "collapsed"], rows
+            [
+                "state array",
+                "initial norm",
+                "min",
+                "max",
+                "final",
+                "last change",
+                "finite",
+                "collapsed",
+            ],
+            rows,
         )
     )
-    finite = all(r[5] == "yes" for r in rows) and np.all(np.isfinite(trace["loss"]))
+    finite = all(r[6] == "yes" for r in rows) and np.all(np.isfinite(trace["loss"]))
     largest = max(max(v) for v in trace["norms"].values())
     dead = collapsed(trace)
     live = sum(v > 0 for v in trace["initial"].values())

@@ -17,16 +17,17 @@ with β = ``momentum`` (β = 0 gives Eq. 88 as printed). With ``retention_target
 retention decays each weight towards its meta-learned initial value W₀ instead of towards zero,
 α_t W → W₀ + α_t (W − W₀) (W₂'s erase term −η_t W₂ k_t k_tᵀ is unchanged): the deviation
 W − W₀ obeys the recursion above, and a memory left unwritten returns to W₀, not to the zero
-weights that are a fixed point of a residual-MLP memory's writes (docs/SEMANTICS.md §1.3). By default x is ℓ2-normalised per head
-before generation and k, q, v after it, so the self-generated targets v̂ = M(v) have the scale of
-the keys (unnormalised v lets the target outrun the prediction and the memories diverge; see
-docs/SEMANTICS.md §1.3). Causal chunking (§8.2, Eq. 90, PAPER §9
-item 7): the sequence is cut into chunks; inside a chunk, every generated quantity (k, v, q, η, α,
-v̂) and every gradient comes from the states at the end of the previous chunk, index C⌊(t−1)/C⌋,
-while α, the DGD erase factor and the momentum act token by token. The generator memories (k, v,
-q, η, α) use ``chunk_size``; the output memory uses ``memory_chunk_size`` (PAPER §5.6), and o_t
-reads the output memory at the start of its own chunk. A sequence whose length is not a multiple of
-a chunk size ends with one shorter chunk (nothing is padded or dropped).
+weights that are a fixed point of a residual-MLP memory's writes (docs/SEMANTICS.md §1.3).
+
+By default x is ℓ2-normalised per head before generation and k, q, v after it, so the self-generated
+targets v̂ = M(v) have the scale of the keys (unnormalised v lets the target outrun the prediction
+and the memories diverge; see docs/SEMANTICS.md §1.3). Causal chunking (§8.2, Eq. 90, PAPER §9 item
+7): the sequence is cut into chunks; inside a chunk, every generated quantity (k, v, q, η, α, v̂)
+and every gradient comes from the states at the end of the previous chunk, index C⌊(t−1)/C⌋, while
+α, the DGD erase factor and the momentum act token by token. The generator memories (k, v, q, η, α)
+use ``chunk_size``; the output memory uses ``memory_chunk_size`` (PAPER §5.6), and o_t reads the
+output memory at the start of its own chunk. A sequence whose length is not a multiple of a chunk
+size ends with one shorter chunk (nothing is padded or dropped).
 
 Chunk-parallel form. Per token the gradient of the residual MLP at the chunk-start weights is
 rank one per layer: ∇W₁ = e aᵀ, ∇W₂ = δ kᵀ with e = M(k) − v̂, a = σ(W₂k), δ = (W₁ᵀe) ⊙ σ'(W₂k).
