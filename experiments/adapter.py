@@ -1,4 +1,4 @@
-"""Adapter experiments on frozen SmolLM2-135M-Instruct (issue 7; see docs/adapters.md).
+"""Adapter experiments on frozen SmolLM2-135M-Instruct (see docs/adapters.md).
 
     python experiments/adapter.py adapter_shakespeare     # (a) + (d)
     python experiments/adapter.py adapter_continual       # (b) + (d)

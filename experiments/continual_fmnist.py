@@ -501,10 +501,11 @@ def markdown(agg: dict, meta: dict) -> str:
     lines += [
         "## The paper's claim and whether it holds here",
         "",
-        "PAPER.md §7.7 (NL-arXiv §9.1, Fig. 6, figure only): on class-incremental *text* "
+        "NL-arXiv §9.1, Fig. 6 (arXiv 2512.24695; figure only): on class-incremental *text* "
         "classification (CLINC, Banking77, DBpedia) Llama-3 models turned into Hope by ad-hoc "
         "level stacking (CMS levels) and continually pre-trained are best, ahead of EWC and "
-        "InCA; §3.3 argues that knowledge overwritten in a fast level survives in slower ones. "
+        "InCA; arXiv §7.1 argues that knowledge overwritten in a fast level survives in slower "
+        "ones. "
         "This experiment is far smaller (a 0.3M-parameter network trained from scratch, "
         "images, no pre-training), so it tests only the mechanism:",
         "",

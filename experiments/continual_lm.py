@@ -318,9 +318,9 @@ def markdown(agg: dict, meta: dict) -> str:
     lines += [
         "## The paper's claim and whether it holds here",
         "",
-        "PAPER.md §7.7 (NL-arXiv §9.1, Fig. 8, figure only): in continual translation of two "
+        "NL-arXiv §9.1, Fig. 8 (arXiv 2512.24695; figure only): in continual translation of two "
         "new languages learned one after the other, in-context learning collapses while Hope "
-        "with 3 extra CMS levels almost recovers its single-language score; §3.3 argues that "
+        "with 3 extra CMS levels almost recovers its single-language score; arXiv §7.1 argues that "
         "slow CMS levels keep what fast levels overwrite. At this scale (≈1.4M-parameter byte "
         f"LMs, {s['steps_per_phase']} steps per domain, trained from scratch):",
         "",

@@ -1,4 +1,4 @@
-"""Language-model comparison over seeds and the Hope ablations (issue 6 item 1).
+"""Language-model comparison over seeds and the Hope ablations.
 
   python experiments/lm_compare.py                        # everything, resumable
   python experiments/lm_compare.py --variants=hope,transformer_pp --seeds=0
@@ -68,7 +68,7 @@ flags.DEFINE_string(
 )
 
 # Paper figures quoted next to ours (docs/results/lm/README.md). Wiki perplexity at 760M / 30B
-# tokens: NL-arXiv Table 2 (PAPER §7.2) where the model is there, else Titans Table 1 (§7.1).
+# tokens: NL-arXiv Table 2 (arXiv 2512.24695 §9.3) where the model is there, else Titans Table 1.
 PAPER_PPL = {
     "transformer_pp": (24.18, "NL Table 2"),
     "deltanet": (24.52, "NL Table 2"),
@@ -78,7 +78,7 @@ PAPER_PPL = {
     "hope": (18.68, "NL Table 2"),
     "hope_attention": (None, "no LM row in the paper"),
 }
-# NL-arXiv Table 6 (PAPER §7.11): LM perplexity of each ablation (scale not stated).
+# NL-arXiv Table 6: LM perplexity of each ablation (scale not stated).
 PAPER_ABLATION_PPL = {
     "hope": 12.24,
     "hope_no_dgd": 13.41,
@@ -628,7 +628,8 @@ share the plan (a lock file per run); `--report_only` rewrites this file.
 {main_table}
 
 Paper column: Wiki perplexity of 760M-parameter models trained on 30B tokens (NL-arXiv Table 2,
-PAPER §7.2; Titans Table 1, §7.1, where NL Table 2 has no row). Paper order (best first):
+arXiv 2512.24695 §9.3; Titans Table 1, arXiv 2501.00663, where NL Table 2 has no row).
+Paper order (best first):
 {" < ".join(LABELS[v] for v in order_paper)}. Order here (val loss, best first):
 {" < ".join(LABELS[v] for v in order_here)}.
 
@@ -642,7 +643,7 @@ PAPER §7.2; Titans Table 1, §7.1, where NL Table 2 has no row). Paper order (b
 
 {abl_table if abl_rows else "(not run yet)"}
 
-The paper does not state the scale of Table 6 (PAPER §7.11), so only the direction is compared.
+The paper does not state the scale of Table 6, so only the direction is compared.
 Ablation seeds: {sorted({r["seed"] for v in ablations for r in recorded[v]}) if ablations else "—"}.
 "Same seed" pairs each ablation run with the Hope run of its seed (same initialisation seed and
 data order); the "here" column judges that difference (the mean difference where no Hope run

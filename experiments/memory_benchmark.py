@@ -9,8 +9,8 @@ token-by-token recurrence, at d = 64 per head, 4 heads, batch 1, float32:
 (b) Titans' MLP memory (2 layers, hidden 64, SiLU, Titans Eqs. 13–18): ``titans_memory`` with
     chunk 16 and 64 (on CPU the XLA chunk step of ``nestlearn.kernels.mlp_memory``, which covers
     this configuration) and the generic ``nestlearn.memory.scan`` at chunk 64, vs the generic scan
-    at chunk 1 (token by token; in a session-5 check it was a little faster than the op's chunk
-    step at chunk 1, so it is the stricter reference). All with ``remat=True``;
+    at chunk 1 (token by token; measured on the 2-core CPU it was a little faster than the op's
+    chunk step at chunk 1, so it is the stricter reference). All with ``remat=True``;
 (c) the self-modifying memory (Hope Eqs. 83–93): ``self_modifying_memory`` with chunk sizes
     16/64 and 32/64 (k, v, η, α memories / output memory; 32 is the generator chunk of the
     ``hope`` model) vs ``self_modifying_memory_recurrent``.

@@ -9,7 +9,7 @@ step (steadier than wall time on a shared machine; CPU time / wall time is the p
 2 cores reached) and the 1-minute load average when the model was timed. Each model and shape
 runs in a fresh Python process, as a user training that one model would: measured in one process
 after the nine other models, Transformer++ ran 22% slower (18,464 vs 23,699 tokens/s, idle
-machine, session 3), and the peak RSS would be the largest so far rather than the model's own.
+machine), and the peak RSS would be the largest so far rather than the model's own.
 
 Every process first calls `nestlearn.tune_host_allocator()` (glibc keeps XLA's freed buffers
 instead of returning them to the kernel; ~20 ms of page faults per Transformer++ step otherwise,

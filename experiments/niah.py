@@ -1,4 +1,4 @@
-"""S-NIAH-1/2/3 (passkey, number, uuid) in Shakespeare haystacks (issue 6 item 2).
+"""S-NIAH-1/2/3 (passkey, number, uuid) in Shakespeare haystacks.
 
   python experiments/niah.py                   # every model of the LM comparison, resumable
   python experiments/niah.py --models=transformer_pp,hope
@@ -19,10 +19,10 @@ the value). Optimizer: the model's own training levels (AdamW; Hope's CMS levels
 steps), lr `--lr` (the LM comparison's by default), warmup a tenth of the steps, cosine to
 0.1×, clip 1.
 
-Session 2 fine-tuned each model for 60 steps from its LM checkpoint, session 3 trained from
-scratch with haystacks of 384 bytes and more from the start; both stayed at chance
-(`docs/results/niah/attempt_*`). Short passkey-only haystacks first is what made retrieval
-learnable (session-3 pilot, Transformer++).
+Two earlier protocols stayed at chance (`docs/results/niah/attempt_*`): fine-tuning each model
+for 60 steps from its LM checkpoint, and training from scratch with haystacks of 384 bytes and
+more from the start. Short passkey-only haystacks first is what made retrieval learnable (a
+Transformer++ pilot, `docs/results/niah/pilots/`).
 
 **Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`--test_lengths`),
 depths 0, 0.25, 0.5, 0.75, 1 (`DEPTHS`), `--samples` examples per (task, length, depth) with new
@@ -90,7 +90,8 @@ EVAL_TOKENS = 8192  # tokens per evaluation batch (examples per batch = EVAL_TOK
 MIN_HAYSTACK = 16  # a task trains at a stage's length only if it leaves this much haystack
 QUICK = {"curriculum": ((160, 0.5), (384, 0.5)), "test_lengths": (384,), "steps": 4}
 
-# NL-arXiv Table 1 (PAPER §7.5), S-NIAH accuracy (%) at 4K / 8K (models trained on ~50B tokens).
+# NL-arXiv Table 1 (arXiv 2512.24695 §9.2), S-NIAH accuracy (%) at 4K / 8K (models trained on
+# ~50B tokens).
 PAPER = {
     "transformer_pp": {"passkey": (88.6, 76.4), "number": (100, 98.8), "uuid": (78.0, 69.2)},
     "hope_attention": {"passkey": (100, 100), "number": (100, 98.4), "uuid": (76.8, 68.8)},
@@ -500,7 +501,7 @@ character is one of 8, 9, a, b and the other 30 are uniform hex: (5 + 1/4 + 30/1
 
 {token_table}
 
-## Next to the paper (NL-arXiv Table 1, PAPER §7.5: 760M-class models, ~50B tokens)
+## Next to the paper (NL-arXiv Table 1, arXiv 2512.24695 §9.2: 760M-class models, ~50B tokens)
 
 {paper_table}
 

@@ -523,9 +523,10 @@ def markdown(runs: list[dict], meta: dict) -> str:
         "",
         "## The paper's claims and whether they hold here",
         "",
-        "PAPER.md §7.12 (NL-arXiv §9.7, figures only): on ImageNet-21K ViTs (24M, 86M) M3 "
+        "NL-arXiv §9.7 (arXiv 2512.24695; figures only): on ImageNet-21K ViTs (24M, 86M) M3 "
         "reaches the best training and test loss against AdamW and Muon (Fig. 11), and M3 is "
-        "slower than Muon per step (Fig. 12). §2.5 / Fig. 4: Delta momentum converges faster "
+        "slower than Muon per step (Fig. 12). arXiv §4.3–4.4 / Fig. 4: Delta momentum converges "
+        "faster "
         "than momentum on a toy valley. Our scale is far smaller (≈1M-parameter LM for "
         f"{s['lm_steps']} steps, a 0.27M MLP), a 3-point grid per optimizer at one seed, the best "
         "rate repeated over seeds:",

@@ -1,4 +1,4 @@
-"""Multi-query associative recall with the models of the LM comparison (issue 6, item 2's premise).
+"""Multi-query associative recall with the models of the LM comparison.
 
   python experiments/recall.py                      # every model, resumable
   python experiments/recall.py --models=gated_deltanet --steps=2000

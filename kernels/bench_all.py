@@ -5,7 +5,7 @@ The one command for a machine with a GPU or TPU (run from the repository root):
     python -m nestlearn.kernels.bench_all
 
 It measures the device's matmul and copy ceilings once, then times forward and forward+backward
-of each op against its XLA reference at the issue's shape (T ∈ {2048, 8192}, d = 128, 8 heads,
+of each op against its XLA reference at the benchmark shape (T ∈ {2048, 8192}, d = 128, 8 heads,
 batch 1, bf16, chunk 64): ``gated_delta`` without and with momentum, ``mlp_memory`` (residual,
 hidden 256). It prints one table (:mod:`nestlearn.kernels.benchmarking`) and writes the JSON to
 ``--out`` (default ``docs/results/kernels/<device kind>.json``). A backend that fails is recorded

@@ -17,7 +17,7 @@ with the row recurrences ψ_r = m_r ψ_{r−1} + δ_r (ψ_0 = δ_0), φ_r = a_r 
 (φ_0 = 0), γ_r = a_r γ_{r−1} (γ_0 = 1). They are computed by a C-step scan of products and sums
 only — no logarithms or quotients — so a_r = 0 or m_r = 0 is exact and the coefficients are
 differentiable everywhere. With m ≡ 0 and w ≡ 1, ψ = I and φ_{r,i} = Π_{i<j≤r} a_j = Γ_{ri}, the
-decay matrix of Gated DeltaNet (PAPER §6.2).
+decay matrix of Gated DeltaNet's chunk form (GDN §3.3).
 
 Shapes: leading axes ``...`` (e.g. [bh, n]), c chunk size.
 """

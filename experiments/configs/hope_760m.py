@@ -1,12 +1,13 @@
 """Hope at the paper's 760M scale on a TPU pod slice or multi-GPU hosts (docs/scaling.md).
 
-Purpose: the sharded training recipe for the 760M Hope language model of arXiv 2512.24695 §9
-(760M parameters, 30B tokens). The paper does not state layers, width or heads; this config
-takes the Miras table's 760M shape (24 layers x 1536, 16 heads; PAPER.md §8, unverified) and
-sets the CMS feed-forward ratio to 1.0 so that the count lands near the target: 821M parameters
-with a 32K vocabulary, of which 510M in the three CMS levels (periods 1, 4, 16 steps). Optimizer:
-AdamW as in Titans (lr 1.25e-3 from the Miras table, cosine, weight decay 0.1), 0.5M tokens per
-step (128 x 4096), bfloat16 compute with float32 params, each block rematerialised.
+Purpose: the sharded training recipe for the 760M Hope language model of arXiv 2512.24695 §9 (760M
+parameters, 30B tokens). The paper does not state layers, width or heads; this config takes the 760M
+shape of the Miras paper's table (arXiv 2504.13173: 24 layers x 1536, 16 heads; read from a
+secondary summary, not checked against that paper) and sets the CMS feed-forward ratio to 1.0 so
+that the count lands near the target: 821M parameters with a 32K vocabulary, of which 510M in the
+three CMS levels (periods 1, 4, 16 steps). Optimizer: AdamW as in Titans (lr 1.25e-3 from the Miras
+table, cosine, weight decay 0.1), 0.5M tokens per step (128 x 4096), bfloat16 compute with float32
+params, each block rematerialised.
 
 Mesh: `mesh.fsdp = -1` (FSDP over every device, batch split the same way) and `mesh.data = 1`;
 for several slices or many hosts use `arg = "dp<N>"` to put N-way pure data parallelism outside

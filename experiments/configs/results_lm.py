@@ -1,7 +1,7 @@
-"""Shared sizes and setup of the language-model comparison and the S-NIAH study (issue 6, 1–2).
+"""Shared sizes and setup of the language-model comparison and the S-NIAH study.
 
 Purpose: every model of the comparison (Transformer++, DeltaNet, Gated DeltaNet, Titans LMM,
-Titans MAC, Hope, Hope-Attention) and every Hope ablation of the paper's Table 6 (PAPER §7.11)
+Titans MAC, Hope, Hope-Attention) and every Hope ablation of the paper's Table 6 (arXiv 2512.24695)
 at one parameter budget, `TARGET_PARAMS` = 2.0M (each within ±10%; measured 1.97–2.01M), trained
 on the same byte-level Shakespeare windows (two held-out plays for validation, two for test) for
 the same number of tokens. All models share d_model 128, 4 layers, 4 heads and the optimizer
@@ -57,7 +57,7 @@ LABELS = {
     "hope_attention": "Hope-Attention",
 }
 
-#: The Hope ablations of Table 6 (PAPER §7.11): name → (row label, `self_modifying` overrides).
+#: The Hope ablations of NL-arXiv Table 6: name → (row label, `self_modifying` overrides).
 #: "hope_no_cms" changes the CMS instead (one level; see the module docstring).
 ABLATIONS = {
     "hope_no_dgd": ("w/o DGD", {"use_dgd": False}),

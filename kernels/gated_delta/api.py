@@ -84,14 +84,14 @@ def gated_delta(
 
         M_t = (1 − α^T_t) M_{t−1} + S^T_t,   S^T_t = η_t S^T_{t−1} − θ_t (M_{t−1} k_t − v_t) k_tᵀ,
 
-    is this op with α_t = 1 − α^T_t, m_t = η_t, β_t = θ_t/α_t and v_t ← α_t v_t (as in PAPER
-    §6.5), M = S and S^T = Z.
+    is this op with α_t = 1 − α^T_t, m_t = η_t, β_t = θ_t/α_t and v_t ← α_t v_t, M = S and
+    S^T = Z (docs/kernels.md §1).
 
     With ``momentum=None`` (m ≡ 0) Z_t = e_t k_tᵀ and the op is Gated DeltaNet,
-    S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ (GDN Eq. 10; Titans App. C; Hope Eq. 93 via
-    PAPER §6.5), with the layout and semantics of ``nestlearn.memory.gated_delta_rule``. The chunk
-    form (WY/UT representation with gating and momentum) is derived in
-    :mod:`nestlearn.kernels.gated_delta.chunk` and docs/kernels.md.
+    S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ (GDN Eq. 10; Titans App. C; Hope Eq. 93
+    with β = η/α, docs/kernels.md §1), with the layout and semantics of
+    ``nestlearn.memory.gated_delta_rule``. The chunk form (WY/UT representation with gating and
+    momentum) is derived in :mod:`nestlearn.kernels.gated_delta.chunk` and docs/kernels.md.
 
     Args:
       q, k: queries and keys [b, t, h, d_k].

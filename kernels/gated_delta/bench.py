@@ -3,7 +3,7 @@
     python -m nestlearn.kernels.gated_delta.bench [--momentum] [--out gated_delta.json]
     python -m nestlearn.kernels.gated_delta.bench --quick        # CPU smoke run (interpreter)
 
-Defaults (the issue's shape): T ∈ {2048, 8192}, d_k = d_v = 128, 8 heads, batch 1, chunk 64,
+Defaults (the benchmark shape): T ∈ {2048, 8192}, d_k = d_v = 128, 8 heads, batch 1, chunk 64,
 bf16, implementations ``xla`` and the platform's Pallas backend. Prints a table with achieved
 TFLOP/s and GB/s against the device's measured matmul and copy ceilings
 (:mod:`nestlearn.kernels.benchmarking`); ``python -m nestlearn.kernels.bench_all`` runs this with

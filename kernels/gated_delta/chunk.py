@@ -7,7 +7,7 @@ One chunk of one (batch, head) sequence, rows r = 1..c (module docstring of
     e_r = β_r (v_r − a_r S_{r−1} k_r),   Z_r = m_r Z_{r−1} + e_r k_rᵀ,   S_r = a_r S_{r−1} + Z_r.
 
 Substituting the unrolled S_{r−1} into e_r gives a unit-lower-triangular system for the rows of
-E = [e_1 … e_c]ᵀ (the UT transform, PAPER §6.1–6.2, GDN §3.1 Eqs. 6–9 and Eq. 10):
+E = [e_1 … e_c]ᵀ (the UT transform, GDN §3.1 Eqs. 6–9 and Eq. 10; docs/kernels.md §2):
 
     (I + strictLower(diag(β)(Π ⊙ K Kᵀ))) E = diag(β)(V − diag(γ) K S_0ᵀ − diag(λ) K Z_0ᵀ),
 

@@ -70,12 +70,12 @@ def mlp_memory(
     Per head, memory M(x) = W₁ σ(W₂ x) (+ x when ``residual``, Hope Eqs. 89/91), σ = SiLU,
     loss ℓ(M; k, v) = ½‖M(k) − v‖² (Titans Eq. 12; the factor 2 of ‖·‖² is absorbed into θ as in
     Titans Eq. 17 and ``nestlearn.memory.titans``). For token t in the chunk that starts at t'
-    (chunks of ``chunk_size`` tokens):
+    (chunks of ``chunk_size`` tokens; docs/SEMANTICS.md §5.2):
 
         u_t = ∇_M ℓ(M_{t'}; k_t, v_t)                 (gradient at the chunk-start weights, Eq. 16)
         S_t = η_t S_{t−1} − θ_t u_t                    (momentum, Eqs. 14 and 18)
         M_t = (1 − α_t) M_{t−1} + S_t                  (forgetting, Eq. 13)
-        o_t = M_{t'}(q_t)                              (read at the chunk-start weights, DESIGN §4)
+        o_t = M_{t'}(q_t)                              (read at the chunk-start weights)
 
     Each chunk is one fused step (:mod:`nestlearn.kernels.mlp_memory.chunk`): the per-token
     gradients, their decay/momentum-weighted sums and the read-out are matrix products.

@@ -15,7 +15,7 @@ so with the coefficients of :mod:`nestlearn.kernels.momentum_decay` (a = 1 − �
 
 With H = K W₂ᵀ, A = σ(H), R = A W₁ᵀ (+K) − V, the weighted gradient sums are single matrix
 products: Σ_i c_i ∇_{W₁}ℓ_i = Rᵀ diag(c) A and Σ_i c_i ∇_{W₂}ℓ_i = ((R W₁) ⊙ σ'(H))ᵀ diag(c) K.
-Outputs read the chunk-start weights (DESIGN §4): O = σ(Q W₂ᵀ) W₁ᵀ (+Q).
+Outputs read the chunk-start weights (docs/SEMANTICS.md §5.2): O = σ(Q W₂ᵀ) W₁ᵀ (+Q).
 
 Shapes: c chunk size, d_in key/query width, d_out value width, n hidden width; stacked terms carry
 leading [bh, n_chunks].

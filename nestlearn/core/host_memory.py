@@ -7,7 +7,7 @@ that XLA's worker threads allocate from), so the next call page-faults the same 
 On the 2-core CPU machine the Transformer++ train step of the small benchmark shape (d 128, 2
 layers, T 256, batch 4) took 42.5–54.9 ms with the defaults and 30.3–30.6 ms with
 :func:`tune_host_allocator` (``python experiments/model_benchmark.py --quick
---models=transformer_pp`` with and without ``NESTLEARN_TUNE_MALLOC=0``, session 5); the small
+--models=transformer_pp`` with and without ``NESTLEARN_TUNE_MALLOC=0``); the small
 jitted function of ``tests/core/test_host_memory.py`` took 2,944 against 65 minor page faults per
 call.
 

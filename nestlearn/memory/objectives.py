@@ -6,9 +6,9 @@ through y, so ``jax.grad`` of ``objective.loss(arch.apply(w, k), v)`` with respe
 "surprise" of Titans Eq. 8.
 
 Scaling convention: the ℓ2 bias is ½‖M(k) − v‖², i.e. the factor 2 of Titans Eq. 12 is absorbed
-into the step size (PAPER §9 item 17). With it, one GD step of size η on a matrix memory is the
-printed delta rule M(I − η k kᵀ) + η v kᵀ (Eq. 65), and the ℓp and Huber biases reduce to it at
-p = 2 (ε = 0) and δ = ∞.
+into the step size (docs/SEMANTICS.md §5.3). With it, one GD step of size η on a matrix memory is
+the printed delta rule M(I − η k kᵀ) + η v kᵀ (Eq. 65), and the ℓp and Huber biases reduce to it
+at p = 2 (ε = 0) and δ = ∞.
 """
 
 from collections.abc import Callable
@@ -41,7 +41,7 @@ def l2() -> Objective:
 
 
 def lp(p: float = 3.0, eps: float = 1e-6) -> Objective:
-    """Smoothed ℓp bias L̃ = (1/p) Σ_i (r_i² + ε)^{p/2}, r = M(k) − v (Miras/Moneta, PAPER §6.3).
+    """Smoothed ℓp bias L̃ = (1/p) Σ_i (r_i² + ε)^{p/2}, r = M(k) − v (Moneta; arXiv 2504.13173).
 
     |r| is replaced by the smooth surrogate √(r² + ε), so the gradient is
     (r² + ε)^{p/2 − 1} r ≈ Sign(r)|r|^{p−1}, the printed Moneta direction up to the factor p.
@@ -62,7 +62,7 @@ def lp(p: float = 3.0, eps: float = 1e-6) -> Objective:
 
 
 def huber(delta: float = 1.0) -> Objective:
-    """Huber bias on the residual norm (Yaad, PAPER §6.3).
+    """Huber bias on the residual norm (Yaad; arXiv 2504.13173).
 
     L̃ = ½‖r‖² if ‖r‖ ≤ δ, else δ(‖r‖ − δ/2), with r = M(k) − v: the ℓ2 gradient r for small
     residuals and the clipped direction δ r/‖r‖ (δ∇ℓ1 of the printed rule) for large ones.

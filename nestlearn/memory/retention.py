@@ -1,7 +1,7 @@
 """Retention gates: the multiplicative decay a memory applies to its state at every write.
 
 A retention turns the per-token gate α_t handed to an inner rule into a decay factor a_t that
-multiplies the weights before the new write (Miras' retention axis, PAPER §6.3):
+multiplies the weights before the new write (Miras' retention axis, arXiv 2504.13173):
 
 - ``none()``: a_t = 1 (no gate is read);
 - ``scalar()``: a_t = α_t, a scalar per token and head (Hope's α_t I, Eq. 88; GDN's α_t);

@@ -31,7 +31,8 @@ per layer. Per-channel retention and the erase rules need the per-token gradient
 (``TokenGradients.per_token``).
 
 Weights are dicts of arrays (as built by ``nestlearn.memory.architectures``); matrices use the
-column convention of PAPER §0.3 (W ∈ R^{d_out×d_in}, the erase factor multiplies on the right).
+column convention of docs/SEMANTICS.md §5.1 (W ∈ R^{d_out×d_in}, the erase factor multiplies on
+the right).
 Shapes: c tokens in the chunk, d_in input width, w window length.
 """
 
@@ -399,7 +400,7 @@ def delta(retention: Retention | None = None) -> optax.GradientTransformationExt
     With the ℓ2 bias on a matrix memory: M_t = a_t M_{t−1} − η_t (M_{t−1} k_t − v_t) k_tᵀ, i.e.
     M_{t−1}(a_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ for a_t = 1, exactly at every chunk size: the
     chunk-start gradient u_t is corrected by η_t (M_{t−1} − M_{t'}) k_t k_tᵀ. Deep memories get the
-    erase factor on their input-side weight (DESIGN §4).
+    erase factor on their input-side weight (docs/SEMANTICS.md §5.4).
 
     Args:
       retention: the retention gate (default ``retention.none()``).
@@ -429,7 +430,7 @@ def dgd(retention: Retention | None = None) -> optax.GradientTransformationExtra
 
     M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t ∇L̃(M_{t'}; k_t, v_t), with the gradient at the
     chunk-start weights (Eq. 93) and the decay applied token by token. On a deep memory the factor
-    multiplies the input-side weight and α_t decays the others (DESIGN §4; PAPER §9 item 2a).
+    multiplies the input-side weight and α_t decays the others (docs/SEMANTICS.md §5.4).
 
     Args:
       retention: the gate α_t (default ``retention.scalar()``).
@@ -441,7 +442,7 @@ def dgd(retention: Retention | None = None) -> optax.GradientTransformationExtra
 
 
 def omega(retention: Retention | None = None) -> optax.GradientTransformationExtraArgs:
-    """Omega rule, GD form (Eq. 68, arXiv 2512.24695; PAPER §9 item 18).
+    """Omega rule, GD form (Eq. 68, arXiv 2512.24695; docs/SEMANTICS.md §5.3).
 
     M_t = a_t M_{t−1} − Σ_{i=t−w+1}^{t} γ_{t,i} ∇L̃(M_{t'}; k_i, v_i): gradient descent on the
     gated loss over the last w tokens. ``updates`` leaves are [c, w, *param_shape], entry j holding

@@ -19,7 +19,7 @@ scalar per token (``gd``, ``momentum``, ``titans`` with a scalar gate; any archi
 objective) take this path; the others (per-channel retention, the erase rules) ask for the u_i
 themselves (``jax.vmap(jax.grad(...))``), and the Omega rule's window gets them materialized.
 
-Reading convention (DESIGN §4, the causal reading of Eq. 90, PAPER §9 item 7): the outputs of
+Reading convention (the causal reading of Eq. 90, docs/SEMANTICS.md §5.2 row 1): the outputs of
 chunk c read the weights at the end of chunk c − 1, y_t = M_{t'}(q_t). With ``chunk_size=1`` this
 is "read before write": y_t = M_{t−1}(q_t). ``read_after_write=True`` (``chunk_size=1`` only)
 reads y_t = M_t(q_t) after the write of token t instead.
@@ -183,8 +183,9 @@ def scan(
       initial_state: state to continue from (a previous call's final state); None starts from
         ``params``.
       read_after_write: read y_t = M_t(q_t) after the write (needs ``chunk_size=1``).
-      stop_gradient_writes: treat the writes as constants for the outer gradient (DESIGN §4); the
-        outer loss then reaches ``params`` and q only through the reads.
+      stop_gradient_writes: treat the writes as constants for the outer gradient
+        (docs/SEMANTICS.md §5.2); the outer loss then reaches ``params`` and q only through the
+        reads.
       remat: rematerialize each chunk in the backward pass (``jax.checkpoint``).
 
     Returns:

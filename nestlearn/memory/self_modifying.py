@@ -21,20 +21,21 @@ weights that are a fixed point of a residual-MLP memory's writes (docs/SEMANTICS
 
 By default x is ℓ2-normalised per head before generation and k, q, v after it, so the self-generated
 targets v̂ = M(v) have the scale of the keys (unnormalised v lets the target outrun the prediction
-and the memories diverge; see docs/SEMANTICS.md §1.3). Causal chunking (§8.2, Eq. 90, PAPER §9 item
-7): the sequence is cut into chunks; inside a chunk, every generated quantity (k, v, q, η, α, v̂)
-and every gradient comes from the states at the end of the previous chunk, index C⌊(t−1)/C⌋, while
-α, the DGD erase factor and the momentum act token by token. The generator memories (k, v, q, η, α)
-use ``chunk_size``; the output memory uses ``memory_chunk_size`` (PAPER §5.6), and o_t reads the
-output memory at the start of its own chunk. A sequence whose length is not a multiple of a chunk
-size ends with one shorter chunk (nothing is padded or dropped).
+and the memories diverge; see docs/SEMANTICS.md §1.3). Causal chunking (arXiv 2512.24695 §8.2, Eq.
+90; docs/SEMANTICS.md §1.2 rows 1–2): the sequence is cut into chunks; inside a chunk, every
+generated quantity (k, v, q, η, α, v̂) and every gradient comes from the states at the end of the
+previous chunk, index C⌊(t−1)/C⌋, while α, the DGD erase factor and the momentum act token by token.
+The generator memories (k, v, q, η, α) use ``chunk_size``; the output memory uses
+``memory_chunk_size``, and o_t reads the output memory at the start of its own chunk. A sequence
+whose length is not a multiple of a chunk size ends with one shorter chunk (nothing is padded or
+dropped).
 
 Chunk-parallel form. Per token the gradient of the residual MLP at the chunk-start weights is
 rank one per layer: ∇W₁ = e aᵀ, ∇W₂ = δ kᵀ with e = M(k) − v̂, a = σ(W₂k), δ = (W₁ᵀe) ⊙ σ'(W₂k).
 So the end-of-chunk momentum and W₁ are weighted sums of these outer products (one matmul each),
 with weights from cumulative products of α and powers of β. The running W₂ enters its own update
 through the DGD erase term r_t kᵀ, r_t = W₂_{t−1} k_t; the r_t solve one unit lower-triangular
-c×c system per chunk (the UT transform of DeltaNet/GDN, PAPER §6.1–6.2, §6.5). Cumulative decays
+c×c system per chunk (the UT transform of DeltaNet/GDN, GDN §3.1). Cumulative decays
 live in log space (log α = log_sigmoid(·)), so every decay ratio is exp of a non-positive number.
 
 Layout: b batch, t tokens, h heads, d width, n hidden width of a memory, c chunk length, e = 1 for
@@ -75,11 +76,11 @@ _NORM_EPS = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class SelfModifyingConfig:
-    """Options of the self-modifying memory; defaults follow DESIGN.md §4 and docs/SEMANTICS.md.
+    """Options of the self-modifying memory; docs/SEMANTICS.md §1 states each default and option.
 
     Attributes:
-      chunk_size: chunk length C of the k, v, q, η, α memories (PAPER §5.6).
-      memory_chunk_size: chunk length of the output memory M_memory (PAPER §5.6).
+      chunk_size: chunk length C of the k, v, q, η, α memories (arXiv 2512.24695 §8.2).
+      memory_chunk_size: chunk length of the output memory M_memory (arXiv 2512.24695 §8.2).
       adaptive_q: q_t = M_q(x_t) is a self-modifying memory; False uses the static query input
         (Eq. 83).
       momentum: constant momentum decay β ∈ [0, 1) on every memory; 0 is Eq. 88 as printed
@@ -89,9 +90,9 @@ class SelfModifyingConfig:
       use_decay: α_t from M_α; False fixes α ≡ 1 (the "w/o weight decay" ablation).
       adaptive_k: k_t = M_k(x_t); False uses a static linear projection (the "static k" ablation).
       adaptive_v: v_t = M_v(x_t); False uses a static linear projection (the "static v" ablation).
-      stop_gradient_vhat: the inner loss treats v̂ as a constant target (DESIGN §4); False
-        differentiates the inner loss through v̂ = M(v_t) as well. The outer loss backpropagates
-        through v̂ either way.
+      stop_gradient_vhat: the inner loss treats v̂ as a constant target; False differentiates
+        the inner loss through v̂ = M(v_t) as well. The outer loss backpropagates through v̂
+        either way (docs/SEMANTICS.md §1.2 row 11).
       stop_gradient_writes: the outer loss does not backpropagate through the inner writes (the
         state increments are straight-through constants).
       eta_max: η_t = eta_max · sigmoid(·).
@@ -99,7 +100,7 @@ class SelfModifyingConfig:
       alpha_bias_init: initial learned bias of the α readout; α = sigmoid(·) starts near
         sigmoid(alpha_bias_init) (near full retention).
       eta_alpha_per_channel: η and α per channel (e = d) instead of per head (e = 1).
-      normalize_qk: ℓ2-normalise q_t and k_t (§8.3).
+      normalize_qk: ℓ2-normalise q_t and k_t (arXiv 2512.24695 §8.3).
       normalize_v: ℓ2-normalise v_t after generation (targets v̂ = M(v) at the keys' scale).
       normalize_x: ℓ2-normalise the per-head input x_t before generation.
       kv_init_scale: W₁ of the initial M_k and M_v is normal with std kv_init_scale/√n, so that
@@ -107,7 +108,7 @@ class SelfModifyingConfig:
         inner gradient is zero until the outer loop separates M_k from M_v).
       project_inputs: each adaptive generator of k and v (and q when ``adaptive_q``) reads its
         own learned linear map of the per-head input, □_t = M_□(P_□ x_t), P_□ [d, d] initialised
-        to the identity (Titans' separate q/k/v projections, PAPER Eq. 76, in front of Eq. 83);
+        to the identity (Titans' separate q/k/v projections, Eq. 76, in front of Eq. 83);
         False feeds every generator the same x_t. With one shared x_t the residual identity of
         Eq. 89 puts x_t in both k_t and v_t, and only the MLP part can separate key features
         from value features (docs/SEMANTICS.md §1.2 row 13a).
@@ -115,7 +116,7 @@ class SelfModifyingConfig:
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
       dgd_step: "printed" uses η_t in Eq. 88; "normalized" uses η'_t = η_t / (1 + η_t‖k_t‖²)
-        (Eq. 57; PAPER §9 item 15) in both the erase and the gradient term; "chunk_normalized"
+        (Eq. 57) in both the erase and the gradient term; "chunk_normalized"
         keeps η_t in the erase term and divides the gradient step of each layer by one plus the
         trace of that layer's inner curvature over the chunk (:func:`_layer_steps`), so that a
         chunk's step on the chunk-start weights stays a contraction whatever the memory's scale;
@@ -411,8 +412,8 @@ def _gradient_factors(
     Returns (e, a, terms, slopes) with ∇W₁_t = e_t a_tᵀ and ∇W₂_t = Σ_(δ, ρ) ∈ terms δ_t ρ_tᵀ;
     e: [c, d], a: [c, n], δ: [c, n], ρ: [c, d]; ``slopes`` pairs each ρ with σ'(W₂ρ) [c, n] (the
     inputs of :func:`_layer_steps`). With ``stop_gradient_vhat`` the target v̂ = M(v) is a
-    constant of the inner loss; otherwise the inner gradient also flows through M(v_t) (PAPER §9
-    item 4).
+    constant of the inner loss; otherwise the inner gradient also flows through M(v_t)
+    (docs/SEMANTICS.md §1.2 row 11).
     """
     sigma = architectures.ACTIVATIONS[config.activation]
     w1, w2 = w["w1"], w["w2"]

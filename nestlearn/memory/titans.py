@@ -164,7 +164,7 @@ def titans_memory(
       chunk_size: tokens per chunk (1: token-by-token recurrence).
       initial_state: state to continue a stream from; None starts from ``params`` and zero momentum.
       objective: the attentional bias, ``"l2"`` (Eq. 12) by default.
-      stop_gradient_writes: do not backpropagate through the writes (DESIGN §4).
+      stop_gradient_writes: do not backpropagate through the writes (docs/SEMANTICS.md §5.2).
       remat: rematerialize each chunk in the backward pass (default: on CPU the recomputed
         forward costs less than storing and copying the per-chunk activations; results are
         identical either way). Unused by the Pallas kernels, whose backward always recomputes

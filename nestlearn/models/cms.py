@@ -1,8 +1,8 @@
 """Continuum Memory System (CMS): a chain of MLP levels, each with its own update frequency.
 
-PAPER §3 (Eqs. 70–74, arXiv 2512.24695). Level ℓ is a pre-norm residual feed-forward layer
-h ← h + MLP_ℓ(RMSNorm_ℓ(h)) (the paper leaves norms out of its equations, §3.1), so a CMS with a
-single level is exactly a Transformer++ MLP sub-layer. Variants:
+arXiv 2512.24695 §7.1, Eqs. 70–74; choices the paper leaves open: docs/SEMANTICS.md §6.2. Level ℓ is
+a pre-norm residual feed-forward layer h ← h + MLP_ℓ(RMSNorm_ℓ(h)) (the paper leaves norms out of
+its equations), so a CMS with a single level is exactly a Transformer++ MLP sub-layer. Variants:
 
 - sequential (Eq. 70): y = MLP^(f_k)(··· MLP^(f_1)(x)), levels applied in index order;
 - nested (Eq. 72): the same chain; in online mode level ℓ is reset to its learned initial weights
@@ -150,7 +150,7 @@ def cms_online_update(
     """Adds one chunk's gradients and steps every level that reaches its boundary (Eq. 71).
 
     θ^(ℓ) ← θ^(ℓ) − inner_lr · Σ(gradients since its last step) when tokens_seen ≡ 0 (mod C(ℓ));
-    gradients are summed over the chunk's tokens (half-open chunks, PAPER §9 item 12). For the
+    gradients are summed over the chunk's tokens (half-open chunks, docs/SEMANTICS.md §6.2). For the
     nested variant (Eq. 72), level ℓ is then reset to θ_0^(ℓ) when tokens_seen ≡ 0 (mod C(ℓ+1)).
 
     Args:
@@ -214,7 +214,7 @@ class CMSLevel(nnx.Module):
 
 
 class CMS(nnx.Module):
-    """Continuum Memory System (PAPER §3): levels under `levels/<i>/`, one per entry of `periods`.
+    """Continuum Memory System (Eqs. 70–74): levels under `levels/<i>/`, one per entry of `periods`.
 
     Example:
       >>> cms = CMS(32, 64, periods=(1, 4), rngs=nnx.Rngs(0))
@@ -301,12 +301,14 @@ class CMS(nnx.Module):
         rngs: nnx.Rngs,
         **kwargs,
     ) -> CMS:
-        """A CMS whose levels start from existing MLP weights (PAPER §3.4, ad-hoc level stacking).
+        """A CMS whose levels start from existing MLP weights ("ad-hoc level stacking").
 
-        With one `mlp` (and its pre-norm `norm`), level 0 copies it and every other level starts
-        with a zero output projection, so the CMS initially computes x + mlp(norm(x)), the
-        pretrained residual MLP sub-layer. With a sequence of MLPs, level i copies `mlp[i]`.
-        Unless `norm_eps` is given, the levels use the epsilon of the first `norm` (if any).
+        The paper's rule (arXiv 2512.24695 §7.3; docs/SEMANTICS.md §6.2 row 5) starts every level
+        from a pretrained MLP. With one `mlp` (and its pre-norm `norm`), level 0 copies it and every
+        other level starts with a zero output projection, so the CMS initially computes x +
+        mlp(norm(x)), the pretrained residual MLP sub-layer. With a sequence of MLPs, level i copies
+        `mlp[i]`. Unless `norm_eps` is given, the levels use the epsilon of the first `norm` (if
+        any).
 
         Args:
           mlp: a `SwiGLU` or `MLP`, or one per level.

@@ -1,6 +1,6 @@
-"""The Hope block: self-modifying Titans followed by a Continuum Memory System (PAPER §5.7).
+"""The Hope block: self-modifying Titans followed by a Continuum Memory System.
 
-Eqs. 94–97, arXiv 2512.24695, inside pre-norm residuals (PAPER §9 item 9, option (a)):
+Eqs. 94–97 (§8.3 of arXiv 2512.24695), inside pre-norm residuals (docs/SEMANTICS.md §6.1):
 
     x ← x + SelfModifyingTitans(RMSNorm(x))      o_t of Eq. 94, memories written by Eq. 96
     y = CMS(x)                                   Eq. 97 (each level is x + MLP(RMSNorm(x)))

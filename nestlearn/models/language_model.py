@@ -6,17 +6,17 @@
 Streaming: `model(tokens, state)` returns `(logits, new_state)`; feeding a sequence in pieces with
 the state carried equals one call. `state=None` means fresh sequences.
 
-Online CMS (PAPER §3.1, DESIGN §4): when `config.cms.mode == "online"`, the model runs as dynamic
-evaluation. It scans over base chunks of c = `cms.chunk_sizes[0]` tokens; inside a chunk every
-online CMS level is frozen; after a chunk the gradient of that chunk's next-token loss (summed
+Online CMS (docs/SEMANTICS.md §6.2 row 4): when `config.cms.mode == "online"`, the model runs as
+dynamic evaluation. It scans over base chunks of c = `cms.chunk_sizes[0]` tokens; inside a chunk
+every online CMS level is frozen; after a chunk the gradient of that chunk's next-token loss (summed
 over its tokens and the within-chunk targets, Eq. 71) w.r.t. each sequence's fast weights is added
 to the level's accumulator, and level ℓ steps every `chunk_sizes[ℓ]` tokens (`cms_online_update`).
-The fast weights start from the CMS parameters, and the outer loss backpropagates through the
-inner steps (DESIGN §4). Tokens of an incomplete chunk are kept in the state and recomputed with
-the next call, so pieces of any length (generation included) equal one call; the in-context update
-of a chunk happens once all of its tokens have been seen (no flush of a final partial chunk). With
-`memory_writes` False there is no in-context update: the online levels keep their initial weights
-(the CMS parameters) and the model runs in one pass, like a scheduled CMS.
+The fast weights start from the CMS parameters, and the outer loss backpropagates through the inner
+steps. Tokens of an incomplete chunk are kept in the state and recomputed with the next call, so
+pieces of any length (generation included) equal one call; the in-context update of a chunk happens
+once all of its tokens have been seen (no flush of a final partial chunk). With `memory_writes`
+False there is no in-context update: the online levels keep their initial weights (the CMS
+parameters) and the model runs in one pass, like a scheduled CMS.
 
 Shapes: b batch, t tokens, d width, V vocabulary, c base chunk.
 """

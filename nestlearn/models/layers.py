@@ -1,4 +1,4 @@
-"""Building blocks shared by every model (Titans §4.4; PAPER §4.7, §9 item 9).
+"""Building blocks shared by every model (Titans §4.4; docs/SEMANTICS.md §6.1).
 
 RMSNorm, the SwiGLU and two-layer MLPs, the short depthwise causal convolution (window 4) that
 Titans and Hope put after the q/k/v projections, an ℓ2-normalisation helper for q and k, and the
@@ -223,7 +223,7 @@ class MLP(nnx.Module):
 
 
 class ShortConv(nnx.Module):
-    """Depthwise causal 1-D convolution over time (Titans §4.4; Hope uses window 4, PAPER §5.7).
+    """Depthwise causal 1-D convolution over time (Titans §4.4; Hope: window 4).
 
     y_t = Σ_{i<w} kernel[i] ⊙ x_{t−w+1+i}. The streaming state holds the last w−1 inputs, so a
     sequence fed in pieces with carried state gives the same output as one call.
@@ -277,7 +277,7 @@ class ShortConv(nnx.Module):
 
 
 class OutputGate(nnx.Module):
-    """Output norm + linear gate before the output projection (Titans §4.4; PAPER §4.7).
+    """Output norm + linear gate before the output projection (Titans §4.4).
 
     y = RMSNorm(o) ⊙ σ(x W_g), the norm taken per head over the head width.
 

@@ -1,17 +1,17 @@
 """Memory-based sequence mixers: thin NNX modules over the associative memories of `memory/`.
 
-Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (PAPER §4.7, §6.2, §9 item 9):
+Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (docs/SEMANTICS.md §6.1):
 
     x [b, t, d] → fused linear projection → short depthwise causal conv (window 4) → SiLU
       → per-head inputs [b, t, h, d_h] (q and k ℓ2-normalised) → per-head memory → o [b, t, h, d_h]
       → output RMSNorm ⊙ σ(x W_g) → output projection → y [b, t, d].
 
-Data-dependent gates are linear projections of x with a learned bias, one scalar per token and
-head (DESIGN §4): β = sigmoid(·) (delta rules), α = sigmoid(·) with a bias that starts near full
-retention (Gated DeltaNet), and for Titans θ = (chunk_step_max/C)·sigmoid(·) (a chunk's steps sum
-to at most chunk_step_max), the forget gate α = sigmoid(·) starting near zero forgetting, and the
-momentum decay η = momentum_max·sigmoid(·) (Titans Eqs. 13–14); Titans' v is ℓ2-normalised like q
-and k (`titans_inputs`, docs/SEMANTICS.md §2).
+Data-dependent gates are linear projections of x with a learned bias, one scalar per token and head
+(docs/SEMANTICS.md §2, §4): β = sigmoid(·) (delta rules), α = sigmoid(·) with a bias that starts
+near full retention (Gated DeltaNet), and for Titans θ = (chunk_step_max/C)·sigmoid(·) (a chunk's
+steps sum to at most chunk_step_max), the forget gate α = sigmoid(·) starting near zero forgetting,
+and the momentum decay η = momentum_max·sigmoid(·) (Titans Eqs. 13–14); Titans' v is ℓ2-normalised
+like q and k (`titans_inputs`, docs/SEMANTICS.md §2).
 
 The running memory is per sequence and lives in the mixer state (`MixerState`). Matrix memories
 (linear attention, DeltaNet, Gated DeltaNet) are exact per token (o_t = S_t q_t), so their state is
@@ -517,7 +517,7 @@ def titans_memory_config() -> ml_collections.ConfigDict:
             "chunk_step_max": 1.0,  # Σ θ_t over one chunk: θ_t = chunk_step_max/C · sigmoid(·)
             "momentum_max": 0.5,  # momentum decay η_t = momentum_max · sigmoid(·)
             "normalize_v": True,  # ℓ2-normalise v per head, like q and k
-            "stop_gradient_writes": False,  # no backprop through the inner writes (DESIGN §4)
+            "stop_gradient_writes": False,  # no backprop through the inner writes
         }
     )
 

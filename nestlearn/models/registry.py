@@ -26,11 +26,11 @@ memory at its initial state while everything else is computed as before from the
 block; `LanguageModel` switches its dynamic-evaluation steps. `has_memory(config)` says whether a
 model config has one.
 
-Layout is pre-norm residual (y = x + f(norm(x)) for each sub-layer). Running memory state is
-passed functionally through `state`; meta-learned initial memory values are `nnx.Param`s. Fast
-state that a block stores on itself must use `MemoryState`, so that `nnx.split(model, nnx.Param,
-...)` separates the slow weights from it. A block whose state contains `cms.CMSOnlineState` leaves
-(online continuum memory, PAPER §3.1) gets their dynamic-evaluation updates from `LanguageModel`.
+Layout is pre-norm residual (y = x + f(norm(x)) for each sub-layer). Running memory state is passed
+functionally through `state`; meta-learned initial memory values are `nnx.Param`s. Fast state that a
+block stores on itself must use `MemoryState`, so that `nnx.split(model, nnx.Param, ...)` separates
+the slow weights from it. A block whose state contains `cms.CMSOnlineState` leaves (online continuum
+memory, docs/SEMANTICS.md §6.2) gets their dynamic-evaluation updates from `LanguageModel`.
 
 **Default config.** `default_config_fn()` returns a fresh `ml_collections.ConfigDict`; build it
 from `base_config(name)` (the common fields) and add the block's own fields; CMS models add
@@ -151,7 +151,7 @@ def attention_config() -> ml_collections.ConfigDict:
 
 
 def cms_config() -> ml_collections.ConfigDict:
-    """The `cms` sub-config of models with a Continuum Memory System (PAPER §3)."""
+    """The `cms` sub-config of models with a Continuum Memory System (arXiv 2512.24695 §7.1)."""
     return ml_collections.ConfigDict(
         {
             "periods": (1, 4, 16),  # scheduled mode: level i trains every periods[i] steps

@@ -1,7 +1,7 @@
 """Titans blocks (LMM, MAC, MAG, MAL) and the DeltaNet / Gated DeltaNet baselines, registered.
 
-All blocks are pre-norm residual (Titans §4.4: residual connections in all blocks; PAPER §9 item 9)
-and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
+All blocks are pre-norm residual (Titans §4.4: residual connections in all blocks;
+docs/SEMANTICS.md §6.1) and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
 
 - `linear_attention`, `deltanet`, `gated_deltanet` (GDN §3.4): x ← x + Mixer(RMSNorm(x)),
   Mixer = `LinearAttention` / `DeltaNet` / `GatedDeltaNet`.
@@ -12,10 +12,10 @@ and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
   attention (sliding-window when `window` > 0) over [persistent ‖ h ‖ segment], y = Attn(·) (the
   retrieved token h_j sits at the position of x_j, so token i sees h_j and x_j for j ≤ i only:
   causal for language modelling);
-  write the memory with the attention output, M_s = M_{s−1}(y) (one chunk of Titans Eqs. 13–18
-  with k, v from y), and output o = y ⊗ M*(y), where M*(y) reads the segment-start memory (the
-  causal reading of Eq. 25, DESIGN §4). Attention never crosses a segment boundary; the memory is
-  the only path between segments.
+  write the memory with the attention output, M_s = M_{s−1}(y) (one chunk of Titans Eqs. 13–18 with
+  k, v from y), and output o = y ⊗ M*(y), where M*(y) reads the segment-start memory (the causal
+  reading of Titans Eq. 25, docs/SEMANTICS.md §5.2). Attention never crosses a segment boundary; the
+  memory is the only path between segments.
 - `titans_mag`, memory as gate (Titans Eqs. 26–28): y = SWA*(x) (sliding-window attention with
   persistent tokens) and m = LMM(x) on the same normalised input, o = RMSNorm(y) ⊙ σ(RMSNorm(m))
   (both branches normalised with learned vector weights, then the gate). The memory branch gets no

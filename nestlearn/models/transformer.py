@@ -1,9 +1,9 @@
-"""Transformer++ and Hope-Attention blocks (PAPER §5.8, §9 item 9), registered as models.
+"""Transformer++ and Hope-Attention blocks (docs/SEMANTICS.md §6.1), registered as models.
 
 - `transformer_pp`: pre-norm residual block, x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)),
   with RoPE attention (Llama style).
 - `hope_attention`: Hope-Attention replaces Hope's self-modifying Titans with softmax attention and
-  keeps the CMS in place of the MLP (PAPER §5.8): x + Attn(RMSNorm(x)), then CMS (Eq. 70/74).
+  keeps the CMS in place of the MLP: x + Attn(RMSNorm(x)), then CMS (Eq. 70/74).
   With a single CMS level it is exactly the Transformer++ block.
 """
 
@@ -51,7 +51,7 @@ class TransformerBlock(nnx.Module):
 
 
 class HopeAttentionBlock(nnx.Module):
-    """Hope-Attention block (PAPER §5.8): attention, then the CMS chain instead of the MLP.
+    """Hope-Attention block: attention, then the CMS chain instead of the MLP.
 
     The state is `(kv_cache, cms_state)`; cms_state is None in scheduled mode and a
     `CMSOnlineState` in online mode.
@@ -69,7 +69,8 @@ class HopeAttentionBlock(nnx.Module):
         """A Hope-Attention block that starts as `block`: attention copied, CMS from its MLP.
 
         The CMS's level 0 copies the MLP and its norm and the other levels start as identities
-        (`CMS.from_mlp`), so the new block initially computes what `block` computes (PAPER §3.4).
+        (`CMS.from_mlp`), so the new block initially computes what `block` computes (ad-hoc level
+        stacking, arXiv 2512.24695 §7.3).
         """
         new = cls(config, rngs=rngs)
         new.attn_norm = nnx.clone(block.attn_norm)

@@ -185,8 +185,8 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def batch_tree_shardings(tree: Any, mesh: Mesh, batch_size: int) -> Any:
     """Shardings for per-sequence state (memory states, KV caches, online-CMS buffers).
 
-    Leaves whose leading axis has `batch_size` entries are split over `BATCH_AXES` along it
-    (one memory state per sequence, DESIGN §4); the others (shared counters) are replicated.
+    Leaves whose leading axis has `batch_size` entries are split over `BATCH_AXES` along it (one
+    memory state per sequence, docs/SEMANTICS.md §5.2); the others (shared counters) are replicated.
     """
     if batch_size % batch_divisor(mesh):
         raise ValueError(

@@ -5,13 +5,13 @@ step 0; the input model is left unchanged (converted blocks are deep copies; unt
 the embedding and the final norm are shared, so train the returned model functionally — e.g.
 with `split_trainable` and `make_adapter_step` — or `nnx.clone` it first).
 
-- `convert_to_hope_attention` (PAPER §3.4, §5.8, arXiv 2512.24695): the MLP of each chosen block
-  becomes a CMS (Eq. 70/74). `init="stack"` (sequential chain, Eq. 70): level 0 copies the
+- `convert_to_hope_attention` (ad-hoc level stacking, arXiv 2512.24695 §7.3): the MLP of each chosen
+  block becomes a CMS (Eq. 70/74). `init="stack"` (sequential chain, Eq. 70): level 0 copies the
   pretrained MLP and its norm, the other levels start with a zero output projection, i.e. as
   identities (`CMS.from_mlp`). `init="copies"` (independent CMS, Eq. 74): every level copies the
-  pretrained MLP and the aggregation weights m_ℓ start at 1/k, so Σ_ℓ m_ℓ MLP_ℓ = MLP. Either
-  way the block equals the pretrained block until a level is updated (scheduled mode: before
-  the first optimizer step; online mode: until the first chunk boundary, Eq. 71).
+  pretrained MLP and the aggregation weights m_ℓ start at 1/k, so Σ_ℓ m_ℓ MLP_ℓ = MLP. Either way
+  the block equals the pretrained block until a level is updated (scheduled mode: before the first
+  optimizer step; online mode: until the first chunk boundary, Eq. 71).
 - `add_memory_pathways`: a Titans neural memory (Titans Eqs. 8–18) or a self-modifying Titans
   memory (Hope Eqs. 83–93) reads the same normed input as attention and joins the residual
   through a gate:
@@ -19,7 +19,7 @@ with `split_trainable` and `make_adapter_step` — or `nnx.clone` it first).
       h = RMSNorm(x);  x ← x + Attn(h) + g_t ⊙ M(h);  then the block's MLP / CMS,
       g_t = g_min + (1 − g_min) · σ(h_t · w_g + b_g)      (one scalar per token and layer)
 
-  This is the MAG idea (Titans Eqs. 26–28, PAPER §4.6: attention and memory as two branches
+  This is the MAG idea (Titans Eqs. 26–28, Titans §4: attention and memory as two branches
   combined by a σ-gate) made function-preserving: MAG multiplies σ(M(x)) into the attention
   branch, which would change the pretrained function; here the memory branch is added with its
   own gate. **Initialisation:** the memory's output projection is zero, so M(h) = 0 and the
@@ -119,7 +119,7 @@ def convert_to_hope_attention(
     chunk_sizes: Sequence[int] = (16, 64),
     inner_lr: float = 1e-3,
 ) -> LanguageModel:
-    """Hope-Attention (PAPER §5.8): the chosen blocks' MLPs become CMS initialised from them.
+    """Hope-Attention: the chosen blocks' MLPs become CMS initialised from them.
 
     Args:
       model: a `LanguageModel` of `TransformerBlock`s (e.g. from `load_gguf`).

@@ -1,7 +1,7 @@
-"""Synthetic passkey retrieval in a natural-text haystack (issue 7, experiment c).
+"""Synthetic passkey retrieval in a natural-text haystack (docs/adapters.md, experiment (c)).
 
 The task of Mohtashami & Jaggi (2023, "Landmark Attention") as used for long-context retrieval
-(NIAH, PAPER §9): a random n-digit key is stated once in a long stretch of unrelated text and
+(needle in a haystack): a random n-digit key is stated once in a long stretch of unrelated text and
 asked for at the end. One example is, in tokens,
 
     haystack[:s] ‖ needle ‖ haystack[s : s + f] ‖ question ‖ " " d_1 … d_n

@@ -42,7 +42,7 @@ def test_tuned_allocator_stops_page_faults_of_xla_buffers():
     assert settings == "None"
     settings, tuned = _faults("tuned")
     assert settings == str(host_memory.SETTINGS)
-    # Measured: 2,944 against 65 faults per call (session 5, 2-core CPU).
+    # Measured: 2,944 against 65 faults per call (2-core CPU).
     assert tuned < default / 4, (tuned, default)
 
 

@@ -1,9 +1,9 @@
 """Every kernel lowers for the accelerators it targets, checked on this CPU machine.
 
 `jax.jit(f).trace(...).lower(lowering_platforms=...)` runs the Pallas → Triton IR and Pallas →
-Mosaic lowerings (DESIGN §6), so a kernel that uses an operation, shape or block spec the
-accelerator backend rejects at lowering fails here. (Mosaic's layout passes and Triton's PTX
-compilation run only on the device.)
+Mosaic lowerings on the CPU (docs/kernels.md §5), so a kernel that uses an operation, shape or
+block spec the accelerator backend rejects at lowering fails here. (Mosaic's layout passes and
+Triton's PTX compilation run only on the device.)
 """
 
 import functools

@@ -25,7 +25,7 @@ def test_dot_product_gradient_is_the_hebbian_write(x64, data):
 
 
 def test_l2_gradient_is_the_delta_write(x64, data):
-    """∇ ½‖W k − v‖² = (W k − v) kᵀ (Titans Eq. 17 in the k/v form, PAPER §9 item 17)."""
+    """∇ ½‖W k − v‖² = (W k − v) kᵀ (Titans Eq. 17 in the k/v form, docs/SEMANTICS.md §5.3)."""
     w, k, v = data
     np.testing.assert_allclose(_grad(objectives.l2(), w, k, v), np.outer(w @ k - v, k))
 

@@ -1,9 +1,10 @@
 """Tests for Hope's self-modifying memory (Eqs. 83–93, arXiv 2512.24695).
 
 The oracle ``_naive`` is a Python loop over tokens written straight from Eqs. 83–88 with Titans
-momentum and the causal chunk index C⌊(t−1)/C⌋ (PAPER §5.6, §9 item 7): it snapshots the memories
-at chunk starts, takes the inner gradient with ``jax.grad`` of ½‖M(k) − v̂‖², and applies the
-printed matrix factor (diag(α) − k (η ⊙ k)ᵀ) explicitly. It shares no code with the implementation.
+momentum and the causal chunk index C⌊(t−1)/C⌋ (docs/SEMANTICS.md §1.2 row 1): it snapshots the
+memories at chunk starts, takes the inner gradient with ``jax.grad`` of ½‖M(k) − v̂‖², and applies
+the printed matrix factor (diag(α) − k (η ⊙ k)ᵀ) explicitly. It shares no code with the
+implementation.
 """
 
 import dataclasses
@@ -402,7 +403,7 @@ def test_stop_gradient_writes_keeps_values_changes_gradients(x64):
     assert float(jnp.max(jnp.abs(grad[:, 4:]))) == 0.0
 
 
-# The Table 6 ablations (PAPER §7.11) except CMS, which is not part of this layer.
+# The ablations of NL-arXiv Table 6 except CMS, which is not part of this layer.
 ABLATIONS = [
     {"momentum": 0.0},
     {"use_dgd": False},

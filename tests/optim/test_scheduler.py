@@ -1,6 +1,6 @@
 """The level scheduler against a hand-written loop of Eq. 71 (arXiv 2512.24695), plus contracts.
 
-The reference below is written straight from Eq. 71 with the half-open chunk (PAPER §9 item 12):
+The reference below is written straight from Eq. 71 with the half-open chunk (docs/levels.md):
 level ℓ with period k keeps a running sum of its gradients and, on steps k, 2k, … (from 1),
 hands the sum (or the sum / k) to its rule — SGD or Adam written out by hand in numpy float64 —
 then clears the sum; on other steps its parameters and rule state stay as they were.
