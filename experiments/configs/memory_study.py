@@ -24,6 +24,10 @@ import results_lm
 
 from nestlearn.models.hope import HOPE_WRITES
 
+#: The `hope` model's write rule, retention towards zero (Eq. 88's α_t W) named explicitly: the
+#: rule of the variants below that do not name a target.
+ZERO_RETENTION = {**HOPE_WRITES, "retention_target": "zero"}
+
 #: Hope variants of this study: `self_modifying` changes on top of the `hope` config.
 HOPE_VARIANTS = {
     # Retention α ≈ sigmoid(7) = 0.999 at initialisation (a memory horizon of ~1,000 tokens)
@@ -47,25 +51,25 @@ HOPE_VARIANTS = {
     # write rule (`nestlearn.models.hope.HOPE_WRITES`) at η_max 1.
     "hope_tok_nodgd_dv": (
         "Hope, token-normalised η ≤ 1, no DGD, ∇ through v̂, no momentum, α₀ 0.999",
-        {**HOPE_WRITES, "eta_max": 1.0},
+        {**ZERO_RETENTION, "eta_max": 1.0},
     ),
     # The `hope` model's default write rule (η_max 4).
-    "hope_eta4": ("Hope, model default write rule (η ≤ 4)", dict(HOPE_WRITES)),
+    "hope_eta4": ("Hope, model default write rule (η ≤ 4)", ZERO_RETENTION),
     # The default write rule at η_max 16: a token's write removes the fraction
     # η‖a‖²/(1 + η‖a‖²) of its error, small when ‖a‖ is (a = σ(W₂k) − σ(W₂v), k close to v);
     # η_max 1 → 4 doubled the late gap.
-    "hope_eta16": ("Hope, default write rule at η ≤ 16", {**HOPE_WRITES, "eta_max": 16.0}),
+    "hope_eta16": ("Hope, default write rule at η ≤ 16", {**ZERO_RETENTION, "eta_max": 16.0}),
     # The default write rule with M_k and M_v initialised further from the identity (W₁ std
     # s/√n; on unit random inputs cos(k, v) ≈ 0.8 at s = 1, 0.5 at 2, 0.2 at 4), so that a write
     # stores an association between two different vectors rather than the small difference
     # between k and v ≈ k (the trained default's inner loss ½‖k − v‖² is ≈ 0.03).
     "hope_kv2": (
         "Hope, default write rule, kv_init_scale 2",
-        {**HOPE_WRITES, "kv_init_scale": 2.0},
+        {**ZERO_RETENTION, "kv_init_scale": 2.0},
     ),
     "hope_kv4": (
         "Hope, default write rule, kv_init_scale 4",
-        {**HOPE_WRITES, "kv_init_scale": 4.0},
+        {**ZERO_RETENTION, "kv_init_scale": 4.0},
     ),
     # The default write rule with retention towards the meta-learned initial weights W₀
     # (W₀ + α(W − W₀)) instead of towards zero, a fixed point of the residual-MLP memory's
@@ -81,11 +85,22 @@ HOPE_VARIANTS = {
         {**HOPE_WRITES, "retention_target": "initial", "alpha_bias_init": 4.0},
     ),
 }
+#: Runs of a model of this study at another peak learning rate: name -> (model, lr).
+LR_VARIANTS = {"hope_w0_lr1e-3": ("hope_w0", 1e-3)}
 #: Compared models: the memory models, Hope variants and the attention control.
-MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
+MODELS = (
+    "hope",
+    *HOPE_VARIANTS,
+    *LR_VARIANTS,
+    "titans_lmm",
+    "deltanet",
+    "gated_deltanet",
+    "transformer_pp",
+)
 #: No ablations in this study (the sweep's `--ablations` default).
 ABLATIONS: dict = {}
 LABELS = {**results_lm.LABELS, **{k: label for k, (label, _) in HOPE_VARIANTS.items()}}
+LABELS.update({k: f"{LABELS[m]}, lr {lr:g}" for k, (m, lr) in LR_VARIANTS.items()})
 TARGET_PARAMS = results_lm.TARGET_PARAMS
 PARAM_TOLERANCE = results_lm.PARAM_TOLERANCE
 #: Window length (bytes) and windows per batch (2,048 bytes per step, as the LM comparison).
@@ -107,6 +122,11 @@ def get_config(arg: str | None = "hope"):
     name, _, mode = (arg or "hope").partition(",")
     if name not in MODELS:
         raise ValueError(f"memory_study model {name!r} is unknown; allowed: {list(MODELS)}")
+    if name in LR_VARIANTS:
+        model, lr = LR_VARIANTS[name]
+        c = get_config(f"{model},{mode}" if mode else model)
+        c.optim.lr = lr
+        return c
     base = "hope" if name in HOPE_VARIANTS else name
     c = results_lm.get_config(f"{base},{mode}" if mode else base)
     if name in HOPE_VARIANTS:

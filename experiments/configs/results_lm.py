@@ -93,8 +93,9 @@ VARIANTS = MODELS + tuple(ABLATIONS)
 
 #: Hope's self-modifying memory in this study, for Hope and every ablation: the Table 6
 #: reference with every switch of the table on (DGD erase, momentum 0.5), the curvature-normalised
-#: chunk step at η_max 0.1 and α₀ ≈ 0.98. The `hope` model's default write rule
-#: (`nestlearn.models.hope.HOPE_WRITES`: no DGD, no momentum, token-normalised η ≤ 4) has two of
+#: chunk step at η_max 0.1, α₀ ≈ 0.98 and retention towards zero (Eq. 88 as printed). The `hope`
+#: model's default write rule (`nestlearn.models.hope.HOPE_WRITES`: no DGD, no momentum,
+#: token-normalised η ≤ 4, retention towards the initial weights) has two of
 #: those switches off, so the ablations need this one; experiments/configs/memory_study.py
 #: compares the two (docs/SEMANTICS.md §1.3).
 HOPE_SELF_MODIFYING = {
@@ -104,6 +105,7 @@ HOPE_SELF_MODIFYING = {
     "momentum": 0.5,
     "stop_gradient_vhat": True,
     "alpha_bias_init": 4.0,
+    "retention_target": "zero",
 }
 
 
