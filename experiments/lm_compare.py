@@ -20,7 +20,8 @@ comparable at any point. After each run `<out>/README.md`, `<out>/results.json` 
 `<out>/loss_vs_tokens.png` are rewritten from all finished runs.
 
 A run that diverges (the trainer stops it with `NonFiniteError` after
-`train.max_consecutive_nonfinite` non-finite steps in a row) is recorded too: its JSON has
+`train.max_consecutive_nonfinite` non-finite steps in a row, or it finishes after skipped steps
+with a non-finite validation loss) is recorded too: its JSON has
 `final: null` and a `diverged` entry (first non-finite step, stopping step, last finite loss),
 is skipped like a finished run, is left out of every mean, and is listed as diverged in the
 tables; the sweep goes on with the next run.
@@ -171,6 +172,10 @@ def train_one(
     except NonFiniteError as error:
         final = None
         diverged = divergence(read_metrics(run_dir / "metrics.jsonl"), str(error))
+    if final is not None and not math.isfinite(float(final["val_loss"])):
+        # Trained to the end with skipped steps, then evaluated to a non-finite loss.
+        message = f"non-finite validation loss after {final.get('skipped_steps', 0)} skipped steps"
+        final, diverged = None, divergence(read_metrics(run_dir / "metrics.jsonl"), message)
     wall = time.perf_counter() - start
     records = read_metrics(run_dir / "metrics.jsonl")
     tokens_per_step = config.data.batch_size * config.data.seq_len

@@ -118,3 +118,23 @@ def test_a_diverged_run_is_recorded_and_reported_not_averaged(lm_compare, tmp_pa
     readme = (out / "README.md").read_text()
     assert "| Hope | yes | +0.2000 | 0.1000 | +2.0 | +0.1000 ± 0.0100, +0.3000 ± 0.0100 |" in readme
     assert (out / "loss_by_position.png").exists()
+
+
+def test_a_run_that_ends_with_a_nonfinite_validation_loss_is_recorded_as_diverged(
+    lm_compare, tmp_path, monkeypatch
+):
+    """Skipped steps can leave a run that finishes but evaluates to NaN: it is diverged, not
+    a finished run whose NaN would enter the means."""
+    train = lm_compare.train_and_evaluate
+
+    def nan_at_the_end(config, workdir):
+        final = train(config, workdir)
+        return {**final, "val_loss": float("nan"), "skipped_steps": 3}
+
+    monkeypatch.setattr(lm_compare, "train_and_evaluate", nan_at_the_end)
+    out = tmp_path / "out"
+    record = lm_compare.train_one("transformer_pp", 0, out, tmp_path / "work", quick=True)
+    assert record["final"] is None and record["probe"] is None
+    assert record["diverged"]["message"] == "non-finite validation loss after 3 skipped steps"
+    lm_compare.write_report(out, "test")  # no NaN reaches a mean
+    assert "diverged" in json.loads((out / "results.json").read_text())["transformer_pp"]
