@@ -196,6 +196,7 @@ def main(argv):
         f"finite: {finite}; collapsed (final norm < {COLLAPSE_RATIO:g} × initial): "
         f"{len(dead)} of {live} state arrays that started non-zero; "
         f"largest state norm over the stream {largest:.3g}; "
+        f"mean loss {np.mean(trace['loss']):.3f}; "
         f"{len(trace['tokens']) * FLAGS.chunk / trace['seconds']:,.0f} tokens/s"
     )
     if FLAGS.out:

@@ -796,8 +796,7 @@ def _chunked_one(
     if stats:
         tokens, gen_losses = tokens
 
-    mem_anchor = anchor_of(["memory"])
-    mem_anchor = None if mem_anchor is None else tuple(a[0] for a in mem_anchor)
+    mem_anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
 
     def memory_body(mem, tok):
         new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=mem_anchor)
