@@ -85,11 +85,24 @@ HOPE_VARIANTS = {
         {**HOPE_WRITES, "retention_target": "initial", "alpha_bias_init": 4.0},
     ),
 }
+#: Runs of a model of this study at another peak learning rate: name -> (model, lr). The model
+#: default's write rule at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the
+#: divergence grid of docs/results/memory/README.md.
+LR_VARIANTS = {"hope_eta4_lr1e-3": ("hope_eta4", 1e-3)}
 #: Compared models: the memory models, Hope variants and the attention control.
-MODELS = ("hope", *HOPE_VARIANTS, "titans_lmm", "deltanet", "gated_deltanet", "transformer_pp")
+MODELS = (
+    "hope",
+    *HOPE_VARIANTS,
+    *LR_VARIANTS,
+    "titans_lmm",
+    "deltanet",
+    "gated_deltanet",
+    "transformer_pp",
+)
 #: No ablations in this study (the sweep's `--ablations` default).
 ABLATIONS: dict = {}
 LABELS = {**results_lm.LABELS, **{k: label for k, (label, _) in HOPE_VARIANTS.items()}}
+LABELS.update({k: f"{LABELS[m]}, lr {lr:g}" for k, (m, lr) in LR_VARIANTS.items()})
 TARGET_PARAMS = results_lm.TARGET_PARAMS
 PARAM_TOLERANCE = results_lm.PARAM_TOLERANCE
 #: Window length (bytes) and windows per batch (2,048 bytes per step, as the LM comparison).
@@ -111,6 +124,11 @@ def get_config(arg: str | None = "hope"):
     name, _, mode = (arg or "hope").partition(",")
     if name not in MODELS:
         raise ValueError(f"memory_study model {name!r} is unknown; allowed: {list(MODELS)}")
+    if name in LR_VARIANTS:
+        model, lr = LR_VARIANTS[name]
+        c = get_config(f"{model},{mode}" if mode else model)
+        c.optim.lr = lr
+        return c
     base = "hope" if name in HOPE_VARIANTS else name
     c = results_lm.get_config(f"{base},{mode}" if mode else base)
     if name in HOPE_VARIANTS:

@@ -10,11 +10,13 @@ TFLOP/s and GB/s against the device's measured matmul and copy ceilings
 and without momentum together with the MLP-memory op.
 
 Work per call (:func:`cost`), counted for the chunked algorithm as implemented
-(:func:`nestlearn.kernels.gated_delta.chunk.chunk_step`; both implementations run it): per
-sequence·head (b·h of them) and per chunk (N = ⌈T/c⌉ of them) of c tokens, with key/value widths
-d_k, d_v, s = ⌈log₂ c⌉ − 1 squarings in the triangular solve, and μ = 1 with momentum (0 without):
+in the kernels (:func:`nestlearn.kernels.gated_delta.chunk.chunk_step` with the product-form
+triangular solve :func:`nestlearn.kernels.triangular.unit_lower_solve`; the XLA path's blocked
+substitution is counted the same): per sequence·head (b·h of them) and per chunk (N = ⌈T/c⌉ of
+them) of c tokens, with key/value widths d_k, d_v, μ = 1 with momentum (0 without), and in the
+solve p = ⌈log₂ min(8, c)⌉ factors of the 8 × 8 diagonal blocks and l = ⌈log₂(c/8)⌉ doublings:
 
-    FLOPs_fwd     = 4c²d_k + 2c²d_v(2 + s) + 2c³s + 6(1 + μ) c d_k d_v
+    FLOPs_fwd     = 4c²d_k + 4c²d_v + 4c³(p − 1 + l) + 6(1 + μ) c d_k d_v
     FLOPs_fwd+bwd = 3 FLOPs_fwd
 
 (matmul FLOPs only; a product's backward is two products of the same size; the Pallas path's
@@ -30,26 +32,22 @@ c × c decay matrices Φ and Π, the per-token coefficients) and state size P = 
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-from nestlearn.kernels import benchmarking
+from nestlearn.kernels import benchmarking, triangular
 from nestlearn.kernels.benchmarking import Cost
 from nestlearn.kernels.gated_delta.api import gated_delta
 from nestlearn.kernels.gated_delta.config import BlockSizes
 
 
-def _squarings(c: int) -> int:
-    """Products of N with itself in ``chunk.unit_lower_solve`` for a chunk of c tokens."""
-    return max(0, math.ceil(math.log2(c)) - 1) if c > 1 else 0
-
-
 def cost(*, b, t, h, d_k, d_v, chunk_size, momentum) -> tuple[Cost, Cost]:
     """(forward, forward+backward) :class:`Cost` of one call (module docstring)."""
-    c, mu, s = chunk_size, int(bool(momentum)), _squarings(chunk_size)
+    c, mu = chunk_size, int(bool(momentum))
+    p, levels = triangular.products(min(triangular.BLOCK, c)), triangular.doublings(c)
     chunks, bh = -(-t // c), b * h
-    flops = 4 * c**2 * d_k + 2 * c**2 * d_v * (2 + s) + 2 * c**3 * s + 6 * (1 + mu) * c * d_k * d_v
+    solve = 4 * c**3 * (p - 1 + levels) + 2 * c**2 * d_v
+    flops = 4 * c**2 * d_k + 2 * c**2 * d_v + solve + 6 * (1 + mu) * c * d_k * d_v
     terms = chunks * (c * (2 * d_k + d_v) + 2 * c**2 + 3 * c + 1 + mu * (3 * c + 2))
     state = (1 + mu) * d_v * d_k
     out = chunks * c * d_v

@@ -12,6 +12,7 @@ import functools
 import jax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from nestlearn.kernels import triangular
 from nestlearn.kernels.gated_delta import chunk
 from nestlearn.kernels.gated_delta.config import BlockSizes
 
@@ -37,7 +38,7 @@ def _kernel(*refs, treedef, n_terms, has_momentum, save_starts):
         start[...] = scr[...]
     x = jax.tree.map(lambda r: r[...], terms)
     z = scratch[1][...] if has_momentum else None
-    o, (s, z) = chunk.chunk_step(x, (scratch[0][...], z))
+    o, (s, z) = chunk.chunk_step(x, (scratch[0][...], z), triangular.unit_lower_solve)
     o_ref[...] = o.astype(o_ref.dtype)
     scratch[0][...] = s
     if has_momentum:

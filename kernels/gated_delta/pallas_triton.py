@@ -12,6 +12,7 @@ import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from nestlearn.kernels import triangular
 from nestlearn.kernels.gated_delta import chunk
 from nestlearn.kernels.gated_delta.config import BlockSizes
 
@@ -45,7 +46,7 @@ def _kernel(*refs, treedef, n_terms, n_chunks, has_momentum, save_starts):
             if has_momentum:
                 starts[1][c] = z
         x = jax.tree.map(lambda r: r[c], terms)
-        o, (s, z) = chunk.chunk_step(x, (s, z))
+        o, (s, z) = chunk.chunk_step(x, (s, z), triangular.unit_lower_solve)
         o_ref[c] = o.astype(o_ref.dtype)
         return s, z
 

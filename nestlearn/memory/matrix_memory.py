@@ -28,9 +28,8 @@ cumulative logs, never a quotient of two products, so small α underflows to a z
 producing 0/0. α is clamped to the smallest normal number of the compute dtype before the log (α = 0
 therefore means "forget all but the current write" up to that clamp). All exponents are ≤ 0 for
 α ∈ (0, 1], the intended range. The UT transform needs X = (I + L)⁻¹ for a strictly
-lower-triangular L per chunk: blocked forward substitution (:func:`_inverse_unit_lower`).
-``jax.scipy.linalg.solve_triangular`` is not used: its batched LAPACK calls made forward +
-backward ~5–20× slower on the 2-core CPU machine.
+lower-triangular L per chunk: blocked forward substitution
+(:func:`nestlearn.kernels.triangular.unit_lower_inverse`).
 
 Gradients. The segments of the delta rules (:func:`_delta_segment`) have a hand-written VJP. With
 R_n = S_nᵀ, Δ_n = U_n − W_n R_n, R_{n+1} = γ_n R_n + K̃_nᵀ Δ_n and O_n = Q̂_n R_n + P_n Δ_n, the
@@ -65,6 +64,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nestlearn.core.validation import check_chunk_size, check_nonempty, check_unit_interval
+from nestlearn.kernels.triangular import unit_lower_inverse
 
 __all__ = [
     "delta_rule",
@@ -244,47 +244,6 @@ def _from_chunks(o, t):
     return jnp.moveaxis(o, (0, 2), (1, 3)).reshape(b, n * c, h, d)[:, :t]
 
 
-def _substitute_rows(lower):
-    """(I + L)⁻¹ for strictly lower-triangular L [..., c, c], by forward substitution: one row
-    per step of a ``lax.fori_loop``, X_i = e_i − Σ_{j<i} L_ij X_j."""
-    c = lower.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(c, dtype=lower.dtype), lower.shape)
-
-    def substitute(i, x):  # x: [..., c, c]; rows < i already hold rows of the inverse
-        row = lax.dynamic_index_in_dim(lower, i, axis=-2)  # [..., 1, c]
-        new = lax.dynamic_index_in_dim(eye, i, axis=-2) - row @ x
-        return lax.dynamic_update_index_in_dim(x, new, i, axis=-2)
-
-    return lax.fori_loop(0, c, substitute, eye)
-
-
-# Block size of the blocked forward substitution in :func:`_inverse_unit_lower`.
-_INVERSE_BLOCK = 8
-
-
-def _inverse_unit_lower(lower):
-    """(I + L)⁻¹ for the strictly lower-triangular part L of ``lower`` [..., c, c].
-
-    Blocked forward substitution: the diagonal blocks D_i = (I + L_ii)⁻¹ (b × b, b =
-    :data:`_INVERSE_BLOCK`) by row substitution, all blocks at once; then block-row by block-row,
-    X_ij = −D_i Σ_{l<i} L_il X_lj for j < i and X_ii = D_i. At c = 32 this is 8 + 2·3 dependent
-    steps instead of 32 (about half the time of the row-by-row loop on the 2-core CPU).
-    """
-    lower = jnp.tril(lower, -1)
-    c, bs = lower.shape[-1], _INVERSE_BLOCK
-    if c % bs or c == bs:
-        return _substitute_rows(lower)
-    blocks = range(c // bs)
-    diag = jnp.stack([lower[..., i * bs : (i + 1) * bs, i * bs : (i + 1) * bs] for i in blocks], -3)
-    diag = _substitute_rows(diag)  # D_i [..., c / b, b, b]
-    x = jnp.zeros_like(lower).at[..., :bs, :bs].set(diag[..., 0, :, :])
-    for i in blocks[1:]:
-        rows, done = slice(i * bs, (i + 1) * bs), slice(0, i * bs)
-        left = -(diag[..., i, :, :] @ (lower[..., rows, done] @ x[..., done, done]))
-        x = x.at[..., rows, done].set(left).at[..., rows, rows].set(diag[..., i, :, :])
-    return x
-
-
 def _linear_chunk(s, q, k, v):
     """One chunk of linear attention: O = Q Sᵀ + (Q Kᵀ ⊙ M) V, S ← S + Vᵀ K.
 
@@ -379,7 +338,7 @@ def _segment_fwd(s0, q, k, v, log_alpha, beta):
     decay = jnp.exp(jnp.sum(log_alpha, axis=-1))  # γ_c [...]
     k_beta = beta[..., None] * k  # diag(β) K
     kk = _nt(k_beta, k)  # diag(β) K Kᵀ
-    x = _inverse_unit_lower(ratios * kk)  # (I + L)⁻¹, L = strictLower(Γ ⊙ diag(β) K Kᵀ)
+    x = unit_lower_inverse(ratios * kk)  # (I + L)⁻¹, L = strictLower(Γ ⊙ diag(β) K Kᵀ)
     u = x @ (beta[..., None] * v)  # [..., c, d_v]
     w = x @ (gamma[..., None] * k_beta)  # [..., c, d_k]
     qk = _nt(q, k)

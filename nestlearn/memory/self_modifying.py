@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nestlearn.kernels.triangular import unit_lower_inverse
 from nestlearn.memory import architectures, instruments
 
 __all__ = [
@@ -507,22 +508,6 @@ def _bilinear(x: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
     return jnp.einsum("mc,tc,tmc->tm", x, y, weight)
 
 
-def _unit_lower_inverse(strict: jax.Array) -> jax.Array:
-    """(I + N)⁻¹ for strictly lower-triangular N [c, c], with ⌈log₂ c⌉ matmuls.
-
-    N is nilpotent (Nᶜ = 0), so (I + N)⁻¹ = Σ_j (−N)^j = Π_{i<m} (I + (−N)^{2^i}) with 2^m ≥ c.
-    Batched matmuls vectorise far better than a triangular solve under vmap on CPU.
-    """
-    c = strict.shape[0]
-    eye = jnp.eye(c, dtype=strict.dtype)
-    power = -strict
-    inverse = eye + power
-    for _ in range(max(0, math.ceil(math.log2(c)) - 1)):
-        power = power @ power
-        inverse = inverse @ (eye + power)
-    return inverse
-
-
 def _write_chunk(
     mem: _Memory,
     tok: _Tokens,
@@ -628,7 +613,7 @@ def _write_chunk(
         # (e⁰ the chunk-start residual): one system per head, or per channel when e = d.
         strict = jnp.einsum("tn,mn->tm", a, a)[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
         rhs = e + (jnp.exp(lam[:-1]) - 1.0) * (a @ dev1.T) + beta * phi[:-1, 0] * (a @ s1.T)
-        solve = lambda m, r: _unit_lower_inverse(m) @ r
+        solve = lambda m, r: unit_lower_inverse(m) @ r
         if per_head:
             e = solve(strict[..., 0], rhs)  # [c, d]
         else:
@@ -662,7 +647,7 @@ def _write_chunk(
                 rhs = rhs + k @ anchor[1].T
             for delta, rho in terms:
                 rhs = rhs - _bilinear(eta2 * rho, k, phi[:-1]) @ delta
-        r = _unit_lower_inverse(q_mat) @ rhs  # [c, n]
+        r = unit_lower_inverse(q_mat) @ rhs  # [c, n]
     w2_new = scale_cols(decay_c, dev2) + beta * scale_cols(phi_0, s2)
     if anchor is not None:
         w2_new = w2_new + anchor[1]

@@ -71,13 +71,13 @@ class GatedDeltaSuite:
     EXACT_DTYPE = jnp.float64  # the TPU interpreter has no float64: float32 there
     EXACT_TOL = 1e-9
 
-    def run(self, args, momentum, initial_state=None):
+    def run(self, args, momentum, initial_state=None, chunk_size=None):
         fn = jax.jit(
             lambda args, momentum, initial_state: gated_delta(
                 **args,
                 momentum=momentum,
                 initial_state=initial_state,
-                chunk_size=self.CHUNK,
+                chunk_size=chunk_size or self.CHUNK,
                 implementation=self.IMPLEMENTATION,
                 interpret=self.INTERPRET,
             )
@@ -145,6 +145,24 @@ class GatedDeltaSuite:
             np.asarray(o, np.float32), np.asarray(o_ref, np.float32), atol=tol * scale
         )
         assert_trees_close(s, s_ref, atol=tol * float(jnp.abs(s_ref.memory).max()))
+
+    @pytest.mark.parametrize("with_momentum", [False, True])
+    def test_correlated_keys_in_float32(self, with_momentum):
+        """Keys of cosine ≈ 0.9 and β ≈ 1 at chunk 64 (the triangular solve's hard case: the
+        product of powers was off by 10¹⁰ here, docs/kernels.md §2) match the f32 recurrence."""
+        self.require_full()
+        args, mom = make_inputs(jax.random.key(7), t=128, momentum=with_momentum, dtype=jnp.float32)
+        shared = jax.random.normal(jax.random.key(8), (16,))
+        k = 0.9 * shared + 0.1 * jax.random.normal(jax.random.key(9), args["k"].shape)
+        args["k"] = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+        args["alpha"] = jnp.full_like(args["alpha"], 0.999)
+        args["beta"] = jax.random.uniform(jax.random.key(10), args["beta"].shape, minval=0.9)
+        o, s = self.run(args, mom, chunk_size=64)
+        o_ref, s_ref = gated_delta_recurrent(**args, momentum=mom)
+        scale = float(jnp.abs(o_ref).max())
+        np.testing.assert_allclose(np.asarray(o), np.asarray(o_ref), atol=1e-4 * scale)
+        state_scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(s_ref))
+        assert_trees_close(s, s_ref, atol=1e-4 * state_scale)
 
     def test_nan_propagates(self):
         """A NaN in one value yields NaN in that head's later outputs and final state."""

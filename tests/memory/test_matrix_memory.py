@@ -280,16 +280,6 @@ def test_segment_vjp_first_and_second_order(x64):
     check_grads(matrix_memory._delta_segment, args, order=2, modes=("rev",))
 
 
-@pytest.mark.parametrize("c", [5, 8, 16, 32, 40])
-def test_inverse_unit_lower(x64, c):
-    # (I + strictLower(L))⁻¹: row substitution (c = 5, 8) or blocks of 8 (c = 16, 32, 40), batched.
-    rng = np.random.default_rng(14)
-    lower = 0.3 * rng.normal(size=(2, 3, c, c))
-    got = matrix_memory._inverse_unit_lower(lower)
-    _assert_close(got, np.linalg.inv(np.eye(c) + np.tril(lower, -1)), 1e-12)
-    check_grads(matrix_memory._inverse_unit_lower, (lower[:1, :1],), order=1, modes=("rev",))
-
-
 def test_forward_mode_is_refused_with_a_clear_error(x64):
     # The chunk forms of the delta rules have a custom VJP; jax.jvp cannot go through it.
     q, k, v, alpha, beta, _ = _inputs(15, b=1, t=5, h=1, d_k=3, d_v=2)
