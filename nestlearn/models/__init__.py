@@ -22,7 +22,7 @@ from nestlearn.models.cms import (
     cms_online_update,
 )
 from nestlearn.models.generate import generate, sample_logits
-from nestlearn.models.hope import HopeBlock
+from nestlearn.models.hope import HopeBlock, SelfModifyingTitans
 from nestlearn.models.language_model import LanguageModel, LMState, OnlinePending, build
 from nestlearn.models.layers import (
     MLP,
@@ -40,8 +40,6 @@ from nestlearn.models.mixers import (
     LinearAttention,
     Mixer,
     MixerState,
-    SelfModifyingTitans,
-    TitansMemory,
     chunk_aligned,
 )
 from nestlearn.models.params import count_params
@@ -65,6 +63,7 @@ from nestlearn.models.titans import (
     MALBlock,
     TitansLMMBlock,
 )
+from nestlearn.models.titans_memory import TitansMemory
 from nestlearn.models.transformer import HopeAttentionBlock, TransformerBlock
 
 __all__ = [

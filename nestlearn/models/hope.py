@@ -1,38 +1,51 @@
-"""The Hope block: self-modifying Titans followed by a Continuum Memory System.
+"""The Hope block, self-modifying Titans followed by a Continuum Memory System, and its mixer.
 
 Eqs. 94–97 (§8.3 of arXiv 2512.24695), inside pre-norm residuals (docs/SEMANTICS.md §6.1):
 
     x ← x + SelfModifyingTitans(RMSNorm(x))      o_t of Eq. 94, memories written by Eq. 96
     y = CMS(x)                                   Eq. 97 (each level is x + MLP(RMSNorm(x)))
 
+`SelfModifyingTitans` is the self-modifying memory (`nestlearn.memory.self_modifying_memory`,
+Hope Eqs. 83–93) inside the shared mixer layout of `nestlearn.models.mixers`; it takes every
+gradient of a chunk at the chunk-start weights, so its streaming state is a `ChunkStream` aligned
+to both of its chunk sizes (`chunk_aligned`).
+
 The self-modifying memory's options are the `self_modifying` sub-config (the fields of
 `nestlearn.memory.SelfModifyingConfig`, so each ablation of Table 6 is one config switch), but for
 two that come from the model config: the output-memory chunk (`memory_chunk_size`) is the model's
-`chunk_size` and `writes` its `memory_writes`. The CMS comes from the `cms` sub-config (scheduled
-or online mode, sequential / nested / independent variant).
+`chunk_size` and `writes` its `memory_writes`. `default_self_modifying_config` gives the
+sub-config and `self_modifying_config` turns it and those two fields into a `SelfModifyingConfig`.
+The CMS comes from the `cms` sub-config (scheduled or online mode, sequential / nested /
+independent variant).
 
 `kernel_impl`: the self-modifying memory has residual-MLP memories, for which `nestlearn.kernels`
 provides no op (its `gated_delta` kernel covers matrix memories), so "auto" and "xla" run
 `nestlearn.memory.self_modifying_memory` and "pallas" is rejected with a `ValueError` rather than
 silently ignored.
 
-Shapes: b batch, t tokens, d model width.
+Shapes: b batch, t tokens, h heads, d model width, d_h head width.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from nestlearn.memory import self_modifying
 from nestlearn.models.cms import CMS
 from nestlearn.models.layers import RMSNorm
 from nestlearn.models.mixers import (
-    SelfModifyingTitans,
-    default_self_modifying_config,
-    self_modifying_config,
+    ChunkStream,
+    Mixer,
+    broadcast_batch,
+    chunk_aligned,
+    param_tree,
+    param_values,
 )
 from nestlearn.models.registry import base_config, cms_config, register
 
@@ -47,6 +60,146 @@ HOPE_WRITES = {
     "momentum": 0.0,
     "alpha_bias_init": 7.0,
 }
+
+
+#: `SelfModifyingConfig` fields that come from the model config, not its `self_modifying` section.
+_MODEL_FIELDS = {"memory_chunk_size": "chunk_size", "writes": "memory_writes"}
+
+
+def self_modifying_config(
+    sub: ml_collections.ConfigDict, memory_chunk_size: int, *, writes: bool = True
+) -> self_modifying.SelfModifyingConfig:
+    """`SelfModifyingConfig` from a model's `self_modifying` sub-config and two model fields.
+
+    Args:
+      sub: the `self_modifying` sub-config (`default_self_modifying_config`).
+      memory_chunk_size: the model's `chunk_size`.
+      writes: the model's `memory_writes`.
+
+    Raises `ValueError` naming an unknown key or a bad value.
+    """
+    fields = {f for f in self_modifying.SelfModifyingConfig.__dataclass_fields__}
+    allowed = fields - set(_MODEL_FIELDS)
+    unknown = sorted(set(sub.keys()) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in self_modifying; allowed: {sorted(allowed)} "
+            "(memory_chunk_size is the model's chunk_size, writes its memory_writes)"
+        )
+    return self_modifying.SelfModifyingConfig(
+        **sub.to_dict(), memory_chunk_size=memory_chunk_size, writes=writes
+    )
+
+
+def default_self_modifying_config() -> ml_collections.ConfigDict:
+    """The `self_modifying` sub-config: the `SelfModifyingConfig` fields the model doesn't set.
+
+    memory_chunk_size is the model's `chunk_size` and writes its `memory_writes`.
+    """
+    defaults = self_modifying.SelfModifyingConfig()
+    fields = self_modifying.SelfModifyingConfig.__dataclass_fields__
+    return ml_collections.ConfigDict(
+        {f: getattr(defaults, f) for f in fields if f not in _MODEL_FIELDS}
+    )
+
+
+class SelfModifyingInputs(NamedTuple):
+    """Per-token inputs of the self-modifying memory (the pending part of its `ChunkStream`)."""
+
+    x: jax.Array  # [b, t, h, d_h] inputs of the generator memories M_k, M_v, M_η, M_α (, M_q)
+    q: jax.Array  # [b, t, h, d_h] static queries (Eq. 83)
+
+
+class SelfModifyingTitans(Mixer):
+    """Self-modifying (self-referential) Titans as a mixer (Hope Eqs. 83–93, arXiv 2512.24695).
+
+    x is projected to two per-head streams (memory input x and static query q), each through the
+    short conv and SiLU; `nestlearn.memory.self_modifying_memory` generates k, v, η, α (and q when
+    adaptive) from its own memories, ℓ2-normalises q and k, and writes every memory with DGD
+    (Eq. 88). The meta-learned initial memories are `nnx.Param`s under `memory_params/`.
+
+    Example:
+      >>> config = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8)
+      >>> mixer = SelfModifyingTitans(32, num_heads=2, head_dim=16, config=config,
+      ...                             rngs=nnx.Rngs(0))
+      >>> y, state = mixer(jnp.ones((2, 10, 32)))
+    """
+
+    num_inputs = 2
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        config: self_modifying.SelfModifyingConfig,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if not isinstance(config, self_modifying.SelfModifyingConfig):
+            raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
+        self.memory_config = config
+        self.align = math.lcm(config.chunk_size, config.memory_chunk_size)
+        super().__init__(
+            d_model,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            chunk_size=config.memory_chunk_size,
+            dtype=dtype,
+            writes=config.writes,
+            rngs=rngs,
+        )
+        params = self_modifying.self_modifying_init(
+            rngs.params(), heads=num_heads, dim=head_dim, config=config
+        )
+        self.memory_params = param_tree(params)
+
+    def initial_memory(self, batch_size: int) -> self_modifying.SelfModifyingState:
+        """Meta-learned initial memories broadcast over the batch, zero momentum."""
+        params = param_values(self.memory_params)
+        # The self-modifying memories are the residual MLPs {"w1", "w2"}; static k/v projections
+        # ({"w"}) and the η/α biases are not part of the running state.
+        memories = {n: p for n, p in params.items() if isinstance(p, dict) and "w1" in p}
+        weights = broadcast_batch(memories, batch_size)
+        weights = jax.tree.map(lambda a: a.astype(jnp.float32), weights)
+        return self_modifying.SelfModifyingState(weights, jax.tree.map(jnp.zeros_like, weights))
+
+    def memory_init(self, batch_size: int) -> ChunkStream:
+        shape = (batch_size, self.align, self.num_heads, self.head_dim)
+        pending = SelfModifyingInputs(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+        return ChunkStream(self.initial_memory(batch_size), pending, jnp.zeros((), jnp.int32))
+
+    def run(self, state, xs: SelfModifyingInputs):
+        """`self_modifying_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
+        return self_modifying.self_modifying_memory(
+            xs.x,
+            xs.q,
+            params=param_values(self.memory_params),
+            config=self.memory_config,
+            initial_state=state,
+        )
+
+    def memory(self, inputs, gates, state):
+        del gates
+        xs = SelfModifyingInputs(*inputs)
+        initial = self.initial_memory(xs.x.shape[0]) if state is None else None
+        return chunk_aligned(self.run, xs, state, chunk=self.align, initial=initial)
+
+    def memory_stats(self, inputs, gates, state):
+        """`self_modifying_memory(stats=True)` on fresh sequences: {"memory", "generators"}."""
+        del gates
+        if state is not None:
+            return None
+        xs = SelfModifyingInputs(*inputs)
+        return self_modifying.self_modifying_memory(
+            xs.x,
+            xs.q,
+            params=param_values(self.memory_params),
+            config=self.memory_config,
+            initial_state=self.initial_memory(xs.x.shape[0]),
+            stats=True,
+        )[2]
 
 
 class HopeBlock(nnx.Module):

@@ -116,7 +116,7 @@ def _validate_self_modifying(config: ml_collections.ConfigDict) -> None:
     A bad value is reported as `self_modifying.<key> ...` (e.g. `self_modifying.eta_max must be
     > 0, got -1.0`).
     """
-    from nestlearn.models.mixers import self_modifying_config
+    from nestlearn.models.hope import self_modifying_config
 
     try:
         self_modifying_config(config.self_modifying, config.chunk_size, writes=True)

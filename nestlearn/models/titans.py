@@ -2,6 +2,8 @@
 
 All blocks are pre-norm residual (Titans §4.4: residual connections in all blocks;
 docs/SEMANTICS.md §6.1) and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
+The matrix mixers come from `nestlearn.models.mixers`; Titans' memory (`TitansMemory`, its
+`memory` sub-config and gates) from `nestlearn.models.titans_memory`.
 
 - `linear_attention`, `deltanet`, `gated_deltanet` (GDN §3.4): x ← x + Mixer(RMSNorm(x)),
   Mixer = `LinearAttention` / `DeltaNet` / `GatedDeltaNet`.
@@ -66,20 +68,22 @@ from nestlearn.models.mixers import (
     LinearAttention,
     Mixer,
     MixerState,
-    TitansGating,
-    TitansMemory,
     broadcast_batch,
-    check_titans_kernel,
     chunk_aligned,
     gate_bias_init,
     param_tree,
     param_values,
+)
+from nestlearn.models.registry import attention_config, base_config, register
+from nestlearn.models.titans_memory import (
+    TitansGating,
+    TitansMemory,
+    check_titans_kernel,
     titans_arch,
     titans_inputs,
     titans_memory_config,
     titans_record,
 )
-from nestlearn.models.registry import attention_config, base_config, register
 
 
 def _head_dim(config: ml_collections.ConfigDict) -> int:

@@ -15,7 +15,7 @@ from flax import nnx
 
 from nestlearn import models
 from nestlearn.memory.self_modifying import SelfModifyingConfig
-from nestlearn.models import hope, mixers
+from nestlearn.models import hope
 
 
 def _config(**self_modifying):
@@ -65,9 +65,9 @@ def test_every_self_modifying_field_is_reachable_from_the_model_config():
     fields = {f.name for f in dataclasses.fields(SelfModifyingConfig)} - model_fields
     assert set(ABLATIONS) == fields == set(models.default_config("hope").self_modifying.keys())
     for key, value in ABLATIONS.items():
-        config = mixers.self_modifying_config(_config(**{key: value}).self_modifying, 8)
+        config = hope.self_modifying_config(_config(**{key: value}).self_modifying, 8)
         assert getattr(config, key) == value and config.memory_chunk_size == 8
-    off = mixers.self_modifying_config(_config().self_modifying, 8, writes=False)
+    off = hope.self_modifying_config(_config().self_modifying, 8, writes=False)
     assert off.writes is False
 
 

@@ -10,7 +10,7 @@ from flax import nnx
 from nestlearn.kernels import dispatch
 
 from nestlearn.memory import matrix_memory, self_modifying, titans
-from nestlearn.models import mixers
+from nestlearn.models import hope, mixers, titans_memory
 
 D, HEADS, HEAD_DIM, CHUNK, T = 8, 2, 4, 4, 11
 
@@ -19,12 +19,12 @@ def _build(name):
     kw = dict(num_heads=HEADS, head_dim=HEAD_DIM, rngs=nnx.Rngs(0))
     if name == "self_modifying":
         config = self_modifying.SelfModifyingConfig(chunk_size=2, memory_chunk_size=CHUNK)
-        return mixers.SelfModifyingTitans(D, config=config, **kw)
+        return hope.SelfModifyingTitans(D, config=config, **kw)
     cls = {
         "linear": mixers.LinearAttention,
         "delta": mixers.DeltaNet,
         "gated_delta": mixers.GatedDeltaNet,
-        "titans": mixers.TitansMemory,
+        "titans": titans_memory.TitansMemory,
     }[name]
     return cls(D, chunk_size=CHUNK, **kw)
 
@@ -80,14 +80,14 @@ def _by_hand(mixer, x):
     gates = None
     if mixer.gate_biases:
         gates = (x @ mixer.gates.kernel[...] + mixer.gates.bias[...]).reshape(b, t, -1, HEADS)
-    if isinstance(mixer, mixers.SelfModifyingTitans):
+    if isinstance(mixer, hope.SelfModifyingTitans):
         params = mixers.param_values(mixer.memory_params)
         o, _ = self_modifying.self_modifying_memory(
             streams[:, :, 0], streams[:, :, 1], params=params, config=mixer.memory_config
         )
     else:
         q, k, v = _l2(streams[:, :, 0]), _l2(streams[:, :, 1]), streams[:, :, 2]
-        if isinstance(mixer, mixers.TitansMemory):
+        if isinstance(mixer, titans_memory.TitansMemory):
             # Defaults: θ ≤ chunk_step_max / C = 1 / C, η ≤ momentum_max = 0.5, v ℓ2-normalised.
             o, _ = titans.titans_memory(
                 q,
@@ -171,21 +171,22 @@ def test_chunk_aligned_matches_a_memory_run_on_the_whole_stream():
 def test_titans_gates_are_bounded():
     """Saturated raw gates reach exactly the caps: θ = chunk_step_max / C, η = momentum_max;
     v comes out ℓ2-normalised (the chunk-parallel step stays bounded, docs/SEMANTICS.md §2)."""
-    memory = mixers.titans_memory_config()
+    memory = titans_memory.titans_memory_config()
     memory.chunk_step_max, memory.momentum_max = 0.8, 0.6
-    gating = mixers.TitansGating.from_config(memory, chunk_size=16)
+    gating = titans_memory.TitansGating.from_config(memory, chunk_size=16)
     v = 10.0 * jax.random.normal(jax.random.key(0), (1, 2, HEADS, HEAD_DIM))
     gates = jnp.full((1, 2, 3, HEADS), 1e4)  # [b, t, (θ, α, η), h]
-    xs = mixers.titans_inputs(v, v, v, gates, gating)
+    xs = titans_memory.titans_inputs(v, v, v, gates, gating)
     np.testing.assert_allclose(xs.theta, 0.8 / 16, rtol=1e-6)
     np.testing.assert_allclose(xs.eta, 0.6, rtol=1e-6)
     np.testing.assert_allclose(jnp.linalg.norm(xs.v, axis=-1), 1.0, rtol=1e-5)
     memory.normalize_v = False
-    raw = mixers.titans_inputs(v, v, v, gates, mixers.TitansGating.from_config(memory, 16))
+    gating = titans_memory.TitansGating.from_config(memory, 16)
+    raw = titans_memory.titans_inputs(v, v, v, gates, gating)
     np.testing.assert_array_equal(raw.v, v)
     memory.momentum_max = 1.0
     with pytest.raises(ValueError, match="momentum_max"):
-        mixers.titans_arch(memory, HEAD_DIM)
+        titans_memory.titans_arch(memory, HEAD_DIM)
 
 
 def test_gated_deltanet_kernel_impl_switch():
