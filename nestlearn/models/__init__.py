@@ -63,7 +63,7 @@ from nestlearn.models.titans import (
     MALBlock,
     TitansLMMBlock,
 )
-from nestlearn.models.titans_memory import TitansMemory
+from nestlearn.models.titans_mixer import TitansMemory
 from nestlearn.models.transformer import HopeAttentionBlock, TransformerBlock
 
 __all__ = [

@@ -4,7 +4,7 @@ This module holds what every memory mixer shares — the `Mixer` base class, its
 (`MixerState`, `ChunkStream` with `chunk_aligned`) and the parameter helpers (`gate_bias_init`,
 `param_tree`, `param_values`, `broadcast_batch`) — and the mixers over a matrix memory:
 `LinearAttention`, `DeltaNet` and `GatedDeltaNet`, thin NNX modules over `nestlearn.memory`.
-The deep-memory mixers build on it: Titans' memory in `nestlearn.models.titans_memory`
+The deep-memory mixers build on it: Titans' memory in `nestlearn.models.titans_mixer`
 (`TitansMemory`), the self-modifying memory in `nestlearn.models.hope` (`SelfModifyingTitans`).
 
 Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (docs/SEMANTICS.md §6.1):
@@ -16,7 +16,7 @@ Every mixer follows the Titans §4.4 / Gated DeltaNet §3.4 layout (docs/SEMANTI
 Data-dependent gates are linear projections of x with a learned bias, one scalar per token and head
 (docs/SEMANTICS.md §2, §4): here β = sigmoid(·) (delta rules) and α = sigmoid(·) with a bias that
 starts near full retention (Gated DeltaNet); Titans' θ, α and η are described in
-`nestlearn.models.titans_memory`.
+`nestlearn.models.titans_mixer`.
 
 The running memory is per sequence and lives in the mixer state (`MixerState`). Matrix memories
 (linear attention, DeltaNet, Gated DeltaNet) are exact per token (o_t = S_t q_t), so their state is

@@ -3,7 +3,7 @@
 All blocks are pre-norm residual (Titans §4.4: residual connections in all blocks;
 docs/SEMANTICS.md §6.1) and end with a SwiGLU feed-forward sub-layer, x ← x + SwiGLU(RMSNorm(x)).
 The matrix mixers come from `nestlearn.models.mixers`; Titans' memory (`TitansMemory`, its
-`memory` sub-config and gates) from `nestlearn.models.titans_memory`.
+`memory` sub-config and gates) from `nestlearn.models.titans_mixer`.
 
 - `linear_attention`, `deltanet`, `gated_deltanet` (GDN §3.4): x ← x + Mixer(RMSNorm(x)),
   Mixer = `LinearAttention` / `DeltaNet` / `GatedDeltaNet`.
@@ -75,7 +75,7 @@ from nestlearn.models.mixers import (
     param_values,
 )
 from nestlearn.models.registry import attention_config, base_config, register
-from nestlearn.models.titans_memory import (
+from nestlearn.models.titans_mixer import (
     TitansGating,
     TitansMemory,
     check_titans_kernel,

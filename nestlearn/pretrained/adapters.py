@@ -54,7 +54,7 @@ from nestlearn.models.cms import CMS, validate_cms_config
 from nestlearn.models.hope import SelfModifyingTitans
 from nestlearn.models.language_model import LanguageModel
 from nestlearn.models.mixers import Mixer
-from nestlearn.models.titans_memory import TitansMemory, titans_memory_config
+from nestlearn.models.titans_mixer import TitansMemory, titans_memory_config
 from nestlearn.models.transformer import HopeAttentionBlock, TransformerBlock
 
 __all__ = [

@@ -20,7 +20,7 @@ from nestlearn.kernels import kernel_impl
 
 from nestlearn import models
 from nestlearn.memory import architectures, matrix_memory, titans
-from nestlearn.models import mixers, titans_memory
+from nestlearn.models import mixers, titans_mixer
 from nestlearn.models.attention import KVCache
 from nestlearn.models.cms import CMSOnlineState
 from nestlearn.models.layers import ShortConv
@@ -293,7 +293,7 @@ def test_titans_mixer_honours_writes_off_on_both_paths(interpret):
     x = jax.random.normal(jax.random.key(0), (BATCH, 20, D))
     outputs = {}
     for impl in ("xla", "pallas"):
-        mixer = titans_memory.TitansMemory(
+        mixer = titans_mixer.TitansMemory(
             D,
             num_heads=HEADS,
             head_dim=HEAD_DIM,
