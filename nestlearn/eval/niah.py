@@ -33,9 +33,11 @@ Shapes: b batch, t = `length` tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
+
+from nestlearn.data.tokenizer import Tokenizer
 
 __all__ = [
     "TASKS",
@@ -65,14 +67,6 @@ _NOUNS = (
     "otter", "pebble", "pillow", "quarry", "raven", "river", "saddle", "spindle", "thimble",
     "tower", "valley", "walnut", "willow", "window",
 )  # fmt: skip
-
-
-class Tokenizer(Protocol):
-    """What the generator needs of a tokenizer (`nestlearn.data.tokenizer`)."""
-
-    def encode(self, text: str) -> np.ndarray: ...
-
-    def decode(self, ids) -> str: ...
 
 
 class NeedleExample(NamedTuple):

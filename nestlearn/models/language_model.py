@@ -32,11 +32,10 @@ import optax
 from flax import nnx
 
 from nestlearn.core.validation import check_nonempty, check_token_ids
+from nestlearn.kernels.kernel_impl import KERNEL_IMPLS
 from nestlearn.models import registry
 from nestlearn.models.cms import CMSOnlineState, cms_online_update, validate_cms_config
 from nestlearn.models.layers import DTYPES, RMSNorm, compute_dtype
-
-KERNEL_IMPLS = ("auto", "xla", "pallas")
 
 
 class OnlinePending(NamedTuple):

@@ -69,7 +69,6 @@ from nestlearn.models import instruments
 from nestlearn.models.layers import OutputGate, ShortConv, compute_dtype, l2_normalize
 from nestlearn.parallel import sharded_kernel
 
-KERNEL_IMPLS = kernel_switch.KERNEL_IMPLS
 # The kernel op, under `jax.shard_map` when a mesh is active (`nestlearn.parallel.mesh_context`).
 _gated_delta = sharded_kernel(gated_delta)
 

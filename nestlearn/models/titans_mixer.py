@@ -90,8 +90,9 @@ def check_titans_kernel(
     """Returns `kernel_impl` once checked against a Titans `memory` sub-config.
 
     Raises:
-      ValueError: `kernel_impl` is not one of `KERNEL_IMPLS`, or is "pallas" for a memory that no
-        kernel covers (`titans.kernel_support` gives the reason, e.g. `memory.depth` 1).
+      ValueError: `kernel_impl` is not one of `nestlearn.kernels.kernel_impl.KERNEL_IMPLS`, or
+        is "pallas" for a memory that no kernel covers (`titans.kernel_support` gives the
+        reason, e.g. `memory.depth` 1).
     """
     kernel_switch.check_kernel_impl(kernel_impl)
     if kernel_impl == "pallas":

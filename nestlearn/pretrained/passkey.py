@@ -22,12 +22,14 @@ Shapes: b batch, t tokens, n key digits.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from nestlearn.data.tokenizer import Tokenizer
 
 __all__ = [
     "NEEDLE",
@@ -42,10 +44,6 @@ __all__ = [
 
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
-
-
-class Tokenizer(Protocol):
-    def encode(self, text: str) -> np.ndarray: ...
 
 
 class PasskeyPrompts(NamedTuple):
