@@ -24,8 +24,8 @@ import results_lm
 
 from nestlearn.models.hope import HOPE_WRITES
 
-#: The `hope` model's write rule, retention towards zero (Eq. 88's α_t W) named explicitly: the
-#: rule of the variants below that do not name a target.
+#: The `hope` model's write rule with retention towards zero (Eq. 88's α_t W) instead of towards
+#: the meta-learned initial weights: the rule of the variants below that do not name a target.
 ZERO_RETENTION = {**HOPE_WRITES, "retention_target": "zero"}
 
 #: Hope variants of this study: `self_modifying` changes on top of the `hope` config.
@@ -47,14 +47,14 @@ HOPE_VARIANTS = {
     ),
     # As hope_tok_nodgd, with the inner gradient also through the self-generated target
     # v̂ = M(v) (each token's output-layer step then contracts the error M(k) − M(v) it sees,
-    # with a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed): the `hope` model's default
-    # write rule (`nestlearn.models.hope.HOPE_WRITES`) at η_max 1.
+    # with a = σ(W₂k) − σ(W₂v)) and no momentum (Eq. 88 as printed): the `hope` model's write
+    # rule (`nestlearn.models.hope.HOPE_WRITES`) at η_max 1, retention towards zero.
     "hope_tok_nodgd_dv": (
         "Hope, token-normalised η ≤ 1, no DGD, ∇ through v̂, no momentum, α₀ 0.999",
         {**ZERO_RETENTION, "eta_max": 1.0},
     ),
-    # The `hope` model's default write rule (η_max 4).
-    "hope_eta4": ("Hope, model default write rule (η ≤ 4)", ZERO_RETENTION),
+    # The `hope` model's write rule (η_max 4) with retention towards zero.
+    "hope_eta4": ("Hope, η ≤ 4, retention towards zero", ZERO_RETENTION),
     # The default write rule at η_max 16: a token's write removes the fraction
     # η‖a‖²/(1 + η‖a‖²) of its error, small when ‖a‖ is (a = σ(W₂k) − σ(W₂v), k close to v);
     # η_max 1 → 4 doubled the late gap.
@@ -71,11 +71,11 @@ HOPE_VARIANTS = {
         "Hope, default write rule, kv_init_scale 4",
         {**ZERO_RETENTION, "kv_init_scale": 4.0},
     ),
-    # The default write rule with retention towards the meta-learned initial weights W₀
+    # The `hope` model's write rule: retention towards the meta-learned initial weights W₀
     # (W₀ + α(W − W₀)) instead of towards zero, a fixed point of the residual-MLP memory's
     # writes that long streams collapse into (docs/SEMANTICS.md §1.3 "Long streams").
     "hope_w0": (
-        "Hope, default write rule, retention towards W₀",
+        "Hope, model default (η ≤ 4, retention towards W₀)",
         {**HOPE_WRITES, "retention_target": "initial"},
     ),
     # As hope_w0 with α₀ ≈ sigmoid(4) = 0.982 (a ~55-token horizon): towards W₀ a short
@@ -84,11 +84,21 @@ HOPE_VARIANTS = {
         "Hope, default write rule, retention towards W₀, α₀ 0.982",
         {**HOPE_WRITES, "retention_target": "initial", "alpha_bias_init": 4.0},
     ),
+    # Retention towards W₀ with a larger step (η ≤ 16) or keys and values further apart at
+    # initialisation (kv_init_scale 4): the two ways to a larger write that diverged towards zero.
+    "hope_w0_eta16": (
+        "Hope, retention towards W₀, η ≤ 16",
+        {**HOPE_WRITES, "retention_target": "initial", "eta_max": 16.0},
+    ),
+    "hope_w0_kv4": (
+        "Hope, retention towards W₀, kv_init_scale 4",
+        {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 4.0},
+    ),
 }
-#: Runs of a model of this study at another peak learning rate: name -> (model, lr). The model
-#: default's write rule at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the
-#: divergence grid of docs/results/memory/README.md.
-LR_VARIANTS = {"hope_eta4_lr1e-3": ("hope_eta4", 1e-3)}
+#: Runs of a model of this study at another peak learning rate: name -> (model, lr). The write
+#: rules at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the divergence grid of
+#: docs/results/memory/README.md.
+LR_VARIANTS = {"hope_eta4_lr1e-3": ("hope_eta4", 1e-3), "hope_w0_lr1e-3": ("hope_w0", 1e-3)}
 #: Compared models: the memory models, Hope variants and the attention control.
 MODELS = (
     "hope",

@@ -59,6 +59,7 @@ HOPE_WRITES = {
     "stop_gradient_vhat": False,
     "momentum": 0.0,
     "alpha_bias_init": 7.0,
+    "retention_target": "initial",
 }
 
 

@@ -33,6 +33,6 @@ def test_writes_change_the_predictions_from_the_first_written_state_on():
     assert delta.shape == (64,) and np.all(delta > 0.05), delta
     # Hope's output memory reads the state at the start of its chunk (8 tokens in quick mode):
     # the first chunk is unchanged, the later ones are not (the model's default write rule).
-    hope = script.influence(study.get_config("hope_eta4,quick"), tokens, seed=0)
+    hope = script.influence(study.get_config("hope_w0,quick"), tokens, seed=0)
     assert np.all(hope[:8] < 1e-5), hope[:8]
     assert hope[8:].mean() > 0.01, hope[8:]

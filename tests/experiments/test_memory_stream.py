@@ -80,13 +80,13 @@ def test_a_million_tokens_through_the_default_hope_stay_finite_and_bounded():
 
 @pytest.mark.slow
 def test_a_trained_hope_streamed_over_a_million_tokens_neither_explodes_nor_collapses(tmp_path):
-    """The smoke Hope with retention towards its meta-learned initial weights
-    (`retention_target="initial"`, docs/SEMANTICS.md §1.3 "Long streams") trained for 60 steps,
-    then 2^20 tokens in one stream: every state array finite and within 100× of its initial
-    norm, none decayed to zero, and every memory weight still written in the last call."""
+    """The default smoke Hope (retention towards its meta-learned initial weights,
+    docs/SEMANTICS.md §1.3 "Long streams") trained for 60 steps, then 2^20 tokens in one
+    stream: every state array finite and within 100× of its initial norm, none decayed to zero,
+    and every memory weight still written in the last call."""
     _, default = _modules()
     config = default.get_config("smoke")
-    config.model.self_modifying.retention_target = "initial"
+    assert config.model.self_modifying.retention_target == "initial"
     config.train.num_steps = 60
     train_and_evaluate(config, tmp_path)
     run, state, rest = restore_workdir(tmp_path)

@@ -54,7 +54,7 @@ ABLATIONS = {
     "activation": "gelu",
     "hidden_expansion": 2.0,
     "dgd_step": "normalized",
-    "retention_target": "initial",
+    "retention_target": "zero",
     "remat": True,
 }
 
