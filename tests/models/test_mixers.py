@@ -10,7 +10,7 @@ from flax import nnx
 from nestlearn.kernels import dispatch
 
 from nestlearn.memory import matrix_memory, self_modifying, titans
-from nestlearn.models import hope, mixers, titans_memory
+from nestlearn.models import hope, mixers, titans_mixer
 
 D, HEADS, HEAD_DIM, CHUNK, T = 8, 2, 4, 4, 11
 
@@ -24,7 +24,7 @@ def _build(name):
         "linear": mixers.LinearAttention,
         "delta": mixers.DeltaNet,
         "gated_delta": mixers.GatedDeltaNet,
-        "titans": titans_memory.TitansMemory,
+        "titans": titans_mixer.TitansMemory,
     }[name]
     return cls(D, chunk_size=CHUNK, **kw)
 
@@ -87,7 +87,7 @@ def _by_hand(mixer, x):
         )
     else:
         q, k, v = _l2(streams[:, :, 0]), _l2(streams[:, :, 1]), streams[:, :, 2]
-        if isinstance(mixer, titans_memory.TitansMemory):
+        if isinstance(mixer, titans_mixer.TitansMemory):
             # Defaults: θ ≤ chunk_step_max / C = 1 / C, η ≤ momentum_max = 0.5, v ℓ2-normalised.
             o, _ = titans.titans_memory(
                 q,
@@ -171,22 +171,22 @@ def test_chunk_aligned_matches_a_memory_run_on_the_whole_stream():
 def test_titans_gates_are_bounded():
     """Saturated raw gates reach exactly the caps: θ = chunk_step_max / C, η = momentum_max;
     v comes out ℓ2-normalised (the chunk-parallel step stays bounded, docs/SEMANTICS.md §2)."""
-    memory = titans_memory.titans_memory_config()
+    memory = titans_mixer.titans_memory_config()
     memory.chunk_step_max, memory.momentum_max = 0.8, 0.6
-    gating = titans_memory.TitansGating.from_config(memory, chunk_size=16)
+    gating = titans_mixer.TitansGating.from_config(memory, chunk_size=16)
     v = 10.0 * jax.random.normal(jax.random.key(0), (1, 2, HEADS, HEAD_DIM))
     gates = jnp.full((1, 2, 3, HEADS), 1e4)  # [b, t, (θ, α, η), h]
-    xs = titans_memory.titans_inputs(v, v, v, gates, gating)
+    xs = titans_mixer.titans_inputs(v, v, v, gates, gating)
     np.testing.assert_allclose(xs.theta, 0.8 / 16, rtol=1e-6)
     np.testing.assert_allclose(xs.eta, 0.6, rtol=1e-6)
     np.testing.assert_allclose(jnp.linalg.norm(xs.v, axis=-1), 1.0, rtol=1e-5)
     memory.normalize_v = False
-    gating = titans_memory.TitansGating.from_config(memory, 16)
-    raw = titans_memory.titans_inputs(v, v, v, gates, gating)
+    gating = titans_mixer.TitansGating.from_config(memory, 16)
+    raw = titans_mixer.titans_inputs(v, v, v, gates, gating)
     np.testing.assert_array_equal(raw.v, v)
     memory.momentum_max = 1.0
     with pytest.raises(ValueError, match="momentum_max"):
-        titans_memory.titans_arch(memory, HEAD_DIM)
+        titans_mixer.titans_arch(memory, HEAD_DIM)
 
 
 def test_gated_deltanet_kernel_impl_switch():
