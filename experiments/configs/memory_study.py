@@ -95,10 +95,10 @@ HOPE_VARIANTS = {
         {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 4.0},
     ),
 }
-#: Runs of a model of this study at another peak learning rate: name -> (model, lr). The write
-#: rules at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the divergence grid of
-#: docs/results/memory/README.md.
-LR_VARIANTS = {"hope_eta4_lr1e-3": ("hope_eta4", 1e-3), "hope_w0_lr1e-3": ("hope_w0", 1e-3)}
+#: Runs of a model of this study at another peak learning rate: name -> (model, lr). The model
+#: default at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the divergence grid
+#: of docs/results/memory/README.md.
+LR_VARIANTS = {"hope_w0_lr1e-3": ("hope_w0", 1e-3)}
 #: Compared models: the memory models, Hope variants and the attention control.
 MODELS = (
     "hope",
