@@ -121,6 +121,7 @@ def test_greedy_generation_equals_recomputation(built):
 #: reach (conv 4, attention window 4): only an in-context memory or global attention carries them.
 RECALL = dict(pairs=4, queries=4, vocab=16, gap=8)
 RECALL_STEPS = 600
+RECALL_SEEDS = (5, 6)
 #: The default suite checks one model of each kind; the rest run with `-m slow`.
 RECALL_DEFAULT = ("deltanet", "transformer_pp")
 
@@ -156,23 +157,28 @@ def _answer_accuracy(graphdef, params, rest, inputs, targets, mask):
     ],
 )
 def test_learns_associative_recall_through_its_memory(name):
-    """600 Adam steps on the answers: > 30% correct with the writes on (chance 12.5%); with the
-    same parameters and the writes off (`memory_writes=False`) at most 25%, so the memory, not the
-    local window, did the recall. A model without memory (global attention) must learn it too."""
-    model = models.build(recall_config(name), rngs=nnx.Rngs(5))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(1e-2)
-    step = answer_training.make_train_step(
-        graphdef, tx, grad_clip=float("inf"), answer_weight=1.0, lm_weight=0.0
-    )
-    rng = np.random.default_rng(5)
-    opt_state = tx.init(params)
-    for _ in range(RECALL_STEPS):
-        params, opt_state, _ = step(params, opt_state, rest, *_recall_batch(rng))
+    """600 Adam steps on the answers, for each of two initialisations: > 30% correct on average
+    with the writes on (chance 12.5%; one seed's accuracy varies by about ±0.1 — Hope: 0.27–0.50
+    over seeds 5–8); with the same parameters and the writes off (`memory_writes=False`) at most
+    25% for each seed, so the memory, not the local window, did the recall. A model without memory
+    (global attention) must learn it too."""
     test = _recall_batch(np.random.default_rng(1), batch=64)
-    on = _answer_accuracy(graphdef, params, rest, *test)
-    assert on > 0.3, on
-    if models.has_memory(recall_config(name)):
-        off_model = models.build(recall_config(name, writes=False), rngs=nnx.Rngs(5))
-        off = _answer_accuracy(nnx.split(off_model, nnx.Param, ...)[0], params, rest, *test)
-        assert off <= 0.25, (on, off)
+    accuracies = []
+    for seed in RECALL_SEEDS:
+        model = models.build(recall_config(name), rngs=nnx.Rngs(seed))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        tx = optax.adam(1e-2)
+        step = answer_training.make_train_step(
+            graphdef, tx, grad_clip=float("inf"), answer_weight=1.0, lm_weight=0.0
+        )
+        rng = np.random.default_rng(seed)
+        opt_state = tx.init(params)
+        for _ in range(RECALL_STEPS):
+            params, opt_state, _ = step(params, opt_state, rest, *_recall_batch(rng))
+        on = _answer_accuracy(graphdef, params, rest, *test)
+        accuracies.append(on)
+        if models.has_memory(recall_config(name)):
+            off_model = models.build(recall_config(name, writes=False), rngs=nnx.Rngs(seed))
+            off = _answer_accuracy(nnx.split(off_model, nnx.Param, ...)[0], params, rest, *test)
+            assert off <= 0.25, (seed, on, off)
+    assert np.mean(accuracies) > 0.3, accuracies
