@@ -16,7 +16,7 @@ The tempting third form, the product of powers (I + L)⁻¹ = Π_j (I + (−L)^{
 products), is unstable in float32 and is not used: the powers of a matrix with entries near 1
 (correlated unit keys and steps that remove most of a token's error — a delta rule with β ≈ 1, a
 normalised memory step) hold entries up to C(c − 1, j) (≈ 10¹⁸ at c = 64), whose cancellation
-leaves errors of 10⁸ and more where the solution is O(1) (docs/kernels.md §1).
+leaves errors of 10⁸ and more where the solution is O(1) (docs/kernels.md §2).
 """
 
 import math
@@ -78,7 +78,8 @@ def unit_lower_solve(lower: jax.Array, rhs: jax.Array, *, block: int = BLOCK) ->
     powers at most C(block − 1, j)); then each doubling of the block size joins pairs of blocks,
     [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [D⁻¹CA⁻¹, D⁻¹]] for I − N, i.e. T ← T + T N_C T with N_C the
     lower-left blocks of the doubled size. Only inverses of blocks meet, never high powers of N,
-    so the errors are those of substitution; the work is ⌈log₂ c⌉ doublings of c × c products.
+    so the errors are those of substitution; the work is ⌈log₂ c⌉ − 1 rounds of c × c products,
+    as many as the product of powers.
 
     Args:
       lower: [c, c] strictly lower triangular (entries on and above the diagonal must be zero).
