@@ -5,9 +5,8 @@ per-token writes) solves such a system per chunk, L [c, c]: row r of x is the er
 after the writes of tokens 1 … r − 1. Two forms, both as accurate as substitution:
 
 * :func:`unit_lower_inverse` — (I + L)⁻¹ by blocked forward substitution (``lax.fori_loop`` over
-  rows inside blocks of :data:`BLOCK`, then block rows). The XLA form: on the 2-core CPU machine
-  its forward + backward is 2–3× faster than the product form below and than the product of
-  powers, and ``jax.scipy.linalg.solve_triangular`` (batched LAPACK calls) is 5–100× slower.
+  rows inside blocks of :data:`BLOCK`, then block rows). The XLA form (batched
+  ``jax.scipy.linalg.solve_triangular`` runs far slower under ``vmap`` on the CPU).
 * :func:`unit_lower_solve` — (I + L)⁻¹ rhs in masks and matrix products only, so that it lowers
   unchanged to Triton and Mosaic (the Pallas kernel bodies): the diagonal blocks by the product of
   powers, then recursive block inversion, ⌈log₂(c / BLOCK)⌉ doublings of c × c products.

@@ -95,7 +95,7 @@ VARIANTS = MODELS + tuple(ABLATIONS)
 #: reference with every switch of the table on (DGD erase, momentum 0.5), the curvature-normalised
 #: chunk step at η_max 0.1, α₀ ≈ 0.98 and retention towards zero (Eq. 88 as printed). The `hope`
 #: model's default write rule (`nestlearn.models.hope.HOPE_WRITES`: no DGD, no momentum,
-#: token-normalised η ≤ 4) has two of
+#: token-normalised η ≤ 4, retention towards the initial weights) has two of
 #: those switches off, so the ablations need this one; experiments/configs/memory_study.py
 #: compares the two (docs/SEMANTICS.md §1.3).
 HOPE_SELF_MODIFYING = {

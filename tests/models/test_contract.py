@@ -158,10 +158,9 @@ def _answer_accuracy(graphdef, params, rest, inputs, targets, mask):
 )
 def test_learns_associative_recall_through_its_memory(name):
     """600 Adam steps on the answers, for each of two initialisations: > 30% correct on average
-    with the writes on (chance 12.5%; one seed's accuracy varies by about ±0.1 — Hope: 0.27–0.50
-    over seeds 5–8); with the same parameters and the writes off (`memory_writes=False`) at most
-    25% for each seed, so the memory, not the local window, did the recall. A model without memory
-    (global attention) must learn it too."""
+    with the writes on (chance 12.5%; a single initialisation is noisy); with the same parameters
+    and the writes off (`memory_writes=False`) at most 25% for each seed, so the memory, not the
+    local window, did the recall. A model without memory (global attention) must learn it too."""
     test = _recall_batch(np.random.default_rng(1), batch=64)
     accuracies = []
     for seed in RECALL_SEEDS:
