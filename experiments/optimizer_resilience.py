@@ -25,7 +25,8 @@ grid at each noise level.
 
 Each (problem, optimizer, noise) writes one JSON under `--out`/runs (all rates and seeds of it
 at once: they run as one vmapped program); a rerun skips finished records, `--report_only`
-rebuilds the tables from them.
+rebuilds the tables and plots (`resilience_<problem>.png`: final loss against the rate, best
+loss against the noise level) from them.
 """
 
 from __future__ import annotations
@@ -64,14 +65,21 @@ OPTIMIZERS = {
     ),
     "dmgd": ("DMGD (ℓ2, default)", lambda lr: no.deep_momentum(lr)),
     "dmgd_dot": ("DMGD (dot, printed)", lambda lr: no.deep_momentum(lr, objective="dot")),
-    "m3": ("M3 (preconditioned, EMA, default)", lambda lr: no.m3(lr)),
+    "m3": ("M3 (combined, EMA, default)", lambda lr: no.m3(lr)),
+    "m3_separate": (
+        "M3 (each level orthogonalized, EMA)",
+        lambda lr: no.m3(lr, form="preconditioned"),
+    ),
     "m3_printed": (
         "M3 (Algorithm 1 printed)",
         lambda lr: no.m3(lr, form="printed", ema=False),
     ),
     # The two halves of M3's mend, each alone: which change makes it train.
     "m3_printed_ema": ("M3 (printed order, EMA)", lambda lr: no.m3(lr, form="printed")),
-    "m3_accumulated": ("M3 (preconditioned, accumulated)", lambda lr: no.m3(lr, ema=False)),
+    "m3_accumulated": (
+        "M3 (each level orthogonalized, accumulated)",
+        lambda lr: no.m3(lr, form="preconditioned", ema=False),
+    ),
     "m3_no_slow": ("M3 (default, α = 0: no slow level)", lambda lr: no.m3(lr, alpha=0.0)),
 }
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 10))
@@ -364,6 +372,81 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(records: dict, out: Path) -> list[Path]:
+    """One PNG per problem: final loss against the rate (σ 0) and best loss against σ.
+
+    Args:
+      records: problem -> optimizer -> noise -> record.
+      out: directory of the PNGs (`resilience_<problem>.png`).
+
+    Returns:
+      The written paths. A rate where some seed diverged is drawn as a cross on the top edge.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for problem, by_name in records.items():
+        clean = {n: r[0.0] for n, r in by_name.items() if 0.0 in r}
+        if not clean:
+            continue
+        means = {n: np.asarray(_seed_means(r)) for n, r in clean.items()}
+        finite = np.concatenate([m[np.isfinite(m)] for m in means.values()])
+        low, high = finite.min() / 1.5, finite.max() * 1.5
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.6), dpi=110)
+        styles = ["-", "--", ":", "-."]
+        for i, (name, m) in enumerate(means.items()):
+            grid = np.asarray(clean[name]["grid"])
+            (line,) = left.plot(
+                grid,
+                np.where(np.isfinite(m), m, np.nan),
+                styles[i // 10 % 4],
+                marker="o",
+                ms=3,
+                lw=1.2,
+                label=OPTIMIZERS[name][0],
+            )
+            bad = ~np.isfinite(m)
+            left.plot(grid[bad], np.full(bad.sum(), high), "x", color=line.get_color(), ms=7)
+            noises = sorted(by_name[name])
+            if len(noises) > 1:
+                best = [min(_seed_means(by_name[name][k])) for k in noises]
+                right.plot(
+                    noises,
+                    np.where(np.isfinite(best), best, np.nan),
+                    styles[i // 10 % 4],
+                    marker="o",
+                    ms=3,
+                    color=line.get_color(),
+                    label=OPTIMIZERS[name][0],
+                )
+        left.set(
+            xscale="log",
+            yscale="log",
+            ylim=(low, high * 1.05),
+            xlabel="learning rate",
+            ylabel="final loss (mean over seeds)",
+            title=f"{problem}: σ 0 (× = non-finite)",
+        )
+        right.set(
+            yscale="log",
+            xlabel="gradient noise σ (× rms of the first gradient)",
+            ylabel="best final loss over the grid",
+            title=f"{problem}: gradient noise",
+        )
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+        left.legend(fontsize=6.5, ncol=2)
+        fig.tight_layout()
+        path = out / f"resilience_{problem}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/results/optimizers/resilience", type=Path)
@@ -440,6 +523,7 @@ def main(argv=None):
     )
     text = markdown(summary, meta)
     (args.out / "resilience.md").write_text(text)
+    plot(records, args.out)
     print(text)
 
 

@@ -10,7 +10,8 @@ second-moment accumulator V. Algorithm 1 as printed (`form="printed", ema=False`
   when t−1 ≡ 0 mod f: M² ← M² + β₃ Σ_{steps since the last refresh} g,  O² = NS(M²)   (t > 1)
   direction:          (O¹ + α O²) / (√V + ε)
 
-The default form normalises before orthogonalizing, O = NS(M / (√V + ε)), with EMA moments;
+The default form (`"combined"`) adds the slow level's chunk mean to the fast momentum and
+orthogonalizes their Adam-normalised sum once, NS((M¹ + α M²/f) / (√V + ε)), with EMA moments;
 `scale_by_m3` says why. The slow refresh happens *before* the step that starts a new chunk, so
 chunk k uses the slow momentum built from chunks < k; chunk 0 has O² = 0. All scheduling runs on
 the traced counter (`jnp.where`, `lax.cond`).
@@ -31,13 +32,17 @@ from nestlearn.optim.momentum_memory import (
 from nestlearn.optim.newton_schulz import _resolve_coefficients, orthogonalize_leaf
 
 
+#: The forms of the M3 direction (`scale_by_m3`).
+FORMS = ("combined", "preconditioned", "printed")
+
+
 class M3State(NamedTuple):
     """State of `scale_by_m3`."""
 
     count: jax.Array  # shape=(), dtype=int32: steps taken
     fast: optax.Updates  # M¹: like params
     slow: optax.Updates  # M²: like params
-    slow_direction: optax.Updates  # O² = NS(M²), cached between refreshes: like params
+    slow_direction: optax.Updates  # O² (NS(M²), or M̂²/f when combined), cached: like params
     second_moment: optax.Updates  # V: like params
     pending: optax.Updates  # gradients summed since the last slow refresh: like params
 
@@ -51,23 +56,28 @@ def scale_by_m3(
     ns_steps: int = 5,
     slow_period: int = 16,
     *,
-    form: Literal["preconditioned", "printed"] = "preconditioned",
+    form: Literal["combined", "preconditioned", "printed"] = "combined",
     ema: bool = True,
     coefficients: str | tuple[float, float, float] = "quintic",
 ) -> optax.GradientTransformationExtraArgs:
     """M3 direction (Algorithm 1, arXiv 2512.24695); see the module docstring.
 
     Mapping to the printed update θ_t = θ_{t−1} − η (O¹ + α O²)/(√V + ε): this transform returns
-    the direction and `scale_by_learning_rate` applies −η. The two forms (docs/optimizers.md):
+    the direction and `scale_by_learning_rate` applies −η. The three forms (docs/optimizers.md):
 
-      printed (Algorithm 1):       (NS(M¹) + α NS(M²)) / (√V + ε)
-      preconditioned (default):    NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
+      printed (Algorithm 1):     (NS(M¹) + α NS(M²)) / (√V + ε)
+      preconditioned:            NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
+      combined (default):        NS((M¹ + α M²/f) / (√V + ε))
 
     The printed form divides an orthogonalized matrix, whose entries are spread evenly, by a
     per-coordinate √V that is 0 or tiny where the gradients have been (in a ReLU MLP, pairs of
     units never active together on a batch): those coordinates move by η·|O|/(√V + ε) ≫ η.
     The preconditioned form orthogonalizes the Adam-normalised momentum, so every matrix
-    update has spectral norm ≈ 1 and a vector update is Adam's.
+    update has spectral norm ≈ 1 and a vector update is Adam's; but orthogonalizing the slow
+    momentum on its own gives it spectral norm α however small it is, so a slow level whose
+    chunk sums have averaged out (near a minimum) still pushes along a stale direction. The
+    combined form orthogonalizes once: the slow level's chunk mean M²/f enters in proportion
+    to its size beside M¹, and the update keeps spectral norm ≈ 1.
 
     With `ema=False` the β's scale new gradients and old states are not decayed, as printed;
     with `ema=True` (default) M¹, V and M² are exponential moving averages with decays β₁, β₂,
@@ -81,7 +91,7 @@ def scale_by_m3(
       eps: added to √V.
       ns_steps: Newton–Schulz iterations, an int ≥ 1.
       slow_period: f, steps between slow refreshes, an int ≥ 1.
-      form: "preconditioned" (default) or "printed" (Algorithm 1).
+      form: "combined" (default), "preconditioned" or "printed" (Algorithm 1).
       ema: exponential moving averages (default) instead of the printed accumulations.
       coefficients: Newton–Schulz coefficients; see `newton_schulz`.
     """
@@ -91,8 +101,8 @@ def scale_by_m3(
     _check_nonnegative("eps", eps)
     _check_steps("ns_steps", ns_steps)
     _check_steps("slow_period", slow_period)
-    if form not in ("preconditioned", "printed"):
-        raise ValueError(f"form must be 'preconditioned' or 'printed', got form={form!r}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got form={form!r}")
     coefficients = _resolve_coefficients(coefficients)
 
     def accumulate(state, new, beta):
@@ -111,6 +121,8 @@ def scale_by_m3(
 
         def leaf(m, v):
             m = debias(m, beta, n)
+            if form == "combined":  # the slow chunk mean, combined with M¹ before NS
+                return (m / slow_period).astype(v.dtype)
             if form == "preconditioned":
                 m = m / (jnp.sqrt(debias(v, beta2, count)) + eps)
             return orthogonalize_leaf(m, ns_steps, coefficients).astype(v.dtype)
@@ -159,15 +171,24 @@ def scale_by_m3(
         pending = jax.tree.map(
             lambda s, g: jnp.where(refresh, g, s + g).astype(s.dtype), state.pending, updates
         )
-        fast_direction = directions(fast, beta1, count, second, count)
+        if form == "combined":
 
-        def combine(o1, o2, v, g):
-            out = o1 + alpha * o2
-            if form == "printed":
-                out = out / (jnp.sqrt(debias(v, beta2, count)) + eps)
-            return out.astype(g.dtype)
+            def combine(m1, m2, v, g):
+                m = debias(m1, beta1, count) + alpha * m2
+                m = m / (jnp.sqrt(debias(v, beta2, count)) + eps)
+                return orthogonalize_leaf(m, ns_steps, coefficients).astype(g.dtype)
 
-        direction = jax.tree.map(combine, fast_direction, slow_direction, second, updates)
+            direction = jax.tree.map(combine, fast, slow_direction, second, updates)
+        else:
+            fast_direction = directions(fast, beta1, count, second, count)
+
+            def combine(o1, o2, v, g):
+                out = o1 + alpha * o2
+                if form == "printed":
+                    out = out / (jnp.sqrt(debias(v, beta2, count)) + eps)
+                return out.astype(g.dtype)
+
+            direction = jax.tree.map(combine, fast_direction, slow_direction, second, updates)
         return direction, M3State(
             count=count,
             fast=fast,
@@ -190,14 +211,14 @@ def m3(
     ns_steps: int = 5,
     slow_period: int = 16,
     *,
-    form: Literal["preconditioned", "printed"] = "preconditioned",
+    form: Literal["combined", "preconditioned", "printed"] = "combined",
     ema: bool = True,
     coefficients: str | tuple[float, float, float] = "quintic",
 ) -> optax.GradientTransformationExtraArgs:
     """M3 (Algorithm 1, arXiv 2512.24695): θ ← θ − lr · direction of `scale_by_m3`.
 
-    `form="printed", ema=False` is Algorithm 1 as printed. The default (preconditioned, EMA)
-    takes Muon-sized steps: start from Muon's learning rate, not Adam's.
+    `form="printed", ema=False` is Algorithm 1 as printed. The default (combined, EMA) takes
+    Muon-sized steps: start from Muon's learning rate, not Adam's.
 
     Args: as `scale_by_m3`, plus `learning_rate` (η ≥ 0, a float or an optax schedule).
     """

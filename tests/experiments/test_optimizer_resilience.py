@@ -52,3 +52,4 @@ def test_quick_run_writes_records_and_tables(resilience, tmp_path):
     summary = json.loads((tmp_path / "resilience.json").read_text())["summary"]
     assert set(summary["lsq"]["delta"]["best"]) == {"0.0", "0.1"}
     assert "Delta momentum" in (tmp_path / "resilience.md").read_text()
+    assert (tmp_path / "resilience_lsq.png").stat().st_size > 0

@@ -35,12 +35,15 @@ def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema, form)
             chunk = sum(grads[(k - 1) * f : k * f])
             m2 = b3 * m2 + (1 - b3) * chunk if ema else m2 + b3 * chunk
             m2_hat = m2 / (1 - b3**k) if ema else m2
-            if form == "preconditioned":  # V̂ after the update of the chunk's first step
-                g = grads[t]
-                v_next = b2 * v + (1 - b2) * g**2 if ema else v + b2 * g**2
-                v_next_hat = v_next / (1 - b2 ** (t + 1)) if ema else v_next
-                m2_hat = m2_hat / (np.sqrt(v_next_hat) + eps)
-            o2 = _ns(m2_hat, steps)
+            if form == "combined":  # the slow chunk mean, combined with M¹ before NS
+                o2 = m2_hat / f
+            else:
+                if form == "preconditioned":  # V̂ after the update of the chunk's first step
+                    g = grads[t]
+                    v_next = b2 * v + (1 - b2) * g**2 if ema else v + b2 * g**2
+                    v_next_hat = v_next / (1 - b2 ** (t + 1)) if ema else v_next
+                    m2_hat = m2_hat / (np.sqrt(v_next_hat) + eps)
+                o2 = _ns(m2_hat, steps)
         for _ in range(f):
             if t == len(grads):
                 break
@@ -50,7 +53,9 @@ def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema, form)
             v = b2 * v + (1 - b2) * g**2 if ema else v + b2 * g**2
             m1_hat = m1 / (1 - b1**t) if ema else m1
             v_hat = v / (1 - b2**t) if ema else v
-            if form == "printed":  # (NS(M¹) + α NS(M²)) / (√V + ε)
+            if form == "combined":  # NS((M¹ + α M²/f) / (√V + ε))
+                direction = _ns((m1_hat + alpha * o2) / (np.sqrt(v_hat) + eps), steps)
+            elif form == "printed":  # (NS(M¹) + α NS(M²)) / (√V + ε)
                 direction = (_ns(m1_hat, steps) + alpha * o2) / (np.sqrt(v_hat) + eps)
             else:  # NS(M¹ / (√V + ε)) + α NS(M² / (√V + ε))
                 direction = _ns(m1_hat / (np.sqrt(v_hat) + eps), steps) + alpha * o2
@@ -60,7 +65,7 @@ def _m3_reference(theta, grads, lr, b1, b2, b3, alpha, eps, steps, f, ema, form)
     return trajectory
 
 
-@pytest.mark.parametrize("form", ["printed", "preconditioned"])
+@pytest.mark.parametrize("form", ["printed", "preconditioned", "combined"])
 @pytest.mark.parametrize("ema", [False, True])
 def test_m3_matches_algorithm_1(x64, ema, form):
     """form="printed", ema=False is Algorithm 1 as printed; the others change one line each."""
@@ -120,7 +125,7 @@ def test_printed_form_moves_coordinates_whose_gradient_is_tiny():
     orthogonalizing, and its update keeps spectral norm ≈ lr."""
     g = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)))
     g = g.at[1, 1].set(1e-9)
-    for form, ema in (("printed", False), ("preconditioned", True)):
+    for form, ema in (("printed", False), ("preconditioned", True), ("combined", True)):
         tx = no.m3(1e-3, form=form, ema=ema)
         updates, _ = tx.update({"w": g}, tx.init({"w": g}))
         tiny = float(jnp.abs(updates["w"][1, 1]))
@@ -129,3 +134,24 @@ def test_printed_form_moves_coordinates_whose_gradient_is_tiny():
             assert tiny > 1e3, tiny  # 1e-3 · O(0.1) / (√0.999 · 1e-9)
         else:
             assert spectral < 2e-3, spectral
+
+
+def test_combined_form_weighs_the_slow_level_by_its_size():
+    """A slow momentum whose chunk sums have averaged out (gradients alternating in sign, as
+    near a minimum) adds a direction of spectral norm ≈ α·lr when orthogonalized on its own;
+    combined with M¹ before NS it adds almost nothing."""
+    rng = np.random.default_rng(2)
+    g = jnp.asarray(rng.standard_normal((6, 4)))
+    grads = [(-1.0) ** i * g + 1e-6 * rng.standard_normal((6, 4)) for i in range(9)]
+    slow_push = {}
+    for form in ("preconditioned", "combined"):
+        final = []
+        for alpha in (0.5, 0.0):
+            tx = no.m3(1e-3, alpha=alpha, slow_period=4, form=form)
+            state = tx.init({"w": g})
+            for x in grads:  # two refreshes; the chunk sums are ≈ 1e-6
+                u, state = tx.update({"w": x}, state)
+            final.append(u["w"])
+        slow_push[form] = float(jnp.linalg.norm(final[0] - final[1], 2))
+    assert slow_push["preconditioned"] > 2e-4, slow_push  # ≈ α·lr = 5e-4
+    assert slow_push["combined"] < 1e-5, slow_push
