@@ -31,7 +31,6 @@ from nestlearn.optim.momentum_memory import (
 )
 from nestlearn.optim.newton_schulz import _resolve_coefficients, orthogonalize_leaf
 
-
 #: The forms of the M3 direction (`scale_by_m3`).
 FORMS = ("combined", "preconditioned", "printed")
 
