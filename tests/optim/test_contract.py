@@ -65,6 +65,11 @@ OPTIMIZERS = {
         dict(learning_rate=0.1, ns_steps=3, slow_period=2),
         ("ns_steps", "slow_period"),
     ),
+    "m3_separate": (
+        no.m3,
+        dict(learning_rate=0.1, ns_steps=3, slow_period=2, form="preconditioned"),
+        ("ns_steps", "slow_period"),
+    ),
     "m3_printed": (
         no.m3,
         dict(learning_rate=0.1, ns_steps=3, slow_period=2, form="printed", ema=False),
