@@ -94,6 +94,10 @@ HOPE_VARIANTS = {
         "Hope, retention towards W₀, kv_init_scale 4",
         {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 4.0},
     ),
+    "hope_w0_kv8": (
+        "Hope, retention towards W₀, kv_init_scale 8",
+        {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 8.0},
+    ),
 }
 #: Runs of a model of this study at another peak learning rate: name -> (model, lr). The model
 #: default at lr 1e-3 (the study trains at 3e-3): the learning-rate half of the divergence grid

@@ -127,6 +127,13 @@ def gated_delta(
     d_k, d_v = q.shape[-1], v.shape[-1]
 
     def xla():
+        if momentum is None:  # Gated DeltaNet: the library's one XLA form
+            # Imported here: nestlearn.memory imports nestlearn.kernels (a cycle at import time).
+            from nestlearn.memory import matrix_memory
+
+            return matrix_memory.gated_delta_rule(
+                q, k, v, alpha, beta, chunk_size=chunk_size, initial_state=initial_state
+            )
         return reference.gated_delta_chunked(
             q,
             k,

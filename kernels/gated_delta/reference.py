@@ -7,8 +7,11 @@ The recurrence (GDN Eq. 10 with a Titans momentum buffer; definitions in
     Z_t = m_t Z_{t−1} + e_t k_tᵀ
     S_t = α_t S_{t−1} + Z_t,        o_t = S_t q_t.
 
-``gated_delta_recurrent`` is written straight from it (the oracle); ``gated_delta_chunked`` is the
-chunk-parallel XLA form (:mod:`nestlearn.kernels.gated_delta.chunk`), the CPU default.
+``gated_delta_recurrent`` is written straight from it: the oracle of every form, and the token
+recurrence of ``nestlearn.memory``'s delta rules. ``gated_delta_chunked`` runs the kernels' chunk
+body (:mod:`nestlearn.kernels.gated_delta.chunk`) under a ``lax.scan``: the XLA backend of the op
+with momentum. Without momentum the op's XLA backend is :func:`nestlearn.memory.gated_delta_rule`
+(the WY chunk form with a hand-written VJP), the library's one XLA Gated DeltaNet.
 
 Layout: q, k [b, t, h, d_k]; v [b, t, h, d_v]; alpha, beta, momentum [b, t, h]; memory and momentum
 states [b, h, d_v, d_k] (column convention, read-out S q). Computation is in the promotion of the

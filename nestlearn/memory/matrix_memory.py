@@ -4,15 +4,18 @@ Linear attention, the delta rule (DeltaNet) and the gated delta rule (Gated Delt
 matrix-valued associative memories (Eqs. 14–18, 65, arXiv 2512.24695). Each is written here twice:
 
 * ``*_recurrent``: a token-by-token ``lax.scan`` written straight from the recurrence. It is the
-  reference, and the slow path.
+  reference, and the slow path; the two delta rules run the gated delta rule's token recurrence
+  of the kernels (:func:`nestlearn.kernels.gated_delta.gated_delta_recurrent`, no momentum; the
+  delta rule with α ≡ 1), so the library has one.
 * the chunk-parallel form (the public name without suffix): the WY representation with the UT
   transform (GDN §3.1 Eqs. 3–9 and Eq. 10, arXiv 2412.06464). Only the chunk-to-chunk state
   recurrence is sequential: the intra-chunk terms (the [c, c] products, the triangular inverse,
   U, W) of all chunks are built at once, a ``lax.scan`` carries the state across chunks, and the
   outputs of all chunks are one batched product. Long sequences are cut into segments that fit in
   cache (:data:`_SEGMENT_ELEMENTS`), carried by an outer scan. Linear attention keeps one scan
-  step per chunk. The forms are exact: every output reads the state after the write of its own
-  token, o_t = S_t q_t.
+  step per chunk. The gated delta rule's chunk form is also the XLA backend of the kernels' op
+  (:func:`nestlearn.kernels.gated_delta.gated_delta` without momentum). The forms are exact:
+  every output reads the state after the write of its own token, o_t = S_t q_t.
 
 Layout (b batch, t tokens, h heads, d_k key width, d_v value width, n chunks, c chunk size):
 
@@ -64,6 +67,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nestlearn.core.validation import check_chunk_size, check_nonempty, check_unit_interval
+from nestlearn.kernels.gated_delta.reference import gated_delta_recurrent
 from nestlearn.kernels.triangular import unit_lower_inverse
 
 __all__ = [
@@ -131,34 +135,16 @@ def _log_alpha(alpha, dtype):
 # Recurrent references.
 
 
-def _recurrent(q, k, v, alpha, beta, initial_state):
-    """Token scan of S_t = α_t S_{t−1} + β_t (v_t − α_t S_{t−1} k_t) k_tᵀ, o_t = S_t q_t.
-
-    ``alpha``/``beta`` None mean α = 1 / "no erase, β = 1" (linear attention).
-    """
+def _linear_recurrent(q, k, v, initial_state):
+    """Token scan of S_t = S_{t−1} + v_t k_tᵀ, o_t = S_t q_t."""
     out_dtype, dtype = _dtypes(q, k, v)
     state = _initial_state(initial_state, q, v, dtype)
-    # Time-major for the scan: [t, b, h, d].
-    xs = {
-        "q": jnp.moveaxis(q.astype(dtype), 1, 0),
-        "k": jnp.moveaxis(k.astype(dtype), 1, 0),
-        "v": jnp.moveaxis(v.astype(dtype), 1, 0),
-    }
-    if alpha is not None:
-        xs["alpha"] = jnp.moveaxis(alpha.astype(dtype), 1, 0)  # [t, b, h]
-    if beta is not None:
-        xs["beta"] = jnp.moveaxis(beta.astype(dtype), 1, 0)  # [t, b, h]
+    xs = [jnp.moveaxis(x.astype(dtype), 1, 0) for x in (q, k, v)]  # time-major [t, b, h, d]
 
     def step(s, x):  # s: [b, h, d_v, d_k]
-        a = x["alpha"][..., None, None] if alpha is not None else 1.0
-        if beta is None:
-            write = x["v"]  # [b, h, d_v]
-        else:
-            read = jnp.einsum("bhvk,bhk->bhv", a * s, x["k"])
-            write = x["beta"][..., None] * (x["v"] - read)
-        s = a * s + jnp.einsum("bhv,bhk->bhvk", write, x["k"])
-        o = jnp.einsum("bhvk,bhk->bhv", s, x["q"])
-        return s, o
+        q_t, k_t, v_t = x
+        s = s + jnp.einsum("bhv,bhk->bhvk", v_t, k_t)
+        return s, jnp.einsum("bhvk,bhk->bhv", s, q_t)
 
     state, o = lax.scan(step, state, xs)
     return jnp.moveaxis(o, 0, 1).astype(out_dtype), state
@@ -180,7 +166,7 @@ def linear_attention_recurrent(q, k, v, *, initial_state=None):
       in the compute dtype (float32, or float64 for float64 inputs).
     """
     _check_inputs(q, k, v, {}, initial_state)
-    return _recurrent(q, k, v, None, None, initial_state)
+    return _linear_recurrent(q, k, v, initial_state)
 
 
 def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
@@ -200,7 +186,7 @@ def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k].
     """
     _check_inputs(q, k, v, {"beta": beta}, initial_state)
-    return _recurrent(q, k, v, None, beta, initial_state)
+    return gated_delta_recurrent(q, k, v, jnp.ones_like(beta), beta, initial_state=initial_state)
 
 
 def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
@@ -221,7 +207,7 @@ def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
       ``(o, S)``: outputs [b, t, h, d_v] in the input dtype and the final state S [b, h, d_v, d_k].
     """
     _check_inputs(q, k, v, {"alpha": alpha, "beta": beta}, initial_state)
-    return _recurrent(q, k, v, alpha, beta, initial_state)
+    return gated_delta_recurrent(q, k, v, alpha, beta, initial_state=initial_state)
 
 
 # ----------------------------------------------------------------------------------------------
