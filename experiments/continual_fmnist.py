@@ -59,10 +59,11 @@ from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
 from nestlearn.models.cms import (
     CMS,
-    CMSOnlineState,
     cms_apply,
     cms_level_selectors,
+    cms_online_init,
     cms_online_update,
+    online_transform,
 )
 from nestlearn.optim.scheduler import nested
 
@@ -201,13 +202,19 @@ def scheduled_tx(s: dict, periods) -> optax.GradientTransformationExtraArgs:
     return nested((*levels, Level("backbone", None, adamw)))
 
 
+def online_tx(s: dict):
+    """(chunk sizes in examples, the online levels' SGD at `inner_lr`) of `cms_online`."""
+    chunk_sizes = tuple(p * s["batch"] for p in s["periods"])
+    return chunk_sizes, online_transform(chunk_sizes, learning_rate=s["inner_lr"])
+
+
 def make_task_trainer(method: str, s: dict):
     """A jitted `train(carry, x, y, idx, extras) -> carry` running all steps of one task."""
     periods = s["periods"] if method == "cms_scheduled" else (1,) * len(s["periods"])
-    chunk_sizes = tuple(p * s["batch"] for p in s["periods"])
 
     if method == "cms_online":
         tx = optax.adamw(s["lr"], weight_decay=1e-4)
+        chunk_sizes, fast_tx = online_tx(s)
 
         def body(carry, step_in):
             backbone, opt_state, online, seen = carry
@@ -225,9 +232,9 @@ def make_task_trainer(method: str, s: dict):
             online = cms_online_update(
                 online,
                 grads_f,
+                transform=fast_tx,
                 tokens_seen=seen,
                 chunk_sizes=chunk_sizes,
-                inner_lr=s["inner_lr"],
                 variant="sequential",
             )
             return (backbone, opt_state, online, seen), None
@@ -302,7 +309,7 @@ def run_method(method: str, seed: int, data, s: dict) -> dict:
     if method == "cms_online":
         backbone = {"embed": params["embed"], "head": params["head"]}
         initial = level_list(params)
-        online = CMSOnlineState(initial, jax.tree.map(jnp.zeros_like, initial), initial)
+        online = cms_online_init(initial, online_tx(s)[1])
         carry = (backbone, tx.init(backbone), online, jnp.zeros([], jnp.int32))
     else:
         extras = {}

@@ -19,7 +19,9 @@ from nestlearn.models.cms import (
     CMSOnlineState,
     cms_apply,
     cms_level_selectors,
+    cms_online_init,
     cms_online_update,
+    online_transform,
 )
 from nestlearn.models.generate import generate, sample_logits
 from nestlearn.models.hope import HopeBlock, SelfModifyingTitans
@@ -110,6 +112,7 @@ __all__ = [
     "cms_apply",
     "cms_config",
     "cms_level_selectors",
+    "cms_online_init",
     "cms_online_update",
     "count_params",
     "default_config",
@@ -118,6 +121,7 @@ __all__ = [
     "hope",
     "l2_normalize",
     "mlp_hidden_size",
+    "online_transform",
     "register",
     "rope",
     "sample_logits",

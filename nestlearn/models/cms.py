@@ -16,10 +16,12 @@ Modes:
   scheduler updates level i every `periods[i]` steps with the summed task-loss gradient (Eq. 71
   over the training stream; see `cms_level_selectors`). The forward pass is stateless.
 - online: inside a sequence, level ℓ steps on the summed task-loss gradient of the tokens it has
-  seen every `chunk_sizes[ℓ]` tokens (Eq. 71 in context, dynamic-evaluation style). The fast
-  weights are per sequence and live in the block state as a `CMSOnlineState`; the parameters are
-  their meta-learned initial values. `LanguageModel` computes the chunk gradients and calls
-  `cms_online_update`.
+  seen every `chunk_sizes[ℓ]` tokens (Eq. 71 in context, dynamic-evaluation style). The steps are
+  the level scheduler's (`nestlearn.optim.nested`) with the base chunk as its clock
+  (`online_transform`), so any optax rule can drive them (`online_rule`, default SGD at
+  `inner_lr`). The fast weights and the optimizer state are per sequence and live in the block
+  state as a `CMSOnlineState`; the parameters are their meta-learned initial values.
+  `LanguageModel` computes the chunk gradients and calls `cms_online_update`.
 
 Shapes: b batch, t tokens, d width, f hidden width.
 """
@@ -32,8 +34,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 
+from nestlearn.core.level import Level
 from nestlearn.models.layers import (
     MLP,
     RMSNorm,
@@ -45,6 +49,8 @@ from nestlearn.models.layers import (
     rms_norm,
     swiglu_apply,
 )
+from nestlearn.optim.registry import available_rules, rule_factory
+from nestlearn.optim.scheduler import NestedState, nested
 
 VARIANTS = ("sequential", "nested", "independent")
 MODES = ("scheduled", "online")
@@ -54,10 +60,10 @@ LevelWeights = Mapping[str, jax.Array]
 
 
 class CMSOnlineState(NamedTuple):
-    """Per-sequence fast weights of an online CMS (Eq. 71 in context)."""
+    """Per-sequence fast weights of an online CMS (Eq. 71 in context) and their optimizer."""
 
     weights: tuple[dict, ...]  # per level {name: [b, ...] float32}: current fast weights θ^(ℓ)
-    grads: tuple[dict, ...]  # like weights: chunk gradients summed since level ℓ's last step
+    opt_state: NestedState  # of `online_transform`, per sequence (leading axis b when batched)
     initial: tuple[dict, ...]  # per level {name: [...] float32}: learned initial weights θ_0^(ℓ)
 
 
@@ -91,6 +97,9 @@ def validate_cms_config(cms: ml_collections.ConfigDict) -> None:
             raise ValueError(f"cms.chunk_sizes {sizes} must all be multiples of the first")
         if not cms.inner_lr > 0:
             raise ValueError(f"cms.inner_lr must be > 0, got {cms.inner_lr}")
+        rule = cms.get("online_rule", "sgd")
+        if not isinstance(rule, str) or rule_factory(rule) is None:
+            raise ValueError(f"cms.online_rule={rule!r} is not a rule; any of {available_rules()}")
 
 
 def level_apply(
@@ -138,46 +147,102 @@ def cms_apply(
     return h
 
 
+def online_transform(
+    chunk_sizes: Sequence[int], *, rule: str = "sgd", learning_rate: float = 1e-3
+) -> optax.GradientTransformationExtraArgs:
+    """The in-context optimizer of an online CMS: Eq. 71 with the base chunk as the clock.
+
+    One scheduler level per CMS level (`nestlearn.optim.nested`): level ℓ of the fast weights (a
+    tuple with one dict per level, paths `<ℓ>/<name>`) applies `rule(learning_rate)` to the
+    gradients summed over its chunk every chunk_sizes[ℓ] / chunk_sizes[0] base chunks, and emits
+    zeros in between; with `rule="sgd"` that is θ ← θ − lr · Σ(gradients since its last step).
+
+    Args:
+      chunk_sizes: C(ℓ) per level, ascending multiples of C(0).
+      rule: a rule name (`nestlearn.optim.rule_factory`: any nestlearn.optim transform or optax
+        alias).
+      learning_rate: the rule's learning rate (`cms.inner_lr`).
+    """
+    factory = rule_factory(rule)
+    if factory is None:
+        raise ValueError(f"online CMS rule {rule!r} is not a rule; any of {available_rules()}")
+    base = chunk_sizes[0]
+    return nested(
+        tuple(
+            Level(f"cms_level_{i}", rf"^{i}/", factory(learning_rate), period=c // base)
+            for i, c in enumerate(chunk_sizes)
+        )
+    )
+
+
+def _batched(weights: tuple[dict, ...], initial: tuple[dict, ...]) -> bool:
+    """Whether the fast weights carry a leading batch axis that θ_0 has not."""
+    return jax.tree.leaves(weights)[0].ndim > jax.tree.leaves(initial)[0].ndim
+
+
+def cms_online_init(
+    initial: tuple[dict, ...],
+    transform: optax.GradientTransformation,
+    batch_size: int | None = None,
+) -> CMSOnlineState:
+    """The online state at θ_0: fast weights (per sequence when `batch_size`) and a fresh optimizer.
+
+    Args:
+      initial: θ_0^(ℓ) per level (float32, no batch axis).
+      transform: `online_transform` of the CMS.
+      batch_size: sequences of the batch; None keeps one set of fast weights (a single stream).
+    """
+    weights = initial
+    init = transform.init
+    if batch_size is not None:
+        weights = jax.tree.map(lambda w: jnp.broadcast_to(w, (batch_size, *w.shape)), initial)
+        init = jax.vmap(init)
+    return CMSOnlineState(weights, init(weights), initial)
+
+
 def cms_online_update(
     state: CMSOnlineState,
     grads: tuple[dict, ...],
     *,
+    transform: optax.GradientTransformation,
     tokens_seen: jax.Array,
     chunk_sizes: Sequence[int],
-    inner_lr: float,
     variant: str,
 ) -> CMSOnlineState:
-    """Adds one chunk's gradients and steps every level that reaches its boundary (Eq. 71).
+    """One base chunk's step of the online levels (Eq. 71), and the nested resets (Eq. 72).
 
-    θ^(ℓ) ← θ^(ℓ) − inner_lr · Σ(gradients since its last step) when tokens_seen ≡ 0 (mod C(ℓ));
-    gradients are summed over the chunk's tokens (half-open chunks, docs/SEMANTICS.md §6.2). For the
-    nested variant (Eq. 72), level ℓ is then reset to θ_0^(ℓ) when tokens_seen ≡ 0 (mod C(ℓ+1)).
+    Every level adds the chunk's gradients (summed over its tokens, half-open chunks,
+    docs/SEMANTICS.md §6.2) and steps with its rule when tokens_seen ≡ 0 (mod C(ℓ)), through
+    `transform` (per sequence when the weights are batched). For the nested variant, level ℓ is
+    then reset when tokens_seen ≡ 0 (mod C(ℓ+1)): weights to θ_0^(ℓ), its accumulator, clock and
+    rule state to their initial values.
 
     Args:
       state: the state before the update.
       grads: per-level gradients of the chunk's summed loss, shaped like `state.weights`.
-      tokens_seen: [] int32, tokens processed including this chunk.
+      transform: `online_transform` of the CMS (its clock must be this chunk count).
+      tokens_seen: [] int32, tokens processed including this chunk (for the nested resets).
       chunk_sizes: C(ℓ) per level (ascending).
-      inner_lr: step size of the in-context updates.
       variant: the CMS variant.
     """
-    new_weights, new_grads = [], []
-    for level, (w, acc, g) in enumerate(zip(state.weights, state.grads, grads)):
-        acc = jax.tree.map(jnp.add, acc, g)
-        step = tokens_seen % chunk_sizes[level] == 0
-        w = jax.tree.map(lambda wi, ai, s=step: jnp.where(s, wi - inner_lr * ai, wi), w, acc)
-        acc = jax.tree.map(lambda ai, s=step: jnp.where(s, jnp.zeros_like(ai), ai), acc)
-        if variant == "nested" and level + 1 < len(chunk_sizes):
+    update = transform.update
+    batched = _batched(state.weights, state.initial)
+    if batched:
+        update = jax.vmap(update)
+    updates, opt_state = update(grads, state.opt_state, state.weights)
+    weights = list(optax.apply_updates(state.weights, updates))
+    if variant == "nested":
+        batch = jax.tree.leaves(state.weights)[0].shape[0] if batched else None
+        fresh = cms_online_init(state.initial, transform, batch)
+        levels = dict(opt_state.levels)
+        for level in range(len(chunk_sizes) - 1):
             reset = tokens_seen % chunk_sizes[level + 1] == 0
-            w = jax.tree.map(
-                lambda wi, w0, r=reset: jnp.where(r, jnp.broadcast_to(w0, wi.shape), wi),
-                w,
-                state.initial[level],
-            )
-            acc = jax.tree.map(lambda ai, r=reset: jnp.where(r, jnp.zeros_like(ai), ai), acc)
-        new_weights.append(w)
-        new_grads.append(acc)
-    return CMSOnlineState(tuple(new_weights), tuple(new_grads), state.initial)
+            pick = lambda new, old, r=reset: jnp.where(r, new, old)
+            weights[level] = jax.tree.map(pick, fresh.weights[level], weights[level])
+            name = f"cms_level_{level}"
+            levels[name] = jax.tree.map(pick, fresh.opt_state.levels[name], levels[name])
+        opt_state = NestedState(levels)
+    return CMSOnlineState(tuple(weights), opt_state, state.initial)
 
 
 class CMSLevel(nnx.Module):
@@ -231,6 +296,7 @@ class CMS(nnx.Module):
         variant: str = "sequential",
         chunk_sizes: Sequence[int] = (16, 64, 256),
         inner_lr: float = 1e-3,
+        online_rule: str = "sgd",
         ffn: str = "swiglu",
         act: str = "gelu",
         dtype: str = "float32",
@@ -245,6 +311,7 @@ class CMS(nnx.Module):
                 variant=variant,
                 chunk_sizes=tuple(chunk_sizes),
                 inner_lr=inner_lr,
+                online_rule=online_rule,
                 ffn=ffn,
                 activation=act,
             )
@@ -255,6 +322,7 @@ class CMS(nnx.Module):
         self.variant = variant
         self.chunk_sizes = tuple(chunk_sizes)
         self.inner_lr = inner_lr
+        self.online_rule = online_rule
         self.ffn = ffn
         self.act = act
         self.dtype = compute_dtype(dtype)
@@ -285,6 +353,7 @@ class CMS(nnx.Module):
             variant=cms.variant,
             chunk_sizes=tuple(cms.chunk_sizes),
             inner_lr=cms.inner_lr,
+            online_rule=cms.get("online_rule", "sgd"),
             ffn=cms.ffn,
             act=cms.activation,
             dtype=config.dtype,
@@ -354,14 +423,17 @@ class CMS(nnx.Module):
         """The learned (initial) weights of every level."""
         return tuple(level.weights() for level in self.levels)
 
+    def online_transform(self) -> optax.GradientTransformationExtraArgs:
+        """The in-context optimizer of the online mode (`online_transform`)."""
+        return online_transform(
+            self.chunk_sizes, rule=self.online_rule, learning_rate=self.inner_lr
+        )
+
     def init_state(self, batch_size: int) -> CMSOnlineState | None:
         """None in scheduled mode; per-sequence copies of the learned weights in online mode."""
         if self.mode == "scheduled":
             return None
-        initial = self.level_weights()
-        weights = jax.tree.map(lambda w: jnp.broadcast_to(w, (batch_size, *w.shape)), initial)
-        grads = jax.tree.map(jnp.zeros_like, weights)
-        return CMSOnlineState(weights=weights, grads=grads, initial=initial)
+        return cms_online_init(self.level_weights(), self.online_transform(), batch_size)
 
     def __call__(
         self, x: jax.Array, state: CMSOnlineState | None = None

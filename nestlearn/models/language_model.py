@@ -10,7 +10,9 @@ Online CMS (docs/SEMANTICS.md §6.2 row 4): when `config.cms.mode == "online"`, 
 dynamic evaluation. It scans over base chunks of c = `cms.chunk_sizes[0]` tokens; inside a chunk
 every online CMS level is frozen; after a chunk the gradient of that chunk's next-token loss (summed
 over its tokens and the within-chunk targets, Eq. 71) w.r.t. each sequence's fast weights is added
-to the level's accumulator, and level ℓ steps every `chunk_sizes[ℓ]` tokens (`cms_online_update`).
+to the level's accumulator, and level ℓ steps every `chunk_sizes[ℓ]` tokens with the rule
+`cms.online_rule` at `cms.inner_lr` (`cms_online_update`: the level scheduler with the chunk as its
+clock).
 The fast weights start from the CMS parameters, and the outer loss backpropagates through the inner
 steps. Tokens of an incomplete chunk are kept in the state and recomputed with the next call, so
 pieces of any length (generation included) equal one call; the in-context update of a chunk happens
@@ -34,7 +36,12 @@ from flax import nnx
 from nestlearn.core.validation import check_nonempty, check_token_ids
 from nestlearn.kernels.kernel_impl import KERNEL_IMPLS
 from nestlearn.models import registry
-from nestlearn.models.cms import CMSOnlineState, cms_online_update, validate_cms_config
+from nestlearn.models.cms import (
+    CMSOnlineState,
+    cms_online_update,
+    online_transform,
+    validate_cms_config,
+)
 from nestlearn.models.layers import DTYPES, RMSNorm, compute_dtype
 
 
@@ -263,6 +270,11 @@ class LanguageModel(nnx.Module):
             buf = jax.lax.dynamic_update_slice(buf, tokens.astype(jnp.int32), (0, n))
         valid = n + t  # tokens in buf, which starts at the current chunk start
         chunks = buf.reshape(b, num_chunks, c).swapaxes(0, 1)  # [K, b, c]
+        transform = online_transform(
+            tuple(cms.chunk_sizes),
+            rule=cms.get("online_rule", "sgd"),
+            learning_rate=cms.inner_lr,
+        )
 
         def body(carry, inputs):
             layers, committed = carry
@@ -281,9 +293,9 @@ class LanguageModel(nnx.Module):
                     cms_online_update(
                         leaf,
                         next(grads_iter),
+                        transform=transform,
                         tokens_seen=seen,
                         chunk_sizes=tuple(cms.chunk_sizes),
-                        inner_lr=cms.inner_lr,
                         variant=cms.variant,
                     )
                     if _is_online(leaf)

@@ -160,6 +160,7 @@ def cms_config() -> ml_collections.ConfigDict:
             # "independent" (Eq. 74)
             "chunk_sizes": (16, 64, 256),  # online mode: level i steps every chunk_sizes[i] tokens
             "inner_lr": 1e-3,  # online mode: step size of the in-context updates
+            "online_rule": "sgd",  # online mode: their rule (nestlearn.optim.rule_factory)
             "ffn": "swiglu",  # level MLP: "swiglu" | "mlp" (two layers)
             "activation": "gelu",  # activation of the two-layer MLP
         }

@@ -84,6 +84,7 @@ class HopeAttentionBlock(nnx.Module):
             variant=cms.variant,
             chunk_sizes=tuple(cms.chunk_sizes),
             inner_lr=cms.inner_lr,
+            online_rule=cms.get("online_rule", "sgd"),
             dtype=config.dtype,
             rngs=rngs,
         )

@@ -41,6 +41,7 @@ from nestlearn.optim.preconditioned_momentum import (
     preconditioned_momentum,
     scale_by_preconditioned_momentum,
 )
+from nestlearn.optim.registry import available_rules, rule_factory
 from nestlearn.optim.scheduler import (
     LevelState,
     NestedState,
@@ -65,6 +66,7 @@ __all__ = [
     "NewtonSchulzMomentumState",
     "PreconditionedMomentumState",
     "TrainStep",
+    "available_rules",
     "deep_momentum",
     "delta_momentum",
     "dgd",
@@ -78,6 +80,7 @@ __all__ = [
     "newton_schulz_momentum",
     "polynomial_features",
     "preconditioned_momentum",
+    "rule_factory",
     "scale_by_deep_momentum",
     "scale_by_delta_momentum",
     "scale_by_dgd",

@@ -38,6 +38,7 @@ import optax
 from ml_collections import config_dict
 
 from nestlearn.core import Level
+from nestlearn.optim.registry import available_rules, rule_factory
 
 __all__ = [
     "SCHEDULES",
@@ -98,48 +99,6 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
 _LEVEL_KEYS = tuple(
     k for k, v in level_config().items() if not isinstance(v, ml_collections.ConfigDict)
 )
-
-
-def _rule_namespaces():
-    import optax.contrib
-
-    import nestlearn.optim
-
-    return (nestlearn.optim, optax, optax.contrib)
-
-
-def _is_rule(name: str, obj) -> bool:
-    if name.startswith(("_", "scale_by_")) or not callable(obj) or inspect.isclass(obj):
-        return False
-    try:
-        params = list(inspect.signature(obj).parameters)
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0] == "learning_rate"
-
-
-def rule_factory(name: str) -> Callable[..., optax.GradientTransformation] | None:
-    """The factory a rule name resolves to, or None.
-
-    Looked up in `nestlearn.optim`, then `optax`, then `optax.contrib`; a factory is a public
-    function whose first parameter is `learning_rate` (not a `scale_by_*` direction).
-    """
-    for namespace in _rule_namespaces():
-        factory = getattr(namespace, name, None)
-        if _is_rule(name, factory):
-            return factory
-    return None
-
-
-def available_rules() -> list[str]:
-    """Every rule name `rule_factory` resolves, sorted."""
-    names = {
-        name
-        for namespace in _rule_namespaces()
-        for name in dir(namespace)
-        if _is_rule(name, getattr(namespace, name))
-    }
-    return sorted(names)
 
 
 def _keywords(factory) -> list[str]:

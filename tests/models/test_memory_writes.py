@@ -178,7 +178,7 @@ def memories(layers) -> list:
         elif isinstance(node, mixers.ChunkStream):
             found.append(node.start)  # pending inputs are recomputed, not memory
         elif isinstance(node, CMSOnlineState):
-            found.append((node.weights, node.grads))
+            found.append((node.weights, node.opt_state))
         elif isinstance(node, KVCache) or node is None:
             return
         elif isinstance(node, tuple):
