@@ -40,6 +40,14 @@ import sys
 import time
 from pathlib import Path
 
+# Delta momentum and DGD solve one small SPD system per matrix leaf with LAPACK. Vmapped over the
+# grid (30 runs), XLA:CPU's concurrency-optimized scheduler runs the leaves' batched solves at
+# once, each waits for batch tasks on the same 2-thread pool, and the process deadlocks (jaxlib
+# 0.10.2, 2 cores; docs/optimizers.md, "Known limits"). Scheduling them in order avoids it.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+).strip()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
