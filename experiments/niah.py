@@ -54,9 +54,8 @@ import results_lm
 from nestlearn import models, tune_host_allocator
 from nestlearn.data.dataset import load_dataset
 from nestlearn.eval import answer_training, compare, niah
-from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
-from nestlearn.train.step import split_model
+from nestlearn.train.step import TrainState, build_train_step, split_model
 from nestlearn.train.trainer import memory_writes_graph
 
 FLAGS = flags.FLAGS
@@ -160,10 +159,14 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     model = models.build(config.model, rngs=nnx.Rngs(seed))
     graphdef, params, rest = split_model(model)
     n_params = models.count_params(model)
-    tx = nested(build_levels(config))
-    opt_state = tx.init(params)
-    train_step = answer_training.make_train_step(
-        graphdef, tx, grad_clip=config.optim.grad_clip, answer_weight=FLAGS.answer_weight
+    levels = build_levels(config)
+    state = TrainState.create(params, levels, seed=seed)
+    train_step = build_train_step(
+        levels,
+        params=params,
+        grad_clip=config.optim.grad_clip,
+        graphdef=graphdef,
+        loss=answer_training.answer_loss(answer_weight=FLAGS.answer_weight),
     )
     rng = np.random.default_rng([seed, 1])
     load_start = os.getloadavg()
@@ -184,16 +187,14 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             rng=rng,
             tokenizer=tok,
         )
-        params, opt_state, m = train_step(
-            params, opt_state, rest, batch.inputs, batch.targets, batch.answer_mask
-        )
+        state, m = train_step(state, rest, batch.inputs, batch.targets, batch.answer_mask)
         loss = float(m["loss"])  # every step: a non-finite loss stops the run there
         if not np.isfinite(loss):
             divergence = {"step": i + 1, "length": length, "last_finite": last_finite}
         else:
             last_finite = {"step": i + 1, "loss": loss}
         if i % 10 == 0 or i == steps - 1 or divergence:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            m = {k: float(m[k]) for k in ("loss", "lm", "answer", "exact", "byte_acc")}
             curve.append({"step": i + 1, "length": length, **m})
             print(
                 f"  {name} step {i + 1} (L={length}): loss {m['loss']:.3f} (answer "
@@ -205,6 +206,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             print(f"  {name} diverged at step {i + 1}: not tested", flush=True)
             break
     train_s = time.perf_counter() - start
+    params = state.params  # the step donated the initial ones
     # Writes on, and (a model with in-context memory) the same parameters with every memory held
     # at its initial state: the same examples, so the two columns differ only by the writes.
     graphs = {"on": graphdef}

@@ -48,9 +48,8 @@ import results_lm
 
 from nestlearn import models, tune_host_allocator
 from nestlearn.eval import answer_training, compare, recall
-from nestlearn.optim.scheduler import nested
 from nestlearn.train.levels import build_levels
-from nestlearn.train.step import split_model
+from nestlearn.train.step import TrainState, build_train_step, split_model
 from nestlearn.train.trainer import memory_writes_graph
 
 VOCAB = 256  # keys 0–127, values 128–255 (the byte vocabulary of the LM comparison)
@@ -71,21 +70,23 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     sample = functools.partial(recall.mqar_batch, queries=queries, vocab=vocab, gap=args.gap)
     model = models.build(config.model, rngs=nnx.Rngs(args.seed))
     graphdef, params, rest = split_model(model)
-    tx = nested(build_levels(config))
-    opt_state = tx.init(params)
-    train_step = answer_training.make_train_step(
-        graphdef, tx, grad_clip=config.optim.grad_clip, answer_weight=1.0, lm_weight=0.0
+    levels = build_levels(config)
+    state = TrainState.create(params, levels, seed=args.seed)
+    train_step = build_train_step(
+        levels,
+        params=params,
+        grad_clip=config.optim.grad_clip,
+        graphdef=graphdef,
+        loss=answer_training.answer_loss(answer_weight=1.0, lm_weight=0.0),
     )
     rng = np.random.default_rng([args.seed, 1])
     load_start, start = os.getloadavg(), time.perf_counter()
     curve = []
     for i in range(steps):
         b = sample(rng, batch=batch, pairs=pairs)
-        params, opt_state, m = train_step(
-            params, opt_state, rest, b.inputs, b.targets, b.answer_mask
-        )
+        state, m = train_step(state, rest, b.inputs, b.targets, b.answer_mask)
         if i % 25 == 0 or i == steps - 1:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            m = {k: float(m[k]) for k in ("loss", "answer", "byte_acc")}
             curve.append({"step": i + 1, "loss": m["answer"], "accuracy": m["byte_acc"]})
             print(
                 f"  {name} step {i + 1}: answer loss {m['answer']:.3f}, accuracy "
@@ -95,6 +96,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
             if not np.isfinite(m["loss"]):
                 break
     train_s = time.perf_counter() - start
+    params = state.params  # the step donated the initial ones
     # Writes on, and (a model with in-context memory) off: same parameters, same test sequences.
     graphs = {"on": graphdef}
     if models.has_memory(config.model):

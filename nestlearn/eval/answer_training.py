@@ -7,13 +7,14 @@ Used by `experiments/niah.py` (S-NIAH in natural-text haystacks) and `experiment
 
 with CE_t the next-token cross-entropy; the metrics are that loss, both terms, the answer
 per-token accuracy (argmax) and the fraction of sequences whose every answer token is right.
+`answer_loss` is that loss for the library's train step (`nestlearn.train.build_train_step`:
+levels, clipping, the non-finite guard).
 
 Shapes: b batch, t tokens, V vocabulary.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -21,50 +22,32 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["make_logits_fn", "make_train_step"]
+__all__ = ["answer_loss", "make_logits_fn"]
 
 
-def _loss(graphdef, params, rest, inputs, targets, mask, lm_weight, answer_weight):
-    model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(inputs)  # [b, t, V]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [b, t]
-    lm = ce.mean()
-    answer = (ce * mask).sum() / jnp.maximum(mask.sum(), 1)
-    right = (jnp.argmax(logits, axis=-1) == targets) & mask  # [b, t]
-    metrics = {
-        "lm": lm,
-        "answer": answer,
-        "exact": jnp.mean(jnp.all(right | ~mask, axis=1)),
-        "byte_acc": right.sum() / jnp.maximum(mask.sum(), 1),
-    }
-    return lm_weight * lm + answer_weight * answer, metrics
+def answer_loss(*, answer_weight: float, lm_weight: float = 1.0):
+    """`loss(model, inputs, targets, mask) -> (loss, metrics)` of the module docstring, for
+    `nestlearn.train.build_train_step(..., loss=answer_loss(...))`.
 
-
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    *,
-    grad_clip: float,
-    answer_weight: float,
-    lm_weight: float = 1.0,
-):
-    """Jitted `step(params, opt_state, rest, inputs, targets, mask) -> (params, opt_state, m)`.
-
-    The loss of the module docstring, global-norm clipping to `grad_clip`, then `tx` (e.g. the
-    model's nested training levels). `m` holds "loss" and the metrics of the module docstring.
+    inputs, targets [b, t] int32; mask [b, t] bool (the answer tokens). The metrics are `lm`,
+    `answer`, `exact` and `byte_acc`.
     """
-    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
 
-    @jax.jit
-    def step(params, opt_state, rest, inputs, targets, mask):
-        (loss, aux), grads = grad_fn(params, rest, inputs, targets, mask, lm_weight, answer_weight)
-        norm = optax.tree.norm(grads)
-        scale = jnp.minimum(1.0, grad_clip / jnp.maximum(norm, 1e-12))
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
+    def loss(model: nnx.Module, inputs: jax.Array, targets: jax.Array, mask: jax.Array):
+        logits, _ = model(inputs)  # [b, t, V]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [b, t]
+        lm = ce.mean()
+        answer = (ce * mask).sum() / jnp.maximum(mask.sum(), 1)
+        right = (jnp.argmax(logits, axis=-1) == targets) & mask  # [b, t]
+        metrics = {
+            "lm": lm,
+            "answer": answer,
+            "exact": jnp.mean(jnp.all(right | ~mask, axis=1)),
+            "byte_acc": right.sum() / jnp.maximum(mask.sum(), 1),
+        }
+        return lm_weight * lm + answer_weight * answer, metrics
 
-    return step
+    return loss
 
 
 def make_logits_fn(graphdef: nnx.GraphDef):

@@ -2,7 +2,9 @@
 
 The model is split once into its graph, its slow weights (`nnx.Param`) and the rest of its state
 (fast `MemoryState` variables and anything else); the steps are pure functions of these pieces.
-The loss is next-token cross-entropy, each window starting from the model's initial memory state.
+The loss is next-token cross-entropy (`lm_loss`), each window starting from the model's initial
+memory state, or any `loss(model, *batch) -> (loss, metrics)` (e.g. the answer loss of
+`nestlearn.eval.answer_training`): every trainer, study and task trains through this one step.
 
 One train step: loss and gradients; global-norm clipping; the nested levels' update
 (`nestlearn.optim.scheduler.nested`); and a guard: when the loss or any gradient is non-finite,
@@ -20,7 +22,7 @@ that the model calls through `nestlearn.parallel.sharded_kernel` run under `jax.
 
 from __future__ import annotations
 
-import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +48,7 @@ __all__ = [
     "build_eval_step",
     "build_train_step",
     "cross_entropy",
+    "lm_loss",
     "split_model",
     "state_shardings",
 ]
@@ -116,10 +119,17 @@ def _memory_stats(state: Any) -> dict[str, jax.Array]:
     return stats
 
 
-def _loss(graphdef, params, rest, inputs, targets):
-    model = nnx.merge(graphdef, params, rest)
+def lm_loss(model: nnx.Module, inputs: jax.Array, targets: jax.Array):
+    """(mean next-token cross-entropy, `memory_rms/layer_<i>` of the final memory state) of a
+    fresh window; inputs, targets [b, t] int32. The default loss of `build_train_step`."""
     logits, memory = model(inputs)
     return cross_entropy(logits, targets), _memory_stats(memory)
+
+
+def _batch_args(loss: Callable) -> int:
+    """How many batch arrays `loss(model, *batch)` takes."""
+    params = list(inspect.signature(loss).parameters.values())[1:]
+    return sum(p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
 
 
 def _level_norms(updates: Any, owners: list[str], names: list[str]) -> jax.Array:
@@ -179,18 +189,20 @@ def build_train_step(
     grad_clip: float,
     graphdef: nnx.GraphDef,
     mesh: Mesh | None = None,
+    loss: Callable[..., tuple[jax.Array, dict]] = lm_loss,
 ) -> Callable:
-    """The jitted `train_step(state, rest, inputs, targets) -> (state, metrics)`.
+    """The jitted `train_step(state, rest, *batch) -> (state, metrics)`.
 
     `state` (a `TrainState` whose `opt_state` is `nested(levels).init(params)`) is donated;
-    `rest` is the model's non-`nnx.Param` state. With `mesh`, the step is compiled with the
-    shardings of `state_shardings` for the state (in and out), the batch split over
+    `rest` is the model's non-`nnx.Param` state; `batch` the arrays `loss(model, *batch)` takes
+    after the model (`lm_loss`: inputs, targets). With `mesh`, the step is compiled with the
+    shardings of `state_shardings` for the state (in and out), every batch array split over
     `nestlearn.parallel.BATCH_AXES`, and `rest` and the metrics replicated.
     `metrics` holds `loss`, `grad_norm`, `finite` (bool), `level_finite` ([num_levels] bool, in
     the order of `levels`), `level/<name>/updates` (updates each level has applied),
     `level/<name>/step_update_norm` (‖Δθ‖ of the level's update in this step, 0 when it held or
-    the step was skipped; `nestlearn.train.instruments.LevelMonitor`) and `memory_rms/layer_<i>`
-    for layers with in-context memory.
+    the step was skipped; `nestlearn.train.instruments.LevelMonitor`) and the loss's own
+    metrics (`lm_loss`: `memory_rms/layer_<i>` for layers with in-context memory).
 
     A `state` whose params or optimizer state do not have the structure and shapes of `params`
     and `nested(levels).init(params)` is refused while tracing (ValueError naming both
@@ -199,15 +211,17 @@ def build_train_step(
     tx = nested(levels)
     owners = assign_levels(levels, params)
     names = [level.name for level in levels]
-    grad_fn = jax.value_and_grad(functools.partial(_loss, graphdef), has_aux=True)
+    grad_fn = jax.value_and_grad(
+        lambda p, rest, *batch: loss(nnx.merge(graphdef, p, rest), *batch), has_aux=True
+    )
     opt_shapes = jax.eval_shape(tx.init, params)
     built_for = params  # the params the levels were built for
 
-    def train_step(state: TrainState, rest: nnx.State, inputs: jax.Array, targets: jax.Array):
+    def train_step(state: TrainState, rest: nnx.State, *batch: jax.Array):
         # Shapes and structures are static: checked once, while tracing.
         _check_tree(state.params, built_for, "state.params (the gradients)", "the levels' params")
         _check_tree(state.opt_state, opt_shapes, "state.opt_state", "the levels' optimizer state")
-        (loss, memory), grads = grad_fn(state.params, rest, inputs, targets)
+        (value, aux), grads = grad_fn(state.params, rest, *batch)
         leaf_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
         level_finite = jnp.stack(
             [
@@ -215,7 +229,7 @@ def build_train_step(
                 for name in names
             ]
         )
-        finite = jnp.isfinite(loss) & jnp.all(level_finite)
+        finite = jnp.isfinite(value) & jnp.all(level_finite)
         grad_norm = optax.tree.norm(grads)
         if grad_clip > 0:
             scale = jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
@@ -236,11 +250,11 @@ def build_train_step(
             rng=state.rng,
         )
         metrics = {
-            "loss": loss,
+            "loss": value,
             "grad_norm": grad_norm,
             "finite": finite,
             "level_finite": level_finite,
-            **memory,
+            **aux,
         }
         for name, applied in level_stats(new_state.opt_state).items():
             metrics[f"level/{name}/updates"] = applied
@@ -262,7 +276,7 @@ def build_train_step(
     state_sh, batch_sh, rep = state_shardings(shapes, mesh), batch_sharding(mesh), replicated(mesh)
     return jax.jit(
         mesh_context(train_step, mesh),
-        in_shardings=(state_sh, rep, batch_sh, batch_sh),
+        in_shardings=(state_sh, rep, *[batch_sh] * _batch_args(loss)),
         out_shardings=(state_sh, rep),
         donate_argnums=(0,),
     )
@@ -279,7 +293,9 @@ def build_eval_step(
     Raises:
       ValueError: `mesh` without `params`.
     """
-    step = lambda params, rest, inputs, targets: _loss(graphdef, params, rest, inputs, targets)[0]
+    step = lambda params, rest, inputs, targets: lm_loss(
+        nnx.merge(graphdef, params, rest), inputs, targets
+    )[0]
     if mesh is None:
         return jax.jit(step)
     if params is None:

@@ -7,7 +7,9 @@ import pytest
 from flax import nnx
 
 from nestlearn import models
+from nestlearn.core import Level
 from nestlearn.eval import answer_training, recall
+from nestlearn.train.step import TrainState, build_train_step
 
 
 def test_mqar_layout_answers_repeat_their_keys_values():
@@ -53,12 +55,17 @@ def test_answer_only_step_trains_on_the_answers_alone():
     config.update(d_model=32, num_layers=1, num_heads=2, vocab_size=32, max_len=64)
     model = models.build(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(1e-2)
-    step = answer_training.make_train_step(
-        graphdef, tx, grad_clip=1.0, answer_weight=1.0, lm_weight=0.0
+    levels = (Level("all", None, optax.adam(1e-2)),)
+    step = build_train_step(
+        levels,
+        params=params,
+        grad_clip=1.0,
+        graphdef=graphdef,
+        loss=answer_training.answer_loss(answer_weight=1.0, lm_weight=0.0),
     )
     b = recall.mqar_batch(np.random.default_rng(1), batch=4, pairs=4, queries=4, vocab=32)
-    _, _, m = step(params, tx.init(params), rest, b.inputs, b.targets, b.answer_mask)
+    state = TrainState.create(params, levels, seed=0)
+    _, m = step(state, rest, b.inputs, b.targets, b.answer_mask)
     m = jax.device_get(m)
     assert np.isclose(m["loss"], m["answer"]) and not np.isclose(m["loss"], m["lm"])
     assert 0 <= m["byte_acc"] <= 1 and 0 <= m["exact"] <= 1

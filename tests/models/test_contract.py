@@ -16,7 +16,9 @@ import pytest
 from flax import nnx
 
 from nestlearn import models
+from nestlearn.core import Level
 from nestlearn.eval import answer_training, recall
+from nestlearn.train.step import TrainState, build_train_step
 
 VOCAB = 16
 T = 16
@@ -166,14 +168,19 @@ def test_learns_associative_recall_through_its_memory(name):
     for seed in RECALL_SEEDS:
         model = models.build(recall_config(name), rngs=nnx.Rngs(seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        tx = optax.adam(1e-2)
-        step = answer_training.make_train_step(
-            graphdef, tx, grad_clip=float("inf"), answer_weight=1.0, lm_weight=0.0
+        levels = (Level("all", None, optax.adam(1e-2)),)
+        step = build_train_step(
+            levels,
+            params=params,
+            grad_clip=0.0,
+            graphdef=graphdef,
+            loss=answer_training.answer_loss(answer_weight=1.0, lm_weight=0.0),
         )
         rng = np.random.default_rng(seed)
-        opt_state = tx.init(params)
+        state = TrainState.create(params, levels, seed=seed)
         for _ in range(RECALL_STEPS):
-            params, opt_state, _ = step(params, opt_state, rest, *_recall_batch(rng))
+            state, _ = step(state, rest, *_recall_batch(rng))
+        params = state.params
         on = _answer_accuracy(graphdef, params, rest, *test)
         accuracies.append(on)
         if models.has_memory(recall_config(name)):
