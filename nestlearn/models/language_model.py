@@ -43,6 +43,7 @@ from nestlearn.models.cms import (
     validate_cms_config,
 )
 from nestlearn.models.layers import DTYPES, RMSNorm, compute_dtype
+from nestlearn.models.mixers import ChunkStream, chunk_aligned
 
 
 class OnlinePending(NamedTuple):
@@ -253,74 +254,71 @@ class LanguageModel(nnx.Module):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
         return jnp.sum(loss), (logits, new_layers)
 
-    def _online_call(self, tokens: jax.Array, state: LMState | None):
+    def _online_run(self, state: tuple, tokens: jax.Array) -> tuple[jax.Array, tuple]:
+        """Dynamic evaluation of whole base chunks from `state` = (layers, committed tokens).
+
+        tokens [b, t'] with t' a multiple of the base chunk c (each chunk: forward, the gradient
+        of its summed next-token loss w.r.t. the online fast weights, one `cms_online_update`)
+        or t' < c (a partial chunk: forward only; its update waits for the chunk's last token).
+        Returns (logits [b, t', V], state after the chunks) for `chunk_aligned`.
+        """
         b, t = tokens.shape
         c = self.base_chunk
+        if t < c:
+            return self.forward(tokens, state[0])[0], state
         cms = self.config.cms
-        fresh = state is None
-        if fresh:
-            state = self.init_state(b)
-            num_chunks = -(-t // c)
-            buf = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (0, num_chunks * c - t)))
-            n = jnp.zeros((), jnp.int32)
-        else:
-            num_chunks = -(-(c - 1 + t) // c)
-            buf = jnp.zeros((b, num_chunks * c), jnp.int32).at[:, :c].set(state.online.tokens)
-            n = state.online.count
-            buf = jax.lax.dynamic_update_slice(buf, tokens.astype(jnp.int32), (0, n))
-        valid = n + t  # tokens in buf, which starts at the current chunk start
-        chunks = buf.reshape(b, num_chunks, c).swapaxes(0, 1)  # [K, b, c]
         transform = online_transform(
-            tuple(cms.chunk_sizes),
-            rule=cms.get("online_rule", "sgd"),
-            learning_rate=cms.inner_lr,
+            tuple(cms.chunk_sizes), rule=cms.get("online_rule", "sgd"), learning_rate=cms.inner_lr
         )
+        grad_fn = jax.value_and_grad(self._chunk_loss, has_aux=True)
 
-        def body(carry, inputs):
+        def body(carry, chunk):  # chunk [b, c]
             layers, committed = carry
-            index, chunk = inputs
             fast = [
                 leaf.weights
                 for leaf in jax.tree.leaves(layers, is_leaf=_is_online)
                 if _is_online(leaf)
             ]
-            grad_fn = jax.value_and_grad(self._chunk_loss, has_aux=True)
             (_, (logits, new_layers)), grads = grad_fn(fast, layers, chunk)
             grads_iter = iter(grads)
             seen = committed + c
-            updated = jax.tree.map(
-                lambda leaf: (
-                    cms_online_update(
-                        leaf,
-                        next(grads_iter),
-                        transform=transform,
-                        tokens_seen=seen,
-                        chunk_sizes=tuple(cms.chunk_sizes),
-                        variant=cms.variant,
-                    )
-                    if _is_online(leaf)
-                    else leaf
-                ),
+            update = lambda leaf: cms_online_update(
+                leaf,
+                next(grads_iter),
+                transform=transform,
+                tokens_seen=seen,
+                chunk_sizes=tuple(cms.chunk_sizes),
+                variant=cms.variant,
+            )
+            layers = jax.tree.map(
+                lambda leaf: update(leaf) if _is_online(leaf) else leaf,
                 new_layers,
                 is_leaf=_is_online,
             )
-            complete = (index + 1) * c <= valid
-            layers = jax.tree.map(lambda u, o: jnp.where(complete, u, o), updated, layers)
-            committed = jnp.where(complete, seen, committed)
-            return (layers, committed), logits
+            return (layers, seen), logits
 
-        (layers, committed), logits = jax.lax.scan(
-            body,
-            (state.layers, state.online.committed),
-            (jnp.arange(num_chunks, dtype=jnp.int32), chunks),
+        chunks = tokens.reshape(b, t // c, c).swapaxes(0, 1)  # [K, b, c]
+        state, logits = jax.lax.scan(body, state, chunks)
+        return logits.swapaxes(0, 1).reshape(b, t, -1), state
+
+    def _online_call(self, tokens: jax.Array, state: LMState | None):
+        """Online CMS: whole chunks through `_online_run`, streamed by `chunk_aligned`."""
+        b = tokens.shape[0]
+        tokens = tokens.astype(jnp.int32)
+        stream = None
+        if state is not None:
+            start = (state.layers, state.online.committed)
+            stream = ChunkStream(start, state.online.tokens, state.online.count)
+        fresh = self.init_state(b)
+        logits, stream = chunk_aligned(
+            self._online_run,
+            tokens,
+            stream,
+            chunk=self.base_chunk,
+            initial=(fresh.layers, fresh.online.committed),
         )
-        logits = logits.swapaxes(0, 1).reshape(b, num_chunks * c, -1)  # [b, K·c, V]
-        logits = jax.lax.dynamic_slice_in_dim(logits, n, t, axis=1)
-        pending = OnlinePending(
-            tokens=jax.lax.dynamic_slice_in_dim(buf, (valid // c) * c, c, axis=1),
-            count=valid % c,
-            committed=committed,
-        )
+        layers, committed = stream.start
+        pending = OnlinePending(tokens=stream.pending, count=stream.count, committed=committed)
         return logits, LMState(layers=layers, online=pending)
 
 

@@ -232,3 +232,22 @@ def test_cms_config_errors_name_the_key():
     config = tiny_hope_attention(periods=(1, 0))
     with pytest.raises(ValueError, match=r"cms\.periods"):
         models.build(config, rngs=nnx.Rngs(0))
+
+
+def test_online_pieces_of_any_length_equal_one_call():
+    """Streaming with pieces that cut base chunks anywhere (`chunk_aligned`) equals one call."""
+    config = tiny_hope_attention(mode="online", chunk_sizes=(4, 8), inner_lr=0.5, periods=(1, 1))
+    model = models.build(config, rngs=nnx.Rngs(0))
+    graphdef, weights = nnx.split(model)
+    tokens = jax.random.randint(jax.random.key(3), (2, 19), 0, 16)
+    whole, whole_state = _apply(graphdef, weights, tokens, None)
+    state, pieces, start = None, [], 0
+    for size in (3, 6, 1, 9):
+        logits, state = _apply(graphdef, weights, tokens[:, start : start + size], state)
+        pieces.append(logits)
+        start += size
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), whole, rtol=1e-5, atol=1e-5)
+    for got, want in zip(state.layers[0][1].weights, whole_state.layers[0][1].weights):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert int(state.online.count) == 19 % 4 and int(state.online.committed) == 16
