@@ -94,6 +94,17 @@ HOPE_VARIANTS = {
         "Hope, retention towards W₀, kv_init_scale 4",
         {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 4.0},
     ),
+    # Keys and values from separate learned input maps with a random initialisation, as Titans'
+    # projections (k and v unrelated at the start), instead of M_k, M_v reading the same x.
+    "hope_w0_proj": (
+        "Hope, retention towards W₀, random input maps for k and v",
+        {
+            **HOPE_WRITES,
+            "retention_target": "initial",
+            "project_inputs": True,
+            "project_init": "random",
+        },
+    ),
     "hope_w0_kv8": (
         "Hope, retention towards W₀, kv_init_scale 8",
         {**HOPE_WRITES, "retention_target": "initial", "kv_init_scale": 8.0},

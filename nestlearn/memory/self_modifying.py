@@ -109,10 +109,13 @@ class SelfModifyingConfig:
         inner gradient is zero until the outer loop separates M_k from M_v).
       project_inputs: each adaptive generator of k and v (and q when ``adaptive_q``) reads its
         own learned linear map of the per-head input, □_t = M_□(P_□ x_t), P_□ [d, d] initialised
-        to the identity (Titans' separate q/k/v projections, Eq. 76, in front of Eq. 83);
+        as ``project_init`` says (Titans' separate q/k/v projections, Eq. 76, in front of Eq. 83);
         False feeds every generator the same x_t. With one shared x_t the residual identity of
         Eq. 89 puts x_t in both k_t and v_t, and only the MLP part can separate key features
         from value features (docs/SEMANTICS.md §1.2 row 13a).
+      project_init: the initial P_□ of ``project_inputs``: "identity" (the generators start as
+        without projections) or "random" (normal with std 1/√d, a different map per generator,
+        as Titans' projections: k and v start unrelated).
       activation: σ of the residual MLPs, a key of ``architectures.ACTIVATIONS``.
       hidden_expansion: hidden width n = round(hidden_expansion · d) when ``self_modifying_init``
         is given no ``hidden``.
@@ -154,6 +157,7 @@ class SelfModifyingConfig:
     normalize_x: bool = True
     kv_init_scale: float = 1.0
     project_inputs: bool = False
+    project_init: str = "identity"
     activation: str = "silu"
     hidden_expansion: float = 1.0
     dgd_step: str = "printed"
@@ -207,6 +211,10 @@ class SelfModifyingConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.eta_max <= 0.0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max!r}")
+        if self.project_init not in ("identity", "random"):
+            raise ValueError(
+                f"project_init must be 'identity' or 'random', got {self.project_init!r}"
+            )
         if self.kv_init_scale < 0.0:
             raise ValueError(f"kv_init_scale must be >= 0, got {self.kv_init_scale!r}")
         if self.hidden_expansion <= 0.0:
@@ -309,7 +317,7 @@ def self_modifying_init(
       initialised to the identity; "eta_bias" and "alpha_bias" ([h] per head, [h, d] per channel)
       are the learned biases of the η and α readouts; with ``config.project_inputs``, "inputs"
       maps each projected generator (:func:`_projected_generators`) to its input map P_□
-      [h, d, d], initialised to the identity.
+      [h, d, d], initialised to the identity (``project_init="random"``: normal, std 1/√d).
     """
     if not isinstance(config, SelfModifyingConfig):
         raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
@@ -337,6 +345,11 @@ def self_modifying_init(
     projected = _projected_generators(config)
     if projected:
         params["inputs"] = {name: identity for name in projected}
+        if config.project_init == "random":
+            for name in projected:
+                key_p = jax.random.fold_in(keys[name], 2)
+                p = jax.random.normal(key_p, (heads, dim, dim), jnp.float32) / math.sqrt(dim)
+                params["inputs"][name] = p.astype(dtype)
     params["eta_bias"] = jnp.full(bias_shape, config.eta_bias_init, dtype)
     params["alpha_bias"] = jnp.full(bias_shape, config.alpha_bias_init, dtype)
     return params

@@ -579,12 +579,28 @@ def test_long_stream_stays_finite_and_bounded():
         ("normalize_v", 1),
         ("kv_init_scale", -1.0),
         ("project_inputs", "yes"),
+        ("project_init", "orthogonal"),
         ("retention_target", "init"),
     ],
 )
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         SelfModifyingConfig(**{field: value})
+
+
+def test_random_input_maps_start_keys_and_values_apart():
+    """project_init="random": P_k and P_v are different random maps (not the identity)."""
+    maps = {}
+    for init in ("identity", "random"):
+        cfg = SelfModifyingConfig(project_inputs=True, project_init=init)
+        maps[init] = self_modifying_init(jax.random.PRNGKey(0), heads=2, dim=8, config=cfg)[
+            "inputs"
+        ]
+    eye = jnp.eye(8)
+    assert all(np.array_equal(p, jnp.broadcast_to(eye, p.shape)) for p in maps["identity"].values())
+    p_k, p_v = maps["random"]["k"], maps["random"]["v"]
+    assert not np.allclose(p_k, p_v) and not np.allclose(p_k, eye)
+    np.testing.assert_allclose(jnp.std(p_k), 1 / np.sqrt(8), rtol=0.3)
 
 
 def test_input_validation():
