@@ -55,6 +55,8 @@ from flax import nnx
 
 from nestlearn import tune_host_allocator
 from nestlearn.core import Level
+from nestlearn.data.fashion_mnist import FashionMNIST, standardized_splits
+from nestlearn.data.replay import replay_add, replay_sample
 from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
 from nestlearn.models.cms import (
@@ -66,6 +68,7 @@ from nestlearn.models.cms import (
     online_transform,
 )
 from nestlearn.optim.scheduler import nested
+from nestlearn.train.ewc import diagonal_fisher, ewc_penalty
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -109,11 +112,8 @@ def load_data(kind: str, quick: bool, seed: int = 0):
     if kind == "fashion_mnist":
         from nestlearn.data.fashion_mnist import load_fashion_mnist
 
-        ds = load_fashion_mnist()
-        x_tr, y_tr = ds.train_images.reshape(-1, 784), ds.train_labels
-        x_te, y_te = ds.test_images.reshape(-1, 784), ds.test_labels
-        if quick:
-            x_tr, y_tr, x_te, y_te = x_tr[:2000], y_tr[:2000], x_te[:500], y_te[:500]
+        data = load_fashion_mnist()
+        limits = (2000, 500) if quick else (None, None)
     elif kind == "synthetic":
         # Ten Gaussian class clusters in 784 dimensions: learnable in a few steps.
         rng = np.random.default_rng(seed)
@@ -123,11 +123,11 @@ def load_data(kind: str, quick: bool, seed: int = 0):
         y_te = np.repeat(np.arange(NUM_CLASSES), n_te)
         x_tr = centers[y_tr] + rng.normal(size=(y_tr.size, 784))
         x_te = centers[y_te] + rng.normal(size=(y_te.size, 784))
+        data, limits = FashionMNIST(x_tr, y_tr, x_te, y_te), (None, None)
     else:
         raise ValueError(f"--data={kind!r} is not one of ('fashion_mnist', 'synthetic')")
-    x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
-    mean, std = x_tr.mean(), x_tr.std()
-    return (x_tr - mean) / std, y_tr.astype(np.int32), (x_te - mean) / std, y_te.astype(np.int32)
+    splits = standardized_splits(data, train_limit=limits[0], test_limit=limits[1])
+    return splits.x_train, splits.y_train, splits.x_test, splits.y_test
 
 
 # ----------------------------------------------------------------------------- model
@@ -252,14 +252,7 @@ def make_task_trainer(method: str, s: dict):
                     replay = cross_entropy(logits_fn(p, level_list(p), xr), yr)
                     loss = loss + extras["use_replay"] * replay
                 if method == "ewc":
-                    penalty = sum(
-                        jnp.sum(f * (q - a) ** 2)
-                        for f, q, a in zip(
-                            jax.tree.leaves(extras["fisher"]),
-                            jax.tree.leaves(p),
-                            jax.tree.leaves(extras["anchor"]),
-                        )
-                    )
+                    penalty = ewc_penalty(p, extras["anchor"], extras["fisher"])
                     loss = loss + 0.5 * s["ewc_lambda"] * penalty
                 return loss
 
@@ -282,13 +275,12 @@ def make_task_trainer(method: str, s: dict):
 
 @jax.jit
 def _fisher(params, x, y):
-    """Diagonal empirical Fisher: mean over examples of (∂ log p(y|x) / ∂θ)²."""
+    """Diagonal empirical Fisher of the classifier at `params` (`nestlearn.train.ewc`)."""
 
     def log_lik(p, xi, yi):
-        return -cross_entropy(logits_fn(p, level_list(p), xi[None]), yi[None])
+        return -cross_entropy(logits_fn(p, level_list(p), xi), yi)
 
-    grads = jax.vmap(jax.grad(log_lik), in_axes=(None, 0, 0))(params, x, y)
-    return jax.tree.map(lambda g: jnp.mean(g**2, axis=0), grads)
+    return diagonal_fisher(log_lik, params, x, y)
 
 
 @jax.jit
@@ -330,7 +322,7 @@ def run_method(method: str, seed: int, data, s: dict) -> dict:
         order = np.concatenate([rng.permutation(members) for _ in range(s["epochs"])])
         idx = order[: steps * s["batch"]].reshape(steps, s["batch"])
         if method == "replay" and buffer.size:
-            ridx = rng.choice(buffer, size=(steps, s["batch"]))
+            ridx = replay_sample(buffer, (steps, s["batch"]), rng)
         else:
             ridx = np.zeros((steps, s["batch"]), np.int64)
         if method == "replay":
@@ -355,10 +347,7 @@ def run_method(method: str, seed: int, data, s: dict) -> dict:
             extras["fisher"] = jax.tree.map(jnp.add, extras["fisher"], fisher)
             extras["anchor"] = model
         if method == "replay":
-            for c in task:
-                of_c = np.flatnonzero(y_tr == c)
-                take = min(s["replay_per_class"], of_c.size)
-                buffer = np.concatenate([buffer, rng.choice(of_c, size=take, replace=False)])
+            buffer = replay_add(buffer, y_tr, task, s["replay_per_class"], rng)
     seconds = time.perf_counter() - start
     return {
         "method": method,

@@ -17,7 +17,7 @@ table. The full run takes about two minutes on two CPU cores.
 """
 
 import argparse
-import itertools
+import functools
 import json
 import math
 import pathlib
@@ -31,6 +31,7 @@ import optax
 
 import nestlearn.optim as no
 from nestlearn import tune_host_allocator
+from nestlearn.models import classifier
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -134,21 +135,11 @@ def load_digits_split():
 
 
 def init_mlp(key, sizes=(64, 64, 10)):
-    params = {}
-    for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes)):
-        key, sub = jax.random.split(key)
-        params[f"w{i}"] = jax.random.normal(sub, (d_in, d_out)) / np.sqrt(d_in)
-        params[f"b{i}"] = jnp.zeros((d_out,))
-    return params
+    return classifier.mlp_init(key, sizes, activation="tanh")
 
 
-def mlp_logits(params, x):
-    h = jnp.tanh(x @ params["w0"] + params["b0"])
-    return h @ params["w1"] + params["b1"]
-
-
-def mlp_loss(params, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(mlp_logits(params, x), y).mean()
+mlp_logits = functools.partial(classifier.mlp_logits, activation="tanh")
+mlp_loss = functools.partial(classifier.mlp_loss, activation="tanh")
 
 
 def digits_optimizers(quick):

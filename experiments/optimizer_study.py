@@ -52,8 +52,10 @@ import nestlearn.optim as no
 from nestlearn import models, tune_host_allocator
 from nestlearn.core import Level
 from nestlearn.data.dataset import load_dataset
+from nestlearn.data.fashion_mnist import FashionMNIST, load_fashion_mnist, standardized_splits
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval import compare
+from nestlearn.models import classifier
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.levels import learning_rate_schedule
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
@@ -226,56 +228,32 @@ def run_lm(name: str, lr: float, s: dict, dataset, config) -> dict:
 
 
 def mlp_data(data: str, quick: bool):
-    """(x_train, y_train, x_val, y_val, x_test, y_test) with pixels standardised."""
+    """(x_train, y_train, x_val, y_val, x_test, y_test) with pixels standardised; 1/12 of the
+    training images (5,000 of 60,000) held out for validation."""
     if data == "real":
-        from nestlearn.data.fashion_mnist import load_fashion_mnist
-
-        ds = load_fashion_mnist()
-        x, y = ds.train_images.reshape(-1, 784), ds.train_labels
-        x_te, y_te = ds.test_images.reshape(-1, 784), ds.test_labels
-        if quick:
-            x, y, x_te, y_te = x[:1200], y[:1200], x_te[:200], y_te[:200]
-    else:
-        rng = np.random.default_rng(0)
-        centers = rng.normal(size=(10, 784)) * 0.3
-        y = rng.integers(0, 10, 600 if quick else 6000)
-        y_te = rng.integers(0, 10, 100 if quick else 1000)
-        x = centers[y] + rng.normal(size=(y.size, 784))
-        x_te = centers[y_te] + rng.normal(size=(y_te.size, 784))
-    x, x_te = x.astype(np.float32), x_te.astype(np.float32)
-    perm = np.random.default_rng(1).permutation(y.size)
-    n_val = y.size // 12  # 5,000 of 60,000
-    val, train = perm[:n_val], perm[n_val:]
-    mean, std = x[train].mean(), x[train].std()
-    norm = lambda a: (a - mean) / std
-    return (
-        norm(x[train]),
-        y[train].astype(np.int32),
-        norm(x[val]),
-        y[val].astype(np.int32),
-        norm(x_te),
-        y_te.astype(np.int32),
-    )
+        train, test = (1200, 200) if quick else (None, None)
+        n = train or 60_000
+        return tuple(
+            standardized_splits(
+                load_fashion_mnist(), val_examples=n // 12, train_limit=train, test_limit=test
+            )
+        )
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, 784)) * 0.3
+    y = rng.integers(0, 10, 600 if quick else 6000)
+    y_te = rng.integers(0, 10, 100 if quick else 1000)
+    x = centers[y] + rng.normal(size=(y.size, 784))
+    x_te = centers[y_te] + rng.normal(size=(y_te.size, 784))
+    synthetic = FashionMNIST(x, y, x_te, y_te)
+    return tuple(standardized_splits(synthetic, val_examples=y.size // 12))
 
 
 def mlp_init(seed: int, hidden: int) -> dict:
-    params, sizes = {}, (784, hidden, hidden, 10)
-    key = jax.random.key(seed)
-    for i in range(3):
-        key, sub = jax.random.split(key)
-        params[f"w{i}"] = jax.random.normal(sub, sizes[i : i + 2]) * np.sqrt(2.0 / sizes[i])
-        params[f"b{i}"] = jnp.zeros((sizes[i + 1],))
-    return params
+    """The study's ReLU MLP 784-hidden-hidden-10 (`nestlearn.models.classifier`)."""
+    return classifier.mlp_init(jax.random.key(seed), (784, hidden, hidden, 10))
 
 
-def mlp_logits(p, x):
-    h = jax.nn.relu(x @ p["w0"] + p["b0"])
-    h = jax.nn.relu(h @ p["w1"] + p["b1"])
-    return h @ p["w2"] + p["b2"]
-
-
-def mlp_loss(p, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(mlp_logits(p, x), y).mean()
+mlp_loss = classifier.mlp_loss
 
 
 def run_mlp(name: str, lr: float, s: dict, data) -> dict:
@@ -307,7 +285,7 @@ def run_mlp(name: str, lr: float, s: dict, data) -> dict:
         carry, losses, val_loss = segment(carry, jnp.asarray(idx[begin : begin + every]))
         train_curve += [finite_or_inf(v) for v in np.asarray(losses)]
         val_curve.append([begin + len(losses), finite_or_inf(val_loss)])
-    accuracy = float(jnp.mean(jnp.argmax(mlp_logits(carry[0], x_te), -1) == y_te))
+    accuracy = float(jnp.mean(jnp.argmax(classifier.mlp_logits(carry[0], x_te), -1) == y_te))
     seconds = time.perf_counter() - start
     return {
         "train_curve": train_curve,

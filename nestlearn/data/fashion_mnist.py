@@ -19,7 +19,14 @@ import numpy as np
 from nestlearn.data import fetch
 from nestlearn.data.fetch import DataError
 
-__all__ = ["CLASS_NAMES", "FashionMNIST", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "CLASS_NAMES",
+    "FashionMNIST",
+    "FlatSplits",
+    "load_fashion_mnist",
+    "read_idx",
+    "standardized_splits",
+]
 
 PACKAGE = "dataset-fashion-mnist"
 SUBDIR = Path("usr/share/datasets/fashion-mnist")
@@ -121,3 +128,51 @@ def load_fashion_mnist(*, cache: str | Path | None = None) -> FashionMNIST:
     train_images, train_labels = _split(root, "train")
     test_images, test_labels = _split(root, "test")
     return FashionMNIST(train_images, train_labels, test_images, test_labels)
+
+
+class FlatSplits(NamedTuple):
+    """Flattened, standardised splits of `standardized_splits` (x float32 [n, 784], y int32 [n])."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray  # [0, 784] when no validation examples were held out
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def standardized_splits(
+    data: FashionMNIST,
+    *,
+    val_examples: int = 0,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 1,
+) -> FlatSplits:
+    """Images flattened to 784 pixels and standardised by the training pixels' mean and std.
+
+    Args:
+      data: the dataset (`load_fashion_mnist`, or arrays of the same layout).
+      val_examples: training examples held out for validation, drawn by a permutation of
+        `seed` (taken after `train_limit`); the rest train, in that permutation's order.
+      train_limit, test_limit: keep only the first examples of a split (quick runs).
+      seed: the validation draw's seed.
+
+    Raises:
+      ValueError: `val_examples` outside [0, the training examples).
+    """
+    x = data.train_images.reshape(len(data.train_images), -1)[:train_limit]
+    y = data.train_labels[:train_limit]
+    x_te = data.test_images.reshape(len(data.test_images), -1)[:test_limit]
+    y_te = data.test_labels[:test_limit]
+    if not 0 <= val_examples < len(y):
+        raise ValueError(f"val_examples={val_examples} must be in [0, {len(y)})")
+    x, x_te = x.astype(np.float32), x_te.astype(np.float32)
+    val, train = np.arange(0), np.arange(len(y))
+    if val_examples:
+        perm = np.random.default_rng(seed).permutation(len(y))
+        val, train = perm[:val_examples], perm[val_examples:]
+    mean, std = x[train].mean(), x[train].std()
+    norm = lambda a: (a - mean) / std
+    y, y_te = y.astype(np.int32), y_te.astype(np.int32)
+    return FlatSplits(norm(x[train]), y[train], norm(x[val]), y[val], norm(x_te), y_te)

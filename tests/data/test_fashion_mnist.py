@@ -96,3 +96,24 @@ def test_real_package_has_the_published_sizes_and_balanced_classes():
     assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
     assert np.bincount(ds.train_labels).tolist() == [6000] * 10
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
+
+
+def test_standardized_splits_hold_out_validation_and_use_training_statistics():
+    rng = np.random.default_rng(0)
+    data = fm.FashionMNIST(
+        rng.integers(0, 256, (24, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 24).astype(np.int32),
+        rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 6).astype(np.int32),
+    )
+    s = fm.standardized_splits(data, val_examples=4, train_limit=20, test_limit=5)
+    assert s.x_train.shape == (16, 784) and s.x_val.shape == (4, 784) and s.x_test.shape == (5, 784)
+    assert s.x_train.dtype == np.float32 and s.y_train.dtype == np.int32
+    np.testing.assert_allclose([s.x_train.mean(), s.x_train.std()], [0.0, 1.0], atol=1e-5)
+    # The kept training examples are split between train and validation, each once.
+    kept = data.train_labels[:20].tolist()
+    assert sorted(np.concatenate([s.y_train, s.y_val]).tolist()) == sorted(kept)
+    none = fm.standardized_splits(data)
+    assert none.x_val.shape == (0, 784) and none.x_train.shape == (24, 784)
+    with pytest.raises(ValueError, match="val_examples=24"):
+        fm.standardized_splits(data, val_examples=24)
