@@ -397,36 +397,6 @@ def table(runs: list[dict], problem: str) -> list[str]:
     return lines
 
 
-def verdict(runs: list[dict]) -> list[str]:
-    lines = []
-    for problem, what in (("lm", "Shakespeare LM"), ("mlp", "Fashion-MNIST MLP")):
-        best = best_runs(runs, problem)
-        if not {"m3", "adamw", "muon"} <= best.keys():
-            continue
-        mean = {n: mean_over_seeds(runs, best[n]) for n in best}
-        n_seeds = sorted({len(seed_runs(runs, best[n])) for n in best})
-        order = sorted(best, key=lambda n: mean[n])
-        m3_first = order.index("m3") < min(order.index("adamw"), order.index("muon"))
-        ranking = " < ".join(f"{LABELS[n]} ({fmt(mean[n])})" for n in order)
-        lines.append(
-            f"- {what}: validation loss ranking at each optimizer's best rate, mean over "
-            f"{'/'.join(map(str, n_seeds))} seed(s): {ranking}. M3 beats AdamW and Muon: "
-            f"{'yes — the claim holds here' if m3_first else 'no — the claim does not hold here'}."
-        )
-        t = {n: best[n]["seconds_per_step"] for n in ("m3", "muon") if n in best}
-        lines.append(
-            f"- {what}: M3 takes {1000 * t['m3']:.1f} ms/step vs Muon {1000 * t['muon']:.1f} "
-            f"ms/step (Fig. 12 claims M3 is slower than Muon: "
-            f"{'holds' if t['m3'] > t['muon'] else 'does not hold'} here, on a contended CPU)."
-        )
-        if "delta" in best and "dmgd" in best:
-            lines.append(
-                f"- {what}: Delta momentum {fmt(mean['delta'])}, DMGD {fmt(mean['dmgd'])} (the "
-                "paper makes no quantitative claim for them beyond the toy valley of Fig. 4)."
-            )
-    return lines
-
-
 def plot(runs: list[dict], problem: str, path: Path, title: str) -> None:
     best = best_runs(runs, problem)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -499,7 +469,7 @@ def markdown(runs: list[dict], meta: dict) -> str:
         "*(grid edge)*: the best rate is the smallest or the largest of its grid, so a wider "
         "grid might find a better run; *diverged*: a non-finite loss.",
         "",
-        "## The paper's claims and whether they hold here",
+        "## The paper's claims",
         "",
         "NL-arXiv §9.7 (arXiv 2512.24695; figures only): on ImageNet-21K ViTs (24M, 86M) M3 "
         "reaches the best training and test loss against AdamW and Muon (Fig. 11), and M3 is "
@@ -507,9 +477,9 @@ def markdown(runs: list[dict], meta: dict) -> str:
         "faster "
         "than momentum on a toy valley. Our scale is far smaller (≈1M-parameter LM for "
         f"{s['lm_steps']} steps, a 0.27M MLP), a 3-point grid per optimizer at one seed, the best "
-        "rate repeated over seeds:",
+        "rate repeated over seeds.",
         "",
-        *verdict(runs),
+        "Whether it holds here is judged from the tables above in docs/results/README.md.",
         "",
         "Hyperparameters: " + ", ".join(f"{k}={v}" for k, v in s.items()) + "; learning-rate "
         "grids: "
