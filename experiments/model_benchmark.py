@@ -17,12 +17,19 @@ instead of returning them to the kernel; ~20 ms of page faults per Transformer++
 records the settings under "host_allocator".
 
 Shapes: (a) small: d 128, 2 layers, 4 heads, vocab 256, T 256, batch 4;
-        (b) medium: d 256, 4 layers, 4 heads, vocab 256, T 512, batch 4.
-Targets at (a): Transformer++ >= 25,000 tokens/s, Hope >= 3,300 tokens/s (2-core CPU).
+        (b) medium: d 256, 4 layers, 4 heads, vocab 256, T 512, batch 4;
+        `--long`: d 128, 2 layers, 4 heads, batch 1, T 1,024 / 4,096 / 16,384 (`LONG_SHAPES`),
+        for Transformer++ (full causal attention) and the recurrent memories (`LONG_MODELS`).
+Every row also gives its tokens/s and achieved FLOP rate as a ratio to the reference model
+(`--reference`, Transformer++) at the same shape in the same run; the long sweep reports, per
+model, the shortest length at which it trains at least as fast as the reference (the crossover).
+A measurement that fails (e.g. out of memory at 16K) is recorded with its error, not fatal.
 
 Command:
   .venv/bin/python experiments/model_benchmark.py [--models=transformer_pp,hope] [--quick]
-Writes docs/results/model_benchmark.json and prints a markdown table.
+  .venv/bin/python experiments/model_benchmark.py --long
+Writes docs/results/model_benchmark.json (`--long`: model_benchmark_long.json) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ SHAPES = {
     "small": dict(d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=256, batch=4),
     "medium": dict(d_model=256, num_layers=4, num_heads=4, vocab_size=256, seq_len=512, batch=4),
 }
+LONG_SHAPES = {
+    f"long_{t // 1024}k": dict(
+        d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=t, batch=1
+    )
+    for t in (1024, 4096, 16384)
+}
+LONG_MODELS = ("transformer_pp", "hope", "titans_lmm", "gated_deltanet")
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -133,12 +147,38 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
 
 
 def run_isolated(name: str, shape_name: str, steps: int) -> dict:
-    """`benchmark` of one model and shape in a fresh Python process (module docstring)."""
+    """`benchmark` of one model and shape in a fresh Python process (module docstring); a
+    failed process gives a row with its `error` (the last line of its stderr)."""
     command = [sys.executable, __file__, "--one", name, shape_name, "--steps", str(steps)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{name} at shape {shape_name} failed:\n{done.stderr[-2000:]}")
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        return {"model": name, "error": lines[-1][-300:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def add_ratios(results: list[dict], reference: str) -> None:
+    """`vs_reference` (tokens/s) and `flops_vs_reference` (achieved FLOP rate): each row over
+    the reference model's row at the same shape, measured in the same run."""
+    ref = {r["shape"]: r for r in results if r["model"] == reference and "error" not in r}
+    for r in results:
+        base = ref.get(r["shape"])
+        if base is not None and "error" not in r:
+            r["vs_reference"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["flops_vs_reference"] = r["achieved_gflops"] / base["achieved_gflops"]
+
+
+def crossover(results: list[dict], reference: str, shapes: dict) -> dict[str, int | None]:
+    """model -> the shortest sequence length at which it is at least as fast as `reference`."""
+    out = {}
+    for name in sorted({r["model"] for r in results} - {reference}):
+        rows = sorted(
+            (r for r in results if r["model"] == name and "vs_reference" in r),
+            key=lambda r: shapes[r["shape"]]["seq_len"],
+        )
+        fast = [shapes[r["shape"]]["seq_len"] for r in rows if r["vs_reference"] >= 1.0]
+        out[name] = fast[0] if fast else None
+    return out
 
 
 def main() -> None:
@@ -150,20 +190,29 @@ def main() -> None:
         help="comma-separated model names (default: all registered)",
     )
     parser.add_argument("--quick", action="store_true", help="small shape only, 5 timed steps")
+    parser.add_argument(
+        "--long", action="store_true", help="batch 1 at T 1K/4K/16K for LONG_MODELS"
+    )
+    parser.add_argument("--reference", default="transformer_pp", help="model of the ratios")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model and shape")
     parser.add_argument("--out", default="docs/results/model_benchmark.json")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    all_shapes = {**SHAPES, **LONG_SHAPES}
     if args.one:  # the child process of one measurement: print its row as JSON
         name, shape_name = args.one
-        print(json.dumps(benchmark(name, SHAPES[shape_name], args.steps)))
+        print(json.dumps(benchmark(name, all_shapes[shape_name], args.steps)))
         return
     names = [n for n in args.models.split(",") if n]
+    if args.long and args.models == parser.get_default("models"):
+        names = list(LONG_MODELS)
     unknown = sorted(set(names) - set(models.available()))
     if unknown:
         parser.error(f"--models: unknown {unknown}; available: {models.available()}")
-    shapes = ["small"] if args.quick else list(SHAPES)
+    shapes = ["small"] if args.quick else list(LONG_SHAPES if args.long else SHAPES)
     steps = 5 if args.quick else args.steps
+    if args.long and args.out == parser.get_default("out"):
+        args.out = "docs/results/model_benchmark_long.json"
     rate = matmul_gflops()
     print(
         f"float32 matmul (1024^3): {rate:.1f} GFLOP/s; cores: {os.cpu_count()}; "
@@ -174,31 +223,46 @@ def main() -> None:
         for name in names:
             row = run_isolated(name, shape_name, steps)
             row["shape"] = shape_name
-            row["matmul_fraction"] = row["achieved_gflops"] / rate
             results.append(row)
+            if "error" in row:
+                print(f"  {shape_name} {name}: failed: {row['error']}", flush=True)
+                continue
+            row["matmul_fraction"] = row["achieved_gflops"] / rate
             print(
                 f"  {shape_name} {name}: {row['tokens_per_s']:.0f} tokens/s "
                 f"(CPU {row['cpu_ms']:.1f} ms/step, load {row['load_avg_1min']:.1f})",
                 flush=True,
             )
+    add_ratios(results, args.reference)
     header = (
-        "| shape | model | params | tokens/s | step ms | CPU ms | GFLOP/token "
-        "| GFLOP/s (of matmul) | XLA MiB | peak RSS MiB | load |"
+        "| shape | model | params | tokens/s | × ref | step ms | CPU ms | GFLOP/token "
+        "| GFLOP/s (of matmul) | × ref FLOP/s | XLA MiB | peak RSS MiB | load |"
     )
-    print("\n" + header + "\n|" + "---|" * 11)
+    print(f"\nref = {args.reference} at the same shape, this run\n" + header + "\n|" + "---|" * 13)
     for r in results:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['model']} | failed: {r['error']} |" + " |" * 10)
+            continue
+        ratio = lambda key, r=r: f"{r[key]:.2f}" if key in r else "—"
         print(
             f"| {r['shape']} | {r['model']} | {r['params']:,} | {r['tokens_per_s']:,.0f} | "
-            f"{r['step_ms']:.1f} | {r['cpu_ms']:.1f} | {r['flops_per_token'] / 1e9:.4f} | "
+            f"{ratio('vs_reference')} | {r['step_ms']:.1f} | {r['cpu_ms']:.1f} | "
+            f"{r['flops_per_token'] / 1e9:.4f} | "
             f"{r['achieved_gflops']:.1f} ({100 * r['matmul_fraction']:.0f}%) | "
+            f"{ratio('flops_vs_reference')} | "
             f"{r['xla_memory_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['load_avg_1min']:.1f} |"
         )
+    lengths = crossover(results, args.reference, all_shapes) if args.long else {}
+    for name, t in lengths.items():
+        print(f"crossover {name}: " + (f"T = {t}" if t else "not within the measured lengths"))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(
             {
                 "matmul_gflops": rate,
-                "shapes": {s: SHAPES[s] for s in shapes},
+                "shapes": {s: all_shapes[s] for s in shapes},
+                "reference": args.reference,
+                "crossover": lengths,
                 "machine": platform.platform(),
                 "cpu_count": os.cpu_count(),
                 "load_avg_1min": os.getloadavg()[0],
