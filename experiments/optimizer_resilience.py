@@ -19,14 +19,15 @@ any optimizer on the problem; a non-finite seed makes the point unstable), the p
 diverged (final loss non-finite or above the initial loss), and the best final loss over the
 grid at each noise level.
 
-    python experiments/optimizer_resilience.py                      # lsq, mlp (≈ 40 min, 2 cores)
+    python experiments/optimizer_resilience.py                      # lsq, mlp
     python experiments/optimizer_resilience.py --problems lsq --quick   # smoke run, seconds
-    python experiments/optimizer_resilience.py --problems lm --lm_steps 500
+    python experiments/optimizer_resilience.py --problems lm --lm_steps 500 [--lm_seeds 0]
 
-Each (problem, optimizer, noise) writes one JSON under `--out`/runs (all rates and seeds of it
-at once: they run as one vmapped program); a rerun skips finished records, `--report_only`
-rebuilds the tables and plots (`resilience_<problem>.png`: final loss against the rate, best
-loss against the noise level) from them.
+Each (problem, optimizer, noise) of (a) and (b) writes one JSON under `--out`/runs (all rates
+and seeds of it at once: they run as one vmapped program), each (optimizer, seed) of (c) one
+(`lm-<optimizer>-seed<s>.json`, merged over the seeds present); a rerun skips finished records,
+`--report_only` rebuilds the tables and plots (`resilience_<problem>.png`: final loss against the
+rate, best loss against the noise level) from them.
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ def run_grid(problem, name: str, noise: float, settings: dict) -> dict:
     }
 
 
-def run_lm_grid(name: str, settings: dict) -> dict:
-    """The byte LM of the optimizer study: one run per (rate, seed), constant rate, no clip."""
+def run_lm_grid(name: str, settings: dict, seed: int) -> dict:
+    """The byte LM of the optimizer study at one seed: one run per rate, constant, no clip."""
     from flax import nnx
 
     from nestlearn import models
@@ -225,32 +226,27 @@ def run_lm_grid(name: str, settings: dict) -> dict:
     initial = None
     start = time.perf_counter()
     for lr in settings["grid"]:
-        row = []
-        for seed in settings["seeds"]:
-            model = models.build(config.model, rngs=nnx.Rngs(seed))
-            graphdef, params, rest = split_model(model)
-            levels = (Level("backbone", None, OPTIMIZERS[name][1](lr)),)
-            train_step = build_train_step(levels, params=params, grad_clip=0.0, graphdef=graphdef)
-            eval_step = build_eval_step(graphdef)
-            state = TrainState.create(params, levels, seed=seed)
-            iterator = BatchIterator(
-                dataset.train, batch_size=s["lm_batch"], seq_len=s["lm_seq"], seed=seed
-            )
-            for step in range(s["lm_steps"]):
-                batch = next(iterator)
-                state, metrics = train_step(state, rest, batch.inputs, batch.targets)
-                if initial is None and step == 0:
-                    initial = float(metrics["loss"])
-            # The train step skips non-finite updates; a run that skipped any counts as diverged.
-            value = np.mean(
-                [float(eval_step(state.params, rest, b.inputs, b.targets)) for b in val]
-            )
-            row.append(_finite_or_inf(value) if int(state.skipped) == 0 else math.inf)
-            print(f"lm {name} lr={lr:g} seed {seed}: {row[-1]:.4g}", flush=True)
-        final.append(row)
+        model = models.build(config.model, rngs=nnx.Rngs(seed))
+        graphdef, params, rest = split_model(model)
+        levels = (Level("backbone", None, OPTIMIZERS[name][1](lr)),)
+        train_step = build_train_step(levels, params=params, grad_clip=0.0, graphdef=graphdef)
+        eval_step = build_eval_step(graphdef)
+        state = TrainState.create(params, levels, seed=seed)
+        iterator = BatchIterator(
+            dataset.train, batch_size=s["lm_batch"], seq_len=s["lm_seq"], seed=seed
+        )
+        for step in range(s["lm_steps"]):
+            batch = next(iterator)
+            state, metrics = train_step(state, rest, batch.inputs, batch.targets)
+            if initial is None and step == 0:
+                initial = float(metrics["loss"])
+        # The train step skips non-finite updates; a run that skipped any counts as diverged.
+        value = np.mean([float(eval_step(state.params, rest, b.inputs, b.targets)) for b in val])
+        final.append([_finite_or_inf(value) if int(state.skipped) == 0 else math.inf])
+        print(f"lm {name} lr={lr:g} seed {seed}: {final[-1][0]:.4g}", flush=True)
     return {
         "grid": list(settings["grid"]),
-        "seeds": list(settings["seeds"]),
+        "seeds": [seed],
         "noise": 0.0,
         "noise_std": 0.0,
         "initial_loss": initial,
@@ -299,6 +295,22 @@ def summarise(records: dict) -> dict:
                 row["best"][str(noise)] = {"loss": nm[i], "lr": rec["grid"][i]}
             out[problem][name] = row
     return out
+
+
+def merge_seeds(records: list[dict]) -> dict:
+    """One record of several single-seed LM records of an optimizer (seeds in the given order)."""
+    first = records[0]
+    for r in records[1:]:
+        if r["grid"] != first["grid"]:
+            raise ValueError(f"LM records of {first['optimizer']} have different rate grids")
+    return {
+        **first,
+        "seeds": [s for r in records for s in r["seeds"]],
+        "final_loss": [
+            [v for r in records for v in r["final_loss"][i]] for i in range(len(first["grid"]))
+        ],
+        "seconds": sum(r["seconds"] for r in records),
+    }
 
 
 def _initial_loss(record: dict, seed_index: int) -> float:
@@ -464,6 +476,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lm_steps", type=int, default=500)
     parser.add_argument(
+        "--lm_seeds", default="0,1,2", help="seeds of (c), one record per optimizer and seed"
+    )
+    parser.add_argument(
         "--noise", default=",".join(f"{x:g}" for x in NOISE), help="noise levels σ to run"
     )
     parser.add_argument("--quick", action="store_true", help="3 rates, 1 seed, 20 steps (smoke)")
@@ -483,6 +498,7 @@ def main(argv=None):
         noise=NOISE[:2] if args.quick else tuple(float(x) for x in args.noise.split(",") if x),
         steps=20 if args.quick else args.steps,
         lm_steps=4 if args.quick else args.lm_steps,
+        lm_seeds=(0,) if args.quick else tuple(int(x) for x in args.lm_seeds.split(",") if x),
         mlp_hidden=16 if args.quick else 128,
         mlp_batch=32 if args.quick else 128,
         data=args.data,
@@ -495,18 +511,31 @@ def main(argv=None):
     for problem in problems:
         prepared = None
         for name in names:
-            for noise in (0.0,) if problem == "lm" else settings["noise"]:
+            if problem == "lm":
+                done = []
+                for seed in settings["lm_seeds"]:
+                    path = run_dir / f"lm-{name}-seed{seed}.json"
+                    if path.exists():
+                        done.append(json.loads(path.read_text()))
+                    elif not args.report_only:
+                        record = run_lm_grid(name, settings, seed)
+                        record.update(problem="lm", optimizer=name, steps=settings["lm_steps"])
+                        record["load_average"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+                        path.write_text(json.dumps(record))
+                        computed += 1
+                        done.append(record)
+                if done:
+                    records.setdefault("lm", {}).setdefault(name, {})[0.0] = merge_seeds(done)
+                continue
+            for noise in settings["noise"]:
                 path = run_dir / f"{problem}-{name}-noise{noise:g}.json"
                 if path.exists():
                     record = json.loads(path.read_text())
                 elif args.report_only:
                     continue
                 else:
-                    if problem == "lm":
-                        record = run_lm_grid(name, settings)
-                    else:
-                        prepared = prepared or PROBLEMS[problem](settings)
-                        record = run_grid(prepared, name, noise, settings)
+                    prepared = prepared or PROBLEMS[problem](settings)
+                    record = run_grid(prepared, name, noise, settings)
                     record.update(problem=problem, optimizer=name, steps=settings["steps"])
                     record["load_average"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
                     path.write_text(json.dumps(record))

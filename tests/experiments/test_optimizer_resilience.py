@@ -53,3 +53,15 @@ def test_quick_run_writes_records_and_tables(resilience, tmp_path):
     assert set(summary["lsq"]["delta"]["best"]) == {"0.0", "0.1"}
     assert "Delta momentum" in (tmp_path / "resilience.md").read_text()
     assert (tmp_path / "resilience_lsq.png").stat().st_size > 0
+
+
+def test_lm_records_of_several_seeds_merge_per_rate(resilience):
+    one = {"optimizer": "sgdm", "grid": [0.1, 1.0], "seeds": [0], "final_loss": [[2.0], [3.0]]}
+    two = {**one, "seeds": [1], "final_loss": [[2.5], [float("inf")]]}
+    for r in (one, two):
+        r["seconds"] = 1.0
+    merged = resilience.merge_seeds([one, two])
+    assert merged["seeds"] == [0, 1] and merged["final_loss"] == [[2.0, 2.5], [3.0, float("inf")]]
+    assert merged["seconds"] == 2.0
+    with pytest.raises(ValueError, match="different rate grids"):
+        resilience.merge_seeds([one, {**two, "grid": [0.1]}])
