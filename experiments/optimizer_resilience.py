@@ -278,7 +278,11 @@ def summarise(records: dict) -> dict:
             own = min(m)
             row = {
                 "band": [lr for lr, v in zip(r["grid"], m) if v <= (1 + BAND_TOLERANCE) * best],
-                "own_band": [lr for lr, v in zip(r["grid"], m) if v <= (1 + BAND_TOLERANCE) * own],
+                "own_band": [
+                    lr
+                    for lr, v in zip(r["grid"], m)
+                    if math.isfinite(own) and v <= (1 + BAND_TOLERANCE) * own
+                ],
                 "diverged": [
                     lr
                     for lr, row in zip(r["grid"], r["final_loss"])
@@ -400,7 +404,8 @@ def plot(records: dict, out: Path) -> list[Path]:
       out: directory of the PNGs (`resilience_<problem>.png`).
 
     Returns:
-      The written paths. A rate where some seed diverged is drawn as a cross on the top edge.
+      The written paths. A rate whose mean final loss is non-finite or above 3× the initial
+      loss is drawn as a cross on the top edge.
     """
     import matplotlib
 
@@ -414,21 +419,23 @@ def plot(records: dict, out: Path) -> list[Path]:
             continue
         means = {n: np.asarray(_seed_means(r)) for n, r in clean.items()}
         finite = np.concatenate([m[np.isfinite(m)] for m in means.values()])
-        low, high = finite.min() / 1.5, finite.max() * 1.5
+        # The axis ends at 3× the initial loss; a point above it or non-finite is a cross there.
+        high = 3 * max(_initial_loss(r, 0) for r in clean.values())
+        low = finite.min() / 1.5
         fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.6), dpi=110)
         styles = ["-", "--", ":", "-."]
         for i, (name, m) in enumerate(means.items()):
             grid = np.asarray(clean[name]["grid"])
             (line,) = left.plot(
                 grid,
-                np.where(np.isfinite(m), m, np.nan),
+                np.where(m <= high, m, np.nan),
                 styles[i // 10 % 4],
                 marker="o",
                 ms=3,
                 lw=1.2,
                 label=OPTIMIZERS[name][0],
             )
-            bad = ~np.isfinite(m)
+            bad = ~(m <= high)
             left.plot(grid[bad], np.full(bad.sum(), high), "x", color=line.get_color(), ms=7)
             noises = sorted(by_name[name])
             if len(noises) > 1:
@@ -448,7 +455,7 @@ def plot(records: dict, out: Path) -> list[Path]:
             ylim=(low, high * 1.05),
             xlabel="learning rate",
             ylabel="final loss (mean over seeds)",
-            title=f"{problem}: σ 0 (× = non-finite)",
+            title=f"{problem}: σ 0 (× = non-finite or > 3× the initial loss)",
         )
         right.set(
             yscale="log",
