@@ -28,6 +28,8 @@ __all__ = [
     "LevelState",
     "NestedState",
     "TrainStep",
+    "UpdateInfo",
+    "guarded_update",
     "level_stats",
     "make_train_step",
     "nested",
@@ -187,6 +189,67 @@ def level_stats(state: NestedState) -> dict[str, jax.Array]:
     return {name: level_state.applied for name, level_state in state.levels.items()}
 
 
+class UpdateInfo(NamedTuple):
+    """What `guarded_update` did."""
+
+    finite: jax.Array  # shape=(), bool: loss and every gradient finite (else nothing changed)
+    level_finite: jax.Array  # shape=(num_levels,), bool: each level's gradients finite
+    grad_norm: jax.Array  # shape=(), float32: global gradient norm before clipping
+    update_norms: jax.Array  # shape=(num_levels,), float32: ‖Δθ‖ per level, 0 if held/skipped
+
+
+def _level_norms(updates: Any, owners: list[str], names: list[str]) -> jax.Array:
+    """[num_levels] float32: ‖updates‖ over the leaves of each level, in the order of `names`."""
+    squares = {name: jnp.zeros((), jnp.float32) for name in names}
+    for u, owner in zip(jax.tree.leaves(updates), owners):
+        squares[owner] = squares[owner] + jnp.sum(jnp.square(u.astype(jnp.float32)))
+    return jnp.sqrt(jnp.stack([squares[name] for name in names]))
+
+
+def guarded_update(
+    levels: Sequence[Level],
+    tx: optax.GradientTransformation,
+    grads: Any,
+    opt_state: Any,
+    params: Any,
+    *,
+    loss: jax.Array,
+    grad_clip: float = 0.0,
+) -> tuple[Any, Any, UpdateInfo]:
+    """One update of the levels' transform `tx` (`nested(levels)`), clipped and guarded.
+
+    The gradients are clipped to global norm `grad_clip` (0: off); when `loss` or any gradient
+    is non-finite, params and optimizer state are returned unchanged (one `lax.cond` branch
+    runs, no host round trip). The update of every train step of the library: `make_train_step`
+    and `nestlearn.train.build_train_step`.
+
+    Returns:
+      (params, opt_state, UpdateInfo), the levels in the order of `levels`.
+    """
+    owners = assign_levels(levels, params)
+    names = [level.name for level in levels]
+    leaf_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+    level_finite = jnp.stack(
+        [jnp.all(jnp.stack([f for f, o in zip(leaf_finite, owners) if o == n])) for n in names]
+    )
+    finite = jnp.isfinite(loss) & jnp.all(level_finite)
+    grad_norm = optax.tree.norm(grads)
+    if grad_clip > 0:
+        scale = jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+    def apply():
+        updates, new_state = tx.update(grads, opt_state, params)
+        norms = _level_norms(updates, owners, names)
+        return optax.apply_updates(params, updates), new_state, norms
+
+    def hold():
+        return params, opt_state, jnp.zeros((len(names),), jnp.float32)
+
+    params, opt_state, norms = jax.lax.cond(finite, apply, hold)
+    return params, opt_state, UpdateInfo(finite, level_finite, grad_norm, norms)
+
+
 class TrainStep(NamedTuple):
     """A jitted train step over a nested stack, and the initializer of its optimizer state."""
 
@@ -201,6 +264,7 @@ def make_train_step(
     *,
     has_aux: bool = False,
     donate: bool = True,
+    grad_clip: float = 0.0,
 ) -> TrainStep:
     """Builds a jitted train step from a loss and a tuple of levels.
 
@@ -217,22 +281,27 @@ def make_train_step(
       has_aux: whether `loss_fn` returns `(loss, aux)`; the step then returns `aux` last.
       donate: whether the step donates `params` and `opt_state` (the arguments passed in must
         not be used after the call).
+      grad_clip: global-norm clipping of the gradients before the levels; 0 (default) is off.
 
     Returns:
       `TrainStep(init, step)`: `init(params)` makes the optimizer state and
       `step(params, opt_state, batch, *extra)` returns `(params, opt_state, loss)`, or
-      `(params, opt_state, loss, aux)` with `has_aux`. `*extra` is passed on to `loss_fn`.
+      `(params, opt_state, loss, aux)` with `has_aux`. `*extra` is passed on to `loss_fn`. A step
+      whose loss or gradients are non-finite leaves params and optimizer state unchanged
+      (`guarded_update`).
     """
+    levels = check_levels(levels)
     tx = nested(levels)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
     def step(params, opt_state, batch, *extra):
         out, grads = value_and_grad(params, batch, *extra)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        loss = out[0] if has_aux else out
+        params, opt_state, _ = guarded_update(
+            levels, tx, grads, opt_state, params, loss=loss, grad_clip=grad_clip
+        )
         if has_aux:
-            loss, aux = out
-            return params, opt_state, loss, aux
+            return params, opt_state, loss, out[1]
         return params, opt_state, out
 
     return TrainStep(init=tx.init, step=jax.jit(step, donate_argnums=(0, 1) if donate else ()))

@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nestlearn.core import Level, assign_levels, tree_paths
-from nestlearn.optim.scheduler import level_stats, nested
+from nestlearn.optim.scheduler import guarded_update, level_stats, nested
 from nestlearn.parallel import (
     batch_sharding,
     mesh_context,
@@ -132,14 +132,6 @@ def _batch_args(loss: Callable) -> int:
     return sum(p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
 
 
-def _level_norms(updates: Any, owners: list[str], names: list[str]) -> jax.Array:
-    """[num_levels] float32: ‖updates‖ over the leaves of each level, in the order of `names`."""
-    squares = {name: jnp.zeros((), jnp.float32) for name in names}
-    for u, owner in zip(jax.tree.leaves(updates), owners):
-        squares[owner] = squares[owner] + jnp.sum(jnp.square(u.astype(jnp.float32)))
-    return jnp.sqrt(jnp.stack([squares[name] for name in names]))
-
-
 def _short(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
@@ -169,19 +161,6 @@ def _check_tree(got: Any, want: Any, got_name: str, want_name: str) -> None:
     )
 
 
-def _apply(
-    tx: optax.GradientTransformation,
-    grads: Any,
-    opt_state: Any,
-    params: Any,
-    owners: list[str],
-    names: list[str],
-):
-    """(new params, new optimizer state, per-level update norms) after one update of `tx`."""
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, _level_norms(updates, owners, names)
-
-
 def build_train_step(
     levels: tuple[Level, ...],
     *,
@@ -209,7 +188,7 @@ def build_train_step(
     structures and the differing paths).
     """
     tx = nested(levels)
-    owners = assign_levels(levels, params)
+    assign_levels(levels, params)  # a bad partition fails here, not at the first step
     names = [level.name for level in levels]
     grad_fn = jax.value_and_grad(
         lambda p, rest, *batch: loss(nnx.merge(graphdef, p, rest), *batch), has_aux=True
@@ -222,25 +201,10 @@ def build_train_step(
         _check_tree(state.params, built_for, "state.params (the gradients)", "the levels' params")
         _check_tree(state.opt_state, opt_shapes, "state.opt_state", "the levels' optimizer state")
         (value, aux), grads = grad_fn(state.params, rest, *batch)
-        leaf_finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
-        level_finite = jnp.stack(
-            [
-                jnp.all(jnp.stack([f for f, o in zip(leaf_finite, owners) if o == name]))
-                for name in names
-            ]
+        params, opt_state, info = guarded_update(
+            levels, tx, grads, state.opt_state, state.params, loss=value, grad_clip=grad_clip
         )
-        finite = jnp.isfinite(value) & jnp.all(level_finite)
-        grad_norm = optax.tree.norm(grads)
-        if grad_clip > 0:
-            scale = jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
-            grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-        # One branch runs: a skipped step costs no update and a taken one no select over the
-        # params and optimizer state.
-        params, opt_state, update_norms = jax.lax.cond(
-            finite,
-            lambda: _apply(tx, grads, state.opt_state, state.params, owners, names),
-            lambda: (state.params, state.opt_state, jnp.zeros((len(names),), jnp.float32)),
-        )
+        finite = info.finite
         new_state = TrainState(
             params=params,
             opt_state=opt_state,
@@ -251,14 +215,14 @@ def build_train_step(
         )
         metrics = {
             "loss": value,
-            "grad_norm": grad_norm,
+            "grad_norm": info.grad_norm,
             "finite": finite,
-            "level_finite": level_finite,
+            "level_finite": info.level_finite,
             **aux,
         }
         for name, applied in level_stats(new_state.opt_state).items():
             metrics[f"level/{name}/updates"] = applied
-        for name, norm in zip(names, update_norms):
+        for name, norm in zip(names, info.update_norms):
             metrics[f"level/{name}/{STEP_UPDATE_NORM}"] = norm
         return new_state, metrics
 

@@ -305,3 +305,19 @@ def test_nnx_state_bias_level_against_the_same_levels_on_a_dict():
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after, as_dict
         )
     assert level_stats(opt_state) == {"bias": 2, "weights": 4}
+
+
+def test_step_skips_non_finite_updates_and_clips():
+    """A non-finite loss leaves params and optimizer state as they were; `grad_clip` bounds the
+    SGD step to lr · grad_clip."""
+    levels = (Level("all", None, optax.sgd(1.0)),)
+    loss = lambda p, x: jnp.sum(p["w"] * x)
+    params = {"w": jnp.ones(3)}
+    train = make_train_step(loss, levels, donate=False, grad_clip=0.5)
+    state = train.init(params)
+    kept, kept_state, value = train.step(params, state, jnp.array([1.0, jnp.nan, 0.0]))
+    assert not np.isfinite(value)
+    np.testing.assert_array_equal(kept["w"], params["w"])
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), kept_state, state))
+    moved, _, _ = train.step(params, state, jnp.array([3.0, 4.0, 0.0]))  # ‖g‖ = 5 → 0.5
+    np.testing.assert_allclose(np.linalg.norm(params["w"] - moved["w"]), 0.5, rtol=1e-6)
