@@ -51,6 +51,7 @@ ABLATIONS = {
     "normalize_x": False,
     "kv_init_scale": 0.5,
     "project_inputs": True,
+    "project_init": "random",
     "activation": "gelu",
     "hidden_expansion": 2.0,
     "dgd_step": "normalized",
