@@ -291,6 +291,7 @@ def summarise(records: dict) -> dict:
                     )
                 ],
                 "best_lr": r["grid"][int(np.argmin(m))],
+                "seeds": list(r["seeds"]),
                 "best": {},
             }
             for noise, rec in sorted(by_name[name].items()):
@@ -366,7 +367,9 @@ def markdown(summary: dict, meta: dict) -> str:
         lines += [
             f"## {titles.get(problem, problem)}",
             "",
-            f"Best final loss of any optimizer: {rows['best_loss']:.4g}.",
+            f"Best final loss of any optimizer: {rows['best_loss']:.4g}. Seeds: "
+            + "; ".join(sorted({str(r["seeds"]) for n, r in rows.items() if n != "best_loss"}))
+            + ".",
             "",
             f"| optimizer | band (of {len(meta['settings']['grid'])}) | band rates | own band "
             "| diverged at | best lr | " + " | ".join(f"best loss, σ {k}" for k in noises) + " |",

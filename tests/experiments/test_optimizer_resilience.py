@@ -23,6 +23,7 @@ def resilience():
 def _record(finals, initial=10.0):
     return {
         "grid": [1e-3, 1e-2, 1e-1],
+        "seeds": list(range(len(finals[0]))),
         "final_loss": finals,
         "curves": [[[initial] for _ in row] for row in finals],
     }
