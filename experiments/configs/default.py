@@ -7,7 +7,7 @@ is its own training-step level, updated every `periods[ℓ]` steps with its summ
 (Eq. 71), beside an AdamW backbone.
 
 Expected result (measured on the 2-core CPU, idle, venv built; 1.43M parameters, 300 steps of
-16×128 bytes, ≈2,200 tokens/s after a 23 s compile): 5 min 29 s wall for the whole run (training,
+16×128 bytes, ≈3,500 tokens/s after the compile): 3 min 48 s wall for the whole run (training,
 evaluation, samples, probe, report), peak RSS 1.8 GB; validation loss 1.778 nats/byte (2.56 bits
 per char), test 1.837 (2.65 bpc); no skipped steps; probe late gap (writes off − on, positions
 64-127) +0.0020 ± 0.0013 nats/byte: 128-byte windows are too short for the memory to show much
