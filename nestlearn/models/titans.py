@@ -79,6 +79,7 @@ from nestlearn.models.titans_mixer import (
     TitansGating,
     TitansMemory,
     check_titans_kernel,
+    run_titans_memory,
     titans_arch,
     titans_inputs,
     titans_memory_config,
@@ -370,16 +371,7 @@ class MACBlock(nnx.Module):
         raw = matmul(y, self.write_gates.kernel[...]) + self.write_gates.bias[...].astype(y.dtype)
         gates = raw.astype(jnp.float32).reshape(b, c, 3, self.num_heads)
         xs = titans_inputs(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gates, self.gating)
-        m, memory = titans_lib.titans_memory(
-            *xs,  # q, k, v, θ, α, η
-            arch=self.arch,
-            params=param_values(self.memory_params),
-            chunk_size=self.segment,
-            initial_state=memory,
-            stop_gradient_writes=self.stop_gradient_writes,
-            kernel_impl=self.kernel_impl,
-            writes=self.writes,
-        )
+        m, memory = run_titans_memory(self, memory, xs, chunk_size=self.segment)
         m = matmul(m.reshape(b, c, -1).astype(self.dtype), self.memory_out.kernel[...])
         if with_inputs:
             return _gate(self.norm_y, self.norm_m, y, m), memory, xs

@@ -155,6 +155,25 @@ def titans_inputs(
     )
 
 
+def run_titans_memory(owner: Any, state: Any, xs: TitansInputs, *, chunk_size: int):
+    """`titans_memory` over xs from `state` with the memory a Titans module owns.
+
+    `owner` (the `TitansMemory` mixer or the MAC block) holds the memory's `arch`, its
+    meta-learned initial weights `memory_params` and the switches `stop_gradient_writes`,
+    `kernel_impl` and `writes`. Returns (o [b, t, h, d_h], new `TitansState`).
+    """
+    return titans.titans_memory(
+        *xs,  # q, k, v, θ, α, η
+        arch=owner.arch,
+        params=param_values(owner.memory_params),
+        chunk_size=chunk_size,
+        initial_state=state,
+        stop_gradient_writes=owner.stop_gradient_writes,
+        kernel_impl=owner.kernel_impl,
+        writes=owner.writes,
+    )
+
+
 class TitansMemory(Mixer):
     """Titans' neural long-term memory (LMM) as a mixer (Titans §3, Eqs. 8–18; §4.4 layout).
 
@@ -205,16 +224,7 @@ class TitansMemory(Mixer):
 
     def run(self, state: titans.TitansState, xs: TitansInputs):
         """`titans_memory` from `state` over xs; returns (o [b, t, h, d_h], new state)."""
-        return titans.titans_memory(
-            *xs,  # q, k, v, θ, α, η
-            arch=self.arch,
-            params=param_values(self.memory_params),
-            chunk_size=self.chunk_size,
-            initial_state=state,
-            stop_gradient_writes=self.stop_gradient_writes,
-            kernel_impl=self.kernel_impl,
-            writes=self.writes,
-        )
+        return run_titans_memory(self, state, xs, chunk_size=self.chunk_size)
 
     def memory(self, inputs, gates, state):
         q, k, v = inputs
