@@ -41,8 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-# Delta momentum and DGD solve one small SPD system per matrix leaf with LAPACK. Vmapped over the
-# grid (30 runs), XLA:CPU's concurrency-optimized scheduler runs the leaves' batched solves at
+# Delta momentum solves one small SPD system per matrix leaf with LAPACK (Cholesky). Vmapped over
+# the grid (30 runs), XLA:CPU's concurrency-optimized scheduler runs the leaves' batched solves at
 # once, each waits for batch tasks on the same 2-thread pool, and the process deadlocks (jaxlib
 # 0.10.2, 2 cores; docs/optimizers.md, "Known limits"). Scheduling them in order avoids it.
 os.environ["XLA_FLAGS"] = (

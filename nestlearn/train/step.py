@@ -4,7 +4,8 @@ The model is split once into its graph, its slow weights (`nnx.Param`) and the r
 (fast `MemoryState` variables and anything else); the steps are pure functions of these pieces.
 The loss is next-token cross-entropy (`lm_loss`), each window starting from the model's initial
 memory state, or any `loss(model, *batch) -> (loss, metrics)` (e.g. the answer loss of
-`nestlearn.eval.answer_training`): every trainer, study and task trains through this one step.
+`nestlearn.eval.answer_training`): the trainer, the LM studies and the answer tasks (S-NIAH,
+recall) train through this one step.
 
 One train step: loss and gradients; global-norm clipping; the nested levels' update
 (`nestlearn.optim.scheduler.nested`); and a guard: when the loss or any gradient is non-finite,

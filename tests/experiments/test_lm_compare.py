@@ -1,24 +1,15 @@
 """experiments/lm_compare.py records a diverged run and reports it without averaging it."""
 
 import copy
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def lm_compare():
-    spec = importlib.util.spec_from_file_location(
-        "lm_compare_under_test", ROOT / "experiments" / "lm_compare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def lm_compare(load_script):
+    return load_script("lm_compare")
 
 
 def test_divergence_reads_the_first_nonfinite_step(lm_compare):

@@ -1,21 +1,11 @@
 """experiments/model_benchmark.py: ratios to the reference and the crossover length."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "model_benchmark_under_test", ROOT / "experiments" / "model_benchmark.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("model_benchmark")
 
 
 def test_ratios_are_per_shape_and_the_crossover_is_the_first_faster_length(bench):

@@ -1,23 +1,14 @@
 """experiments/optimizer_resilience.py: the band and divergence rules, and a smoke run."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def resilience():
-    spec = importlib.util.spec_from_file_location(
-        "optimizer_resilience_under_test", ROOT / "experiments" / "optimizer_resilience.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def resilience(load_script):
+    return load_script("optimizer_resilience")
 
 
 def _record(finals, initial=10.0):

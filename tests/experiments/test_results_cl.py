@@ -5,21 +5,10 @@ a second invocation must skip the finished runs and reproduce the same table (re
 seed → same numbers).
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _table(md: str) -> list[str]:
@@ -33,8 +22,8 @@ def _table(md: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
-    script = _script("continual_fmnist")
+def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path, load_script):
+    script = load_script("continual_fmnist")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
     argv += ["--methods", "cms_online,ewc,replay"]
     script.main(argv)
@@ -58,8 +47,8 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path):
 
 
 @pytest.mark.slow
-def test_optimizer_study_quick_writes_results_and_resumes(tmp_path):
-    script = _script("optimizer_study")
+def test_optimizer_study_quick_writes_results_and_resumes(tmp_path, load_script):
+    script = load_script("optimizer_study")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path)]
     script.main([*argv, "--problems", "mlp", "--optimizers", "m3,dmgd", "--best_seeds", ""])
     script.main([*argv, "--problems", "lm", "--optimizers", "adamw", "--best_seeds", ""])
@@ -86,8 +75,8 @@ def test_optimizer_study_quick_writes_results_and_resumes(tmp_path):
         script.main([*argv, "--best_seeds", "0"])
 
 
-def test_continual_lm_quick_writes_results(tmp_path):
-    script = _script("continual_lm")
+def test_continual_lm_quick_writes_results(tmp_path, load_script):
+    script = load_script("continual_lm")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
     argv += ["--models", "transformer_pp"]
     script.main(argv)
