@@ -1,30 +1,36 @@
 """Continual language modelling over domains: Shakespeare → Milton → fortunes (bytes).
 
-Three byte-level LMs at matched size (≈1.35–1.43M parameters) are trained on one domain after
-the other, the same number of steps per phase, with one optimizer state carried through:
+Byte-level LMs at matched size (≈1.35–1.43M parameters) are trained on one domain after the
+other, the same number of steps per domain, one optimizer state carried through, by
+`nestlearn.train.continual.train_tasks` on the library's train step:
 
-- `transformer_pp`: Transformer++ (RoPE attention + SwiGLU), d 128, 5 layers (1.34M);
+- `transformer_pp`: Transformer++ (RoPE attention + SwiGLU), d 128, 5 layers;
 - `hope_attention`: attention + a three-level CMS (sequential, SwiGLU levels) per block, d 128,
-  2 layers (1.34M); the CMS levels are trained in scheduled mode, level ℓ by AdamW every
-  1, 4, 16 steps on its summed gradients (Eq. 71, arXiv 2512.24695);
-- `hope`: self-modifying Titans memory + the same CMS, d 128, 2 layers (1.43M), with the
-  model's default self-modifying memory (η_max 0.1, curvature-normalised chunk step).
+  2 layers; CMS level ℓ is trained by AdamW every `periods[ℓ]` steps on its summed gradients
+  (scheduled mode, Eq. 71, arXiv 2512.24695; docs/levels.md);
+- `hope`: the `hope` model's self-modifying memory + the same CMS, d 128, 2 layers;
+- `hope_attention_online`: `hope_attention` with online CMS: level ℓ also writes its weights in
+  context every `online_chunks[ℓ]` bytes of a window (dynamic evaluation with `cms.online_rule`,
+  reset each window); its initial weights are trained every step. About 7× slower per step
+  than scheduled CMS on the CPU, so it runs last.
 
-Each domain is split by whole document (`nestlearn.data.load_dataset`); after every phase the
-validation loss (nats/byte) of every domain is measured, which gives the loss matrix L[i, j]
-(after phase i, on domain j) and, through `nestlearn.eval.continual.summarize` with
-`higher_is_better=False`, the forgetting (rise of the loss on earlier domains). Learning rate:
-linear warmup over the first phase's `warmup` steps, then constant (no decay that would favour
-the last phase). Gradient clip 1.0.
+The CMS periods and steps per domain are chosen so the slowest scheduled level applies 100
+updates on every domain (`updates` in each record). After each domain the record holds
+(`nestlearn.train.continual`): the validation loss of every domain (the loss matrix L[i, j]),
+how far each parameter group moved during the domain, and the loss on every earlier domain
+when one group alone is put back to its value before the domain (where the forgetting lives).
+Groups: `embed`, `mixer` (attention, or Hope's memory and its projections), `ffn`
+(Transformer++'s MLPs), each CMS level, `other` (norms). Learning rate: linear warmup over
+the first domain's `warmup` steps, then constant (no decay that would favour the last domain).
+Gradient clip 1.0.
 
-Command (writes docs/results/continual/lm.{md,json,png}; two seeds, 6 runs, measured 2,259 s on
-the shared 2-core machine under load 15–25):
+Command (writes docs/results/continual/lm.{md,json,png} and lm_stability.png):
 
-    python experiments/continual_lm.py
+    python experiments/continual_lm.py                     # 4 models × 3 seeds
     python experiments/continual_lm.py --quick --data synthetic --out /tmp/cl   # seconds
 
 Each (model, seed) writes `lm_runs/<model>-seed<k>.json` under --out; a rerun skips finished
-runs. Same seed, same numbers.
+runs and refuses a record made with other settings. Same seed, same numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,14 +47,18 @@ from pathlib import Path
 import jax
 import matplotlib
 import numpy as np
+import optax
 from flax import nnx
 
 from nestlearn import models, tune_host_allocator
+from nestlearn.core import Level
+from nestlearn.core.tree import flatten_with_paths
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval import compare
 from nestlearn.eval.continual import summarize
 from nestlearn.train.config import base_config, validate_config
+from nestlearn.train.continual import Task, train_tasks
 from nestlearn.train.levels import build_levels
 from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
 
@@ -55,19 +66,29 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
 DOMAINS = ("shakespeare", "milton", "fortunes")
-MODELS = ("transformer_pp", "hope_attention", "hope")
+MODELS = ("transformer_pp", "hope_attention", "hope", "hope_attention_online")
 LABELS = {
     "transformer_pp": "Transformer++",
-    "hope_attention": "Hope-Attention (CMS)",
+    "hope_attention": "Hope-Attention (CMS scheduled)",
+    "hope_attention_online": "Hope-Attention (CMS online)",
     "hope": "Hope",
 }
-#: model -> (d_model, num_layers) giving ≈1.35–1.43M parameters with byte vocabulary
-SIZES = {"transformer_pp": (128, 5), "hope_attention": (128, 2), "hope": (128, 2)}
+#: model -> (registered model, d_model, num_layers) giving ≈1.35–1.43M parameters (bytes)
+SIZES = {
+    "transformer_pp": ("transformer_pp", 128, 5),
+    "hope_attention": ("hope_attention", 128, 2),
+    "hope_attention_online": ("hope_attention", 128, 2),
+    "hope": ("hope", 128, 2),
+}
+#: the parameter groups whose movement and reset are measured; CMS levels are added per model
+GROUPS = (("embed", r"^embed/"), ("mixer", r"/(attn|mixer)/"), ("ffn", r"/mlp/"))
 
 
 def get_settings(quick: bool) -> dict:
     s = dict(
-        steps_per_phase=100,  # optimizer steps on each domain
+        steps_per_phase=900,  # optimizer steps on each domain
+        periods=(1, 3, 9),  # CMS level periods: the slowest gets 100 updates per domain
+        online_chunks=(32, 64, 96),  # online CMS: bytes per write; each level writes in a window
         batch=8,  # windows per batch
         seq_len=128,  # bytes per window
         lr=3e-3,  # AdamW peak rate (backbone and CMS levels)
@@ -75,15 +96,16 @@ def get_settings(quick: bool) -> dict:
         eval_batches=8,  # validation batches per domain per evaluation
     )
     if quick:
-        s.update(steps_per_phase=3, batch=2, seq_len=32, warmup=1, eval_batches=1)
+        s.update(steps_per_phase=4, batch=2, seq_len=32, warmup=1, eval_batches=1)
+        s.update(periods=(1, 2, 4), online_chunks=(8, 16, 32))
     return s
 
 
 def model_config(name: str, s: dict, seed: int, quick: bool):
-    """The experiment config of one model (validated); `data.corpus` is set per phase."""
-    c = base_config(name)
+    """The experiment config of one model (validated); the data comes from `load_domains`."""
+    registered, d, layers = SIZES[name]
+    c = base_config(registered)
     c.seed = seed
-    d, layers = SIZES[name]
     if quick:
         d, layers = 32, 1
     c.model.vocab_size = 256
@@ -93,14 +115,12 @@ def model_config(name: str, s: dict, seed: int, quick: bool):
     c.model.max_len = max(256, s["seq_len"])
     if quick:
         c.model.chunk_size = 16
-    if "cms" in c.model:
-        c.model.cms.periods = (1, 4, 16)
-        c.model.cms.mode = "scheduled"
-        if quick:
-            c.model.cms.chunk_sizes = (16, 64, 256)
-    if name == "hope":
-        if quick:
+        if name == "hope":
             c.model.self_modifying.chunk_size = 16
+    if "cms" in c.model:
+        c.model.cms.periods = tuple(s["periods"])
+        c.model.cms.mode = "online" if name.endswith("_online") else "scheduled"
+        c.model.cms.chunk_sizes = tuple(s["online_chunks"])
     c.data.tokenizer = "byte"
     c.data.seq_len = s["seq_len"]
     c.data.batch_size = s["batch"]
@@ -110,6 +130,18 @@ def model_config(name: str, s: dict, seed: int, quick: bool):
     c.train.num_steps = s["steps_per_phase"] * len(DOMAINS)
     validate_config(c)
     return c
+
+
+def measured_groups(config, params) -> tuple[Level, ...]:
+    """The parameter groups of the record: those of `GROUPS` the model has, each CMS level,
+    and `other` (the rest)."""
+    paths = [path for path, _ in flatten_with_paths(params)[0]]
+    named = [(n, rx) for n, rx in GROUPS if any(re.search(rx, p) for p in paths)]
+    named += [(n, rx) for n, rx, _ in models.cms_level_selectors(config)]
+    return (
+        *(Level(n, rx, optax.identity()) for n, rx in named),
+        Level("other", None, optax.identity()),
+    )
 
 
 def load_domains(data: str, s: dict) -> dict:
@@ -130,55 +162,58 @@ def load_domains(data: str, s: dict) -> dict:
 
 
 def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict:
-    """Trains one model through the phases; returns the loss matrix and timings."""
+    """Trains one model through the domains; returns its `TaskRecord` and the run's facts."""
     config = model_config(name, s, seed, quick)
     model = models.build(config.model, rngs=nnx.Rngs(seed))
     graphdef, params, rest = split_model(model)
     levels = build_levels(config)
-    train_step = build_train_step(levels, params=params, grad_clip=1.0, graphdef=graphdef)
+    step = build_train_step(
+        levels, params=params, grad_clip=config.optim.grad_clip, graphdef=graphdef
+    )
     eval_step = build_eval_step(graphdef)
-    state = TrainState.create(params, levels, seed=seed)
-    val = {
-        d: eval_batches(
-            ds.val, batch_size=s["batch"], seq_len=s["seq_len"], max_batches=s["eval_batches"]
+    val = [
+        eval_batches(
+            domains[d].val,
+            batch_size=s["batch"],
+            seq_len=s["seq_len"],
+            max_batches=s["eval_batches"],
         )
-        for d, ds in domains.items()
-    }
-    matrix = np.full((len(DOMAINS), len(DOMAINS)), np.nan)
-    curve = []
-    train_seconds = 0.0
+        for d in DOMAINS
+    ]
+
+    def evaluate(p, j: int) -> float:
+        return float(np.mean([float(eval_step(p, rest, b.inputs, b.targets)) for b in val[j]]))
+
+    def batches(i: int):
+        it = BatchIterator(
+            domains[DOMAINS[i]].train,
+            batch_size=s["batch"],
+            seq_len=s["seq_len"],
+            seed=seed + 17 * i,
+        )
+        return ((b.inputs, b.targets) for b in it)
+
+    tasks = [Task(d, batches(i), s["steps_per_phase"]) for i, d in enumerate(DOMAINS)]
     start = time.perf_counter()
-    for i, domain in enumerate(DOMAINS):
-        iterator = BatchIterator(
-            domains[domain].train, batch_size=s["batch"], seq_len=s["seq_len"], seed=seed + 17 * i
-        )
-        phase_start = time.perf_counter()
-        for _ in range(s["steps_per_phase"]):
-            batch = next(iterator)
-            state, metrics = train_step(state, rest, batch.inputs, batch.targets)
-            curve.append(float(metrics["loss"]))
-        jax.block_until_ready(state.params)
-        train_seconds += time.perf_counter() - phase_start
-        for j, d in enumerate(DOMAINS):
-            losses = [float(eval_step(state.params, rest, b.inputs, b.targets)) for b in val[d]]
-            matrix[i, j] = float(np.mean(losses))
-        print(
-            f"  {name} seed {seed} after {domain}: "
-            + ", ".join(f"{d} {matrix[i, j]:.3f}" for j, d in enumerate(DOMAINS)),
-            flush=True,
-        )
+    _, record = train_tasks(
+        lambda state, *batch: step(state, rest, *batch),
+        TrainState.create(params, levels, seed=seed),
+        tasks,
+        evaluate,
+        levels,
+        groups=measured_groups(config.model, params),
+        log=lambda line: print(f"  {name} seed {seed} {line}", flush=True),
+    )
     tokens = s["steps_per_phase"] * len(DOMAINS) * s["batch"] * s["seq_len"]
     return {
         "model": name,
         "seed": seed,
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
-        "levels": [[lv.name, lv.period] for lv in levels],
-        "matrix": matrix.tolist(),
-        "summary": summarize(matrix, higher_is_better=False)._asdict(),
-        "train_curve": curve,
-        "skipped_steps": int(state.skipped),
+        "train_levels": [[lv.name, lv.period] for lv in levels],
+        **record.to_json(),
+        "summary": summarize(record.loss, higher_is_better=False)._asdict(),
         "seconds": time.perf_counter() - start,
-        "tokens_per_second": tokens / train_seconds,
+        "tokens_per_second": tokens / record.train_seconds,
         "load_average": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
     }
 
@@ -186,41 +221,8 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
 # ----------------------------------------------------------------------------- report
 
 
-def aggregate(runs: list[dict]) -> dict:
-    out = {}
-    for name in MODELS:
-        mine = [r for r in runs if r["model"] == name]
-        if not mine:
-            continue
-        mats = np.asarray([r["matrix"] for r in mine])
-        summ = [r["summary"] for r in mine]
-        out[name] = {
-            "seeds": [r["seed"] for r in mine],
-            "params": mine[0]["params"],
-            "matrix_mean": mats.mean(0).tolist(),
-            "matrix_std": mats.std(0).tolist(),
-            "final_mean_loss": [
-                float(np.mean([x["average"] for x in summ])),
-                float(np.std([x["average"] for x in summ])),
-            ],
-            "forgetting": [
-                float(np.mean([x["forgetting"] for x in summ])),
-                float(np.std([x["forgetting"] for x in summ])),
-            ],
-            "just_learned_mean": [
-                float(np.mean([x["just_learned_mean"] for x in summ])),
-                float(np.std([x["just_learned_mean"] for x in summ])),
-            ],
-            "peak_interference": [
-                float(np.mean([peak_interference(m) for m in mats])),
-                float(np.std([peak_interference(m) for m in mats])),
-            ],
-            "tokens_per_second": float(np.mean([r["tokens_per_second"] for r in mine])),
-            "seconds": float(np.sum([r["seconds"] for r in mine])),
-            "load_average": [r["load_average"] for r in mine],
-            "skipped_steps": int(sum(r["skipped_steps"] for r in mine)),
-        }
-    return out
+def _ms(values) -> list[float]:
+    return [float(np.mean(values)), float(np.std(values))]
 
 
 def peak_interference(matrix) -> float:
@@ -229,6 +231,54 @@ def peak_interference(matrix) -> float:
     m = np.asarray(matrix)
     t = m.shape[0]
     return float(np.mean([max(m[i, j] - m[j, j] for i in range(j + 1, t)) for j in range(t - 1)]))
+
+
+def located(run: dict) -> dict[str, dict[str, float]]:
+    """Per group, over every later domain i ≥ 1 and earlier domain j < i: the mean rise of the
+    loss on j during i (L[i, j] − L[i−1, j]), the mean drop when the group alone is reset
+    (L[i, j] − R[i, g, j]), its relative movement and its fewest updates on a domain."""
+    loss, reset = np.asarray(run["loss"]), np.asarray(run["reset_loss"])
+    pairs = [(i, j) for i in range(1, len(run["tasks"])) for j in range(i)]
+    rise = float(np.mean([loss[i, j] - loss[i - 1, j] for i, j in pairs]))
+    out = {}
+    levels, updates = run["levels"], np.asarray(run["updates"], np.float64)
+    for g, name in enumerate(run["groups"]):
+        owner = levels.index(name if name in levels else "backbone")
+        out[name] = {
+            "rise": rise,
+            "recovered": float(np.mean([loss[i, j] - reset[i, g, j] for i, j in pairs])),
+            "movement": float(np.mean(np.asarray(run["movement"])[1:, g])),
+            "min_updates": float(np.min(updates[:, owner])),
+        }
+    return out
+
+
+def aggregate(runs: list[dict]) -> dict:
+    out = {}
+    for name in MODELS:
+        mine = [r for r in runs if r["model"] == name]
+        if not mine:
+            continue
+        mats = np.asarray([r["loss"] for r in mine])
+        summ = [r["summary"] for r in mine]
+        loc = [located(r) for r in mine]
+        out[name] = {
+            "seeds": [r["seed"] for r in mine],
+            "params": mine[0]["params"],
+            "matrix_mean": mats.mean(0).tolist(),
+            "matrix_std": mats.std(0).tolist(),
+            "final_mean_loss": _ms([x["average"] for x in summ]),
+            "forgetting": _ms([x["forgetting"] for x in summ]),
+            "just_learned_mean": _ms([x["just_learned_mean"] for x in summ]),
+            "new_domain_loss": _ms([np.mean(np.diag(m)[1:]) for m in mats]),
+            "peak_interference": _ms([peak_interference(m) for m in mats]),
+            "located": {g: {k: _ms([x[g][k] for x in loc]) for k in loc[0][g]} for g in loc[0]},
+            "tokens_per_second": float(np.mean([r["tokens_per_second"] for r in mine])),
+            "seconds": float(np.sum([r["seconds"] for r in mine])),
+            "load_average": [r["load_average"] for r in mine],
+            "skipped_steps": int(sum(r["skipped"] for r in mine)),
+        }
+    return out
 
 
 def pm(pair, digits=3) -> str:
@@ -249,29 +299,50 @@ def markdown(agg: dict, meta: dict) -> str:
         "the others read from their JSON).  ",
         f"Machine: {meta['machine']['processor']}, {meta['machine']['cpu_count']} CPUs, "
         f"{meta['machine']['platform']}, jax {meta['machine']['jax']}; load averages (1/5/15 min) "
-        f"at the end of each run: {', '.join(meta['loads'])} (shared machine: tokens/s are "
-        "contended and only roughly comparable).  ",
+        f"at the end of each run: {', '.join(meta['loads'])}.  ",
         f"Data: {meta['data']}; {s['steps_per_phase']} steps of {s['batch']}×{s['seq_len']} "
-        f"bytes per domain; seeds {meta['seeds']}; validation = held-out documents of each "
-        "domain.",
+        f"bytes per domain; CMS periods {tuple(s['periods'])}; seeds {meta['seeds']}; "
+        "validation = held-out documents of each domain.",
         "",
         "Validation loss in nats/byte (perplexity = exp(loss)). *Forgetting*: mean over the "
         "first two domains of (final loss − best earlier loss); *just learned*: mean of "
-        "L[i, i]; *final mean*: mean of the last row; *peak interference*: mean over the first "
-        "two domains of the largest rise of their loss above the just-learned value at any later "
-        "phase (a later phase on related text can undo forgetting, which the final row hides).",
+        "L[i, i]; *new domain*: mean of L[i, i] over the second and third domains (plasticity); "
+        "*final mean*: mean of the last row; *peak interference*: mean over the first two "
+        "domains of the largest rise of their loss above the just-learned value at any later "
+        "phase.",
         "",
-        "| model | params | just learned | final mean | forgetting | peak interference | "
-        "skipped | tokens/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | params | just learned | new domain | final mean | forgetting | "
+        "peak interference | skipped | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, a in agg.items():
         lines.append(
             f"| {LABELS[name]} | {a['params']:,} | {pm(a['just_learned_mean'])} | "
-            f"{pm(a['final_mean_loss'])} | {pm(a['forgetting'])} | "
+            f"{pm(a['new_domain_loss'])} | {pm(a['final_mean_loss'])} | {pm(a['forgetting'])} | "
             f"{pm(a['peak_interference'])} | {a['skipped_steps']} | "
             f"{a['tokens_per_second']:,.0f} |"
         )
+    lines += [
+        "",
+        "## Where the forgetting lives",
+        "",
+        "Over every later domain i and earlier domain j < i: *rise* is the mean of "
+        "L[i, j] − L[i−1, j] (what domain i cost domain j); *recovered by reset* is the mean of "
+        "L[i, j] − R[i, g, j], where R is the loss with group g alone put back to its value "
+        "before domain i (positive: the group's change during i caused part of the rise; a "
+        "reset that breaks the model's coupling to the other groups can also make it negative); "
+        "*moved* is ‖Δθ_g‖/‖θ_g‖ over a domain (mean over the second and third); *updates* is "
+        "the fewest updates the group's level applied on a domain.",
+        "",
+        "| model | group | updates | moved | rise | recovered by reset |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in agg.items():
+        for g, v in a["located"].items():
+            lines.append(
+                f"| {LABELS[name]} | {g} | {v['min_updates'][0]:.0f} | {pm(v['movement'])} | "
+                f"{pm(v['rise'])} | {pm(v['recovered'])} |"
+            )
     lines += [
         "",
         "Loss matrices, mean over seeds (rows: after phase; columns: domain; "
@@ -295,15 +366,16 @@ def markdown(agg: dict, meta: dict) -> str:
     lines += [
         "## The paper's claim",
         "",
-        "NL-arXiv §9.1, Fig. 8 (arXiv 2512.24695; figure only): in continual translation of two "
-        "new languages learned one after the other, in-context learning collapses while Hope "
-        "with 3 extra CMS levels almost recovers its single-language score; arXiv §7.1 argues that "
-        "slow CMS levels keep what fast levels overwrite. At this scale (≈1.4M-parameter byte "
-        f"LMs, {s['steps_per_phase']} steps per domain, trained from scratch).",
-        "",
-        "Whether it holds here is judged from the tables above in docs/results/README.md.",
+        "arXiv 2512.24695 §9.1, Fig. 8 (figure only): in continual translation of two new "
+        "languages learned one after the other, in-context learning collapses while Hope with "
+        "3 extra CMS levels almost recovers its single-language score; §7.1 argues that slow "
+        "CMS levels keep what fast levels overwrite. Here: ≈1.4M-parameter byte LMs, "
+        f"{s['steps_per_phase']} steps per domain, trained from scratch. Whether it holds is "
+        "judged from the tables above in docs/results/README.md.",
         "",
         "![loss after each phase](lm.png)",
+        "",
+        "![stability and plasticity](lm_stability.png)",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()) + ".",
     ]
@@ -340,11 +412,29 @@ def plot(agg: dict, runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_stability(agg: dict, path: Path) -> None:
+    """Forgetting (stability, lower is better) against the new domains' loss (plasticity)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, a in agg.items():
+        (x, dx), (y, dy) = a["new_domain_loss"], a["forgetting"]
+        ax.errorbar(x, y, xerr=dx, yerr=dy, marker="o", capsize=3, label=LABELS[name])
+    ax.set(
+        xlabel="loss on the domain just learned (nats/byte, lower: more plastic)",
+        ylabel="forgetting (nats/byte, lower: more stable)",
+        title="stability vs plasticity (mean ± std over seeds)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/results/continual", type=Path)
     parser.add_argument("--data", default="real", choices=("real", "synthetic"))
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--quick", action="store_true", help="tiny models and data (smoke)")
     args = parser.parse_args(argv)
@@ -363,7 +453,14 @@ def main(argv=None):
         for seed in seeds:
             path = run_dir / f"{name}-seed{seed}.json"
             if path.exists():
-                runs.append(json.loads(path.read_text()))
+                record = json.loads(path.read_text())
+                made = (record.get("settings"), record.get("data"))
+                if made != (json.loads(json.dumps(s)), args.data):
+                    raise ValueError(
+                        f"{path} was made with other settings or data ({made}); move it away "
+                        f"or pass another --out (now: {s}, data {args.data!r})"
+                    )
+                runs.append(record)
                 continue
             result = run_model(name, seed, domains, s, args.quick)
             result.update(settings=s, data=args.data)
@@ -382,6 +479,7 @@ def main(argv=None):
     (args.out / "lm.json").write_text(json.dumps({"meta": meta, "models": agg}, indent=1))
     (args.out / "lm.md").write_text(markdown(agg, meta))
     plot(agg, runs, args.out / "lm.png")
+    plot_stability(agg, args.out / "lm_stability.png")
     print(markdown(agg, meta))
 
 

@@ -78,13 +78,27 @@ def test_optimizer_study_quick_writes_results_and_resumes(tmp_path, load_script)
 def test_continual_lm_quick_writes_results(tmp_path, load_script):
     script = load_script("continual_lm")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
-    argv += ["--models", "transformer_pp"]
+    argv += ["--models", "transformer_pp,hope_attention"]
     script.main(argv)
-    for name in ("lm.md", "lm.json", "lm.png"):
+    for name in ("lm.md", "lm.json", "lm.png", "lm_stability.png"):
         assert (tmp_path / name).stat().st_size > 0
     run = json.loads((tmp_path / "lm_runs" / "transformer_pp-seed0.json").read_text())
-    matrix = np.asarray(run["matrix"])
+    matrix = np.asarray(run["loss"])
     assert matrix.shape == (3, 3) and np.all(np.isfinite(matrix))
     assert run["summary"]["forgetting"] == pytest.approx(
         np.mean([matrix[2, j] - matrix[j:2, j].min() for j in range(2)])
     )
+    assert run["groups"] == ["embed", "mixer", "ffn", "other"]
+    reset = np.asarray(run["reset_loss"])
+    assert np.all(np.isfinite(reset[2, :, :2])) and np.all(np.isnan(reset[0]))
+    # the scheduled CMS levels (periods 1, 2, 4 in --quick) and their updates per domain
+    cms = json.loads((tmp_path / "lm_runs" / "hope_attention-seed0.json").read_text())
+    assert cms["groups"][-4:] == ["cms_level_0", "cms_level_1", "cms_level_2", "other"]
+    assert cms["levels"] == ["cms_level_0", "cms_level_1", "cms_level_2", "backbone"]
+    assert cms["updates"] == [[4, 2, 1, 4]] * 3
+    assert "## Where the forgetting lives" in (tmp_path / "lm.md").read_text()
+    # a record made with other settings is refused, not mixed in
+    run["settings"]["lr"] = 1.0
+    (tmp_path / "lm_runs" / "transformer_pp-seed0.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="other settings"):
+        script.main(argv)
