@@ -211,7 +211,7 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
         "train_levels": [[lv.name, lv.period] for lv in levels],
         **record.to_json(),
-        "summary": summarize(record.loss, higher_is_better=False)._asdict(),
+        "summary": summarize(record.score, higher_is_better=False)._asdict(),
         "seconds": time.perf_counter() - start,
         "tokens_per_second": tokens / record.train_seconds,
         "load_average": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
@@ -237,7 +237,7 @@ def located(run: dict) -> dict[str, dict[str, float]]:
     """Per group, over every later domain i ≥ 1 and earlier domain j < i: the mean rise of the
     loss on j during i (L[i, j] − L[i−1, j]), the mean drop when the group alone is reset
     (L[i, j] − R[i, g, j]), its relative movement and its fewest updates on a domain."""
-    loss, reset = np.asarray(run["loss"]), np.asarray(run["reset_loss"])
+    loss, reset = np.asarray(run["score"]), np.asarray(run["reset_score"])
     pairs = [(i, j) for i in range(1, len(run["tasks"])) for j in range(i)]
     rise = float(np.mean([loss[i, j] - loss[i - 1, j] for i, j in pairs]))
     out = {}
@@ -259,7 +259,7 @@ def aggregate(runs: list[dict]) -> dict:
         mine = [r for r in runs if r["model"] == name]
         if not mine:
             continue
-        mats = np.asarray([r["loss"] for r in mine])
+        mats = np.asarray([r["score"] for r in mine])
         summ = [r["summary"] for r in mine]
         loc = [located(r) for r in mine]
         out[name] = {

@@ -3,17 +3,17 @@
 `train_tasks` trains one state through tasks in order, the optimizer state carried across
 (continual learning: no task boundary reaches the levels). After task i it records
 
-- `loss[i, j]`: the loss on task j (`nestlearn.eval.continual` reads this matrix with
-  `higher_is_better=False`);
+- `score[i, j]`: the evaluation of task j (a loss or an accuracy, whatever `evaluate` returns;
+  `nestlearn.eval.continual` summarises this matrix);
 - `updates[i, ℓ]`: how many updates training level ℓ applied during task i (a level of period
   k gets about steps/k; a level that is never updated can neither learn nor forget);
 - for each parameter group g (by default the training levels; any partition of the parameters
   given as `Level`s, e.g. embeddings / mixer / each CMS level):
   `movement[i, g]`: how far the group moved during task i, relative to where it started it,
   ‖θ_g(after i) − θ_g(before i)‖₂ / ‖θ_g(before i)‖₂ over all of its leaves; and
-  `reset_loss[i, g, j]` for every earlier task j < i: the loss on task j when group g alone is
-  put back to its value before task i, every other group kept. Close to `loss[i-1, j]`: the
-  forgetting of task j during task i lives in g; close to `loss[i, j]`: g did not cause it.
+  `reset_score[i, g, j]` for every earlier task j < i: the score on task j when group g alone
+  is put back to its value before task i, every other group kept. Close to `score[i-1, j]`: the
+  forgetting of task j during task i lives in g; close to `score[i, j]`: g did not cause it.
   Entries with j ≥ i are NaN.
 
 The loop is generic: a step function, the batches of each task and an evaluation function, so
@@ -56,10 +56,10 @@ class TaskRecord(NamedTuple):
     tasks: tuple[str, ...]
     levels: tuple[str, ...]  # the training levels
     groups: tuple[str, ...]  # the measured parameter groups
-    loss: np.ndarray  # [T, T] loss on task j after task i
+    score: np.ndarray  # [T, T] score on task j after task i
     updates: np.ndarray  # [T, L] updates each training level applied during task i (NaN: unknown)
     movement: np.ndarray  # [T, G] relative movement of each group during task i
-    reset_loss: np.ndarray  # [T, G, T] loss on task j < i with group g reset to before task i
+    reset_score: np.ndarray  # [T, G, T] score on task j < i, group g reset to before task i
     train_curve: tuple[float, ...]  # training loss at every step, tasks concatenated
     skipped: int  # non-finite steps skipped by the step's guard
     train_seconds: float  # time in training steps (evaluation excluded)
@@ -70,10 +70,10 @@ class TaskRecord(NamedTuple):
             "tasks": list(self.tasks),
             "levels": list(self.levels),
             "groups": list(self.groups),
-            "loss": self.loss.tolist(),
+            "score": self.score.tolist(),
             "updates": [[int(u) if np.isfinite(u) else None for u in row] for row in self.updates],
             "movement": self.movement.tolist(),
-            "reset_loss": self.reset_loss.tolist(),
+            "reset_score": self.reset_score.tolist(),
             "train_curve": list(self.train_curve),
             "skipped": self.skipped,
             "train_seconds": self.train_seconds,
@@ -130,6 +130,7 @@ def train_tasks(
     *,
     groups: Sequence[Level] | None = None,
     locate: bool = True,
+    after_task: Callable[[int, Any], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Any, TaskRecord]:
     """Trains `state` on `tasks` in order and records the module docstring's measurements.
@@ -140,11 +141,13 @@ def train_tasks(
         the update counts (NaN without them).
       state: has `params` (the pytree the groups partition) and may have `skipped`.
       tasks: the tasks, in training order.
-      evaluate: `evaluate(params, j) -> loss on task j` (lower is better).
+      evaluate: `evaluate(params, j) -> score on task j` (a float: a loss, an accuracy).
       levels: the levels of the step (their names, for the update counts).
       groups: the parameter groups to measure (only their selectors are used); default
         `levels`.
-      locate: measure `reset_loss` (G × i evaluations after task i); off: NaN.
+      locate: measure `reset_score` (G × i evaluations after task i); off: NaN.
+      after_task: `after_task(i, state) -> state`, called after task i is measured (e.g. to
+        anchor a penalty or fill a replay buffer).
       log: called with one progress line after each task.
 
     Returns:
@@ -166,10 +169,10 @@ def train_tasks(
     names_l = [lv.name for lv in levels]
     names_g = [g.name for g in groups]
     n_t = len(tasks)
-    loss = np.full((n_t, n_t), np.nan)
+    score = np.full((n_t, n_t), np.nan)
     updates = np.zeros((n_t, len(names_l)))
     movement = np.zeros((n_t, len(names_g)))
-    reset_loss = np.full((n_t, len(names_g), n_t), np.nan)
+    reset_score = np.full((n_t, len(names_g), n_t), np.nan)
     curve: list[float] = []
     counted = np.zeros(len(names_l))
     train_seconds = 0.0
@@ -187,27 +190,29 @@ def train_tasks(
         counted = total
         movement[i] = level_movement(before, state.params, owners, names_g)
         for j in range(n_t):
-            loss[i, j] = float(evaluate(state.params, j))
+            score[i, j] = float(evaluate(state.params, j))
         if locate:
             for k, name in enumerate(names_g):
                 reset = reset_level(state.params, before, owners, name)
                 for j in range(i):
-                    reset_loss[i, k, j] = float(evaluate(reset, j))
+                    reset_score[i, k, j] = float(evaluate(reset, j))
         if log is not None:
             log(
                 f"after {task.name}: "
-                + ", ".join(f"{n} {loss[i, j]:.3f}" for j, n in enumerate(names_t))
+                + ", ".join(f"{n} {score[i, j]:.3f}" for j, n in enumerate(names_t))
                 + " | moved "
                 + ", ".join(f"{n} {m:.3g}" for n, m in zip(names_g, movement[i]))
             )
+        if after_task is not None:
+            state = after_task(i, state)
     record = TaskRecord(
         tasks=tuple(names_t),
         levels=tuple(names_l),
         groups=tuple(names_g),
-        loss=loss,
+        score=score,
         updates=updates,
         movement=movement,
-        reset_loss=reset_loss,
+        reset_score=reset_score,
         train_curve=tuple(curve),
         skipped=int(getattr(state, "skipped", 0)),
         train_seconds=train_seconds,

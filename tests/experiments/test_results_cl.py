@@ -83,13 +83,13 @@ def test_continual_lm_quick_writes_results(tmp_path, load_script):
     for name in ("lm.md", "lm.json", "lm.png", "lm_stability.png"):
         assert (tmp_path / name).stat().st_size > 0
     run = json.loads((tmp_path / "lm_runs" / "transformer_pp-seed0.json").read_text())
-    matrix = np.asarray(run["loss"])
+    matrix = np.asarray(run["score"])
     assert matrix.shape == (3, 3) and np.all(np.isfinite(matrix))
     assert run["summary"]["forgetting"] == pytest.approx(
         np.mean([matrix[2, j] - matrix[j:2, j].min() for j in range(2)])
     )
     assert run["groups"] == ["embed", "mixer", "ffn", "other"]
-    reset = np.asarray(run["reset_loss"])
+    reset = np.asarray(run["reset_score"])
     assert np.all(np.isfinite(reset[2, :, :2])) and np.all(np.isnan(reset[0]))
     # the scheduled CMS levels (periods 1, 2, 4 in --quick) and their updates per domain
     cms = json.loads((tmp_path / "lm_runs" / "hope_attention-seed0.json").read_text())

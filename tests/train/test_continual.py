@@ -62,10 +62,10 @@ def test_records_updates_movement_and_losses():
     assert len(rec.train_curve) == 14 and rec.skipped == 0
     # each task learned: its own loss fell below the starting loss, the other's rose after t1
     start = [evaluate(before, j) for j in range(2)]
-    assert rec.loss[0, 0] < 0.5 * start[0]
-    assert rec.loss[1, 1] < 0.5 * start[1]
-    assert rec.loss[1, 0] > rec.loss[0, 0]
-    assert np.isnan(rec.reset_loss[0]).all()  # nothing earlier to forget after the first task
+    assert rec.score[0, 0] < 0.5 * start[0]
+    assert rec.score[1, 1] < 0.5 * start[1]
+    assert rec.score[1, 0] > rec.score[0, 0]
+    assert np.isnan(rec.reset_score[0]).all()  # nothing earlier to forget after the first task
 
 
 def test_reset_of_the_only_moving_level_restores_the_old_loss():
@@ -74,17 +74,17 @@ def test_reset_of_the_only_moving_level_restores_the_old_loss():
     _, rec = train_tasks(step, state, tasks(5), evaluate, levels)
     assert rec.movement[0, 0] == 0.0 and rec.movement[1, 0] == 0.0
     assert rec.movement[1, 1] > 0
-    np.testing.assert_allclose(rec.reset_loss[1, 0, 0], rec.loss[1, 0], rtol=1e-6)
-    np.testing.assert_allclose(rec.reset_loss[1, 1, 0], rec.loss[0, 0], rtol=1e-6)
-    assert not math.isclose(rec.loss[1, 0], rec.loss[0, 0], rel_tol=1e-3)
+    np.testing.assert_allclose(rec.reset_score[1, 0, 0], rec.score[1, 0], rtol=1e-6)
+    np.testing.assert_allclose(rec.reset_score[1, 1, 0], rec.score[0, 0], rtol=1e-6)
+    assert not math.isclose(rec.score[1, 0], rec.score[0, 0], rel_tol=1e-3)
 
 
 def test_locate_off_and_json():
     levels, state, step, evaluate, tasks = _problem(lr_a=0.05)
     _, rec = train_tasks(step, state, tasks(2), evaluate, levels, locate=False)
-    assert np.isnan(rec.reset_loss).all()
+    assert np.isnan(rec.reset_score).all()
     out = rec.to_json()
-    assert out["updates"] == [[2, 1], [2, 1]] and len(out["loss"]) == 2
+    assert out["updates"] == [[2, 1], [2, 1]] and len(out["score"]) == 2
 
 
 def test_level_movement_by_hand():
@@ -118,8 +118,8 @@ def test_groups_other_than_the_levels():
     everything = (Level("all", None, optax.identity()),)
     _, rec = train_tasks(step, state, tasks(3), evaluate, levels, groups=everything)
     assert rec.groups == ("all",) and rec.levels == ("a", "b")
-    assert rec.movement.shape == (2, 1) and rec.reset_loss.shape == (2, 1, 2)
-    np.testing.assert_allclose(rec.reset_loss[1, 0, 0], rec.loss[0, 0], rtol=1e-6)
+    assert rec.movement.shape == (2, 1) and rec.reset_score.shape == (2, 1, 2)
+    np.testing.assert_allclose(rec.reset_score[1, 0, 0], rec.score[0, 0], rtol=1e-6)
     np.testing.assert_array_equal(rec.updates, [[3, 1], [3, 2]])
 
 
@@ -133,3 +133,17 @@ def test_updates_unknown_without_the_level_metrics():
     _, rec = train_tasks(bare, state, tasks(2), evaluate, levels)
     assert np.isnan(rec.updates).all()
     assert rec.to_json()["updates"] == [[None, None], [None, None]]
+
+
+def test_after_task_sees_each_task_in_order():
+    levels, state, step, evaluate, tasks = _problem(lr_a=0.05)
+    seen = []
+
+    def after(i, s):
+        seen.append((i, float(s.params["a"][0])))
+        return s._replace(params={**s.params, "a": s.params["a"] * 0})
+
+    _, rec = train_tasks(step, state, tasks(2), evaluate, levels, after_task=after)
+    assert [i for i, _ in seen] == [0, 1] and seen[0][1] != 0.0
+    # the hook's state is the one trained next: a restarts from zero on the second task
+    assert rec.movement[1, 0] > 0 and seen[1][1] != seen[0][1]
