@@ -56,7 +56,7 @@ from nestlearn.core.tree import flatten_with_paths
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval import compare
-from nestlearn.eval.continual import summarize
+from nestlearn.eval.continual import locate_forgetting, summarize
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.continual import Task, train_tasks
 from nestlearn.train.levels import build_levels
@@ -234,19 +234,17 @@ def peak_interference(matrix) -> float:
 
 
 def located(run: dict) -> dict[str, dict[str, float]]:
-    """Per group, over every later domain i ≥ 1 and earlier domain j < i: the mean rise of the
-    loss on j during i (L[i, j] − L[i−1, j]), the mean drop when the group alone is reset
-    (L[i, j] − R[i, g, j]), its relative movement and its fewest updates on a domain."""
-    loss, reset = np.asarray(run["score"]), np.asarray(run["reset_score"])
-    pairs = [(i, j) for i in range(1, len(run["tasks"])) for j in range(i)]
-    rise = float(np.mean([loss[i, j] - loss[i - 1, j] for i, j in pairs]))
-    out = {}
+    """Per group: the mean step forgetting and what the group's reset recovers
+    (`nestlearn.eval.continual.locate_forgetting`, in nats/byte), its mean relative movement
+    over the later domains and the fewest updates its level applied on a domain."""
+    rise, recovered = locate_forgetting(run["score"], run["reset_score"], higher_is_better=False)
     levels, updates = run["levels"], np.asarray(run["updates"], np.float64)
+    out = {}
     for g, name in enumerate(run["groups"]):
         owner = levels.index(name if name in levels else "backbone")
         out[name] = {
             "rise": rise,
-            "recovered": float(np.mean([loss[i, j] - reset[i, g, j] for i, j in pairs])),
+            "recovered": float(recovered[g]),
             "movement": float(np.mean(np.asarray(run["movement"])[1:, g])),
             "min_updates": float(np.min(updates[:, owner])),
         }
@@ -452,14 +450,8 @@ def main(argv=None):
     for name in names:
         for seed in seeds:
             path = run_dir / f"{name}-seed{seed}.json"
-            if path.exists():
-                record = json.loads(path.read_text())
-                made = (record.get("settings"), record.get("data"))
-                if made != (json.loads(json.dumps(s)), args.data):
-                    raise ValueError(
-                        f"{path} was made with other settings or data ({made}); move it away "
-                        f"or pass another --out (now: {s}, data {args.data!r})"
-                    )
+            record = compare.cached_record(path, settings=s, data=args.data)
+            if record is not None:
                 runs.append(record)
                 continue
             result = run_model(name, seed, domains, s, args.quick)

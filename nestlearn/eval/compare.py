@@ -17,10 +17,12 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "cached_record",
     "differs",
     "format_mean_std",
     "load_range",
@@ -291,6 +293,29 @@ def run_meta(
 def read_records(directory: str | Path) -> list[dict]:
     """Every run record (`*.json`) in `directory`, in file-name order; [] when it does not exist."""
     return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
+
+
+def cached_record(path: str | Path, **made_with: Any) -> dict | None:
+    """The run record at `path` if it was made with `made_with` (its keys of the same names,
+    compared as JSON), None when there is none.
+
+    Raises:
+      ValueError: naming the file and the differing keys when the record was made otherwise (a
+        sweep must not mix runs of two protocols; move the record away or write elsewhere).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    want = json.loads(json.dumps(made_with))
+    differ = [k for k, v in want.items() if record.get(k) != v]
+    if differ:
+        detail = "; ".join(f"{k}: {record.get(k)!r}, now {want[k]!r}" for k in differ)
+        raise ValueError(
+            f"{path} was made with other {', '.join(differ)} ({detail}); move it away or write "
+            "the sweep to another directory"
+        )
+    return record
 
 
 def write_json_atomic(path: str | Path, record: object) -> Path:

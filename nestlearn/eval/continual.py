@@ -17,6 +17,14 @@ losses (or perplexities), and "forgetting" is then the rise of the loss. Definit
 - backward transfer (Lopez-Paz & Ranzato 2017): BWT = (1/(T−1)) Σ_{j<T−1} (A[T−1, j] − A[j, j])
 
 F and BWT are 0 for T = 1 (nothing could be forgotten).
+
+Where the forgetting lives (`locate_forgetting`, from `nestlearn.train.continual.train_tasks`'s
+`reset_score` R[i, g, j]: task j's score after task i with parameter group g alone put back to
+its value before task i): over every pair j < i, the *step forgetting* is the loss of score on
+j during task i, A[i−1, j] − A[i, j] (losses: A[i, j] − A[i−1, j]), and group g *recovers*
+R[i, g, j] − A[i, j] of it (losses: A[i, j] − R[i, g, j]). A group that recovers most of the
+step forgetting holds what task i overwrote; one that recovers nothing did not cause it (a reset
+can also hurt: the other groups adapted to the group's new values).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __all__ = [
     "check_matrix",
     "forgetting",
     "just_learned",
+    "locate_forgetting",
     "summarize",
 ]
 
@@ -120,3 +129,33 @@ def summarize(matrix, *, higher_is_better: bool = True) -> ContinualMetrics:
         just_learned=tuple(float(x) for x in diag),
         just_learned_mean=float(diag.mean()),
     )
+
+
+def locate_forgetting(matrix, reset, *, higher_is_better: bool = True) -> tuple[float, np.ndarray]:
+    """The mean step forgetting and, per group, the mean score its reset recovers.
+
+    Args:
+      matrix: A [T, T] (T ≥ 2).
+      reset: R [T, G, T], R[i, g, j] for j < i (other entries are ignored).
+      higher_is_better: as in `summarize`.
+
+    Returns:
+      (mean over j < i of the step forgetting, [G] mean over j < i of what each group's reset
+      recovers), in the module docstring's sign convention: positive is forgetting / recovery.
+
+    Raises:
+      ValueError: naming the shapes when they do not fit, or T < 2.
+    """
+    a = check_matrix(matrix)
+    r = np.asarray(reset, dtype=np.float64)
+    t = a.shape[0]
+    if t < 2 or r.ndim != 3 or r.shape[0] != t or r.shape[2] != t:
+        raise ValueError(
+            f"locate_forgetting: need matrix [T, T], T >= 2, reset [T, G, T]; got "
+            f"{a.shape} and {r.shape}"
+        )
+    sign = 1.0 if higher_is_better else -1.0
+    pairs = [(i, j) for i in range(1, t) for j in range(i)]
+    step = np.mean([sign * (a[i - 1, j] - a[i, j]) for i, j in pairs])
+    recovered = np.mean([sign * (r[i, :, j] - a[i, j]) for i, j in pairs], axis=0)
+    return float(step), recovered

@@ -1,5 +1,6 @@
 """Seed statistics, tables, curves and heat maps of `nestlearn.eval.compare`."""
 
+import json
 import math
 import time
 
@@ -126,3 +127,15 @@ def test_records_written_atomically_read_back_in_name_order(tmp_path):
     compare.write_json_atomic(tmp_path / "runs" / "a_s1.json", {"model": "a", "x": [1, 2]})
     (tmp_path / "runs" / "c_s0.tmp").write_text("{half")  # an interrupted write is not a record
     assert compare.read_records(tmp_path / "runs") == [{"model": "a", "x": [1, 2]}, {"model": "b"}]
+
+
+def test_cached_record_refuses_another_protocol(tmp_path):
+    path = tmp_path / "run.json"
+    assert compare.cached_record(path, settings={"lr": 1}) is None
+    path.write_text(json.dumps({"settings": {"lr": 1, "periods": [1, 4]}, "data": "real", "x": 3}))
+    got = compare.cached_record(path, settings={"lr": 1, "periods": (1, 4)}, data="real")
+    assert got["x"] == 3  # tuples compare as JSON lists
+    with pytest.raises(ValueError, match=r"run.json was made with other settings.*'lr': 2"):
+        compare.cached_record(path, settings={"lr": 2, "periods": (1, 4)}, data="real")
+    with pytest.raises(ValueError, match="other data"):
+        compare.cached_record(path, settings={"lr": 1, "periods": [1, 4]}, data="synthetic")

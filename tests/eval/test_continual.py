@@ -72,3 +72,20 @@ def test_bad_matrices_name_the_problem():
         cl.forgetting(bad)
     with pytest.raises(ValueError, match="accuracy"):
         cl.check_matrix(np.zeros(3), name="accuracy")
+
+
+def test_locate_forgetting_by_hand():
+    a = np.array([[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.3, 0.9]])
+    r = np.full((3, 2, 3), np.nan)
+    r[1, :, 0] = [0.9, 0.5]  # group 0 restores task 0 fully, group 1 not at all
+    r[2, :, :2] = [[0.4, 0.8], [0.3, 0.3]]
+    step, rec = cl.locate_forgetting(a, r)
+    # pairs (1,0), (2,0), (2,1): drops 0.4, 0.1, 0.5
+    assert step == pytest.approx((0.4 + 0.1 + 0.5) / 3)
+    np.testing.assert_allclose(rec, [(0.4 + 0.0 + 0.5) / 3, (0.0 - 0.1 + 0.0) / 3])
+    # losses: the same numbers with the sign flipped
+    step_l, rec_l = cl.locate_forgetting(-a, -r, higher_is_better=False)
+    assert step_l == pytest.approx(step)
+    np.testing.assert_allclose(rec_l, rec)
+    with pytest.raises(ValueError, match="reset"):
+        cl.locate_forgetting(a, r[:, :, :2])

@@ -27,11 +27,15 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path, 
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
     argv += ["--methods", "cms_online,ewc,replay"]
     script.main(argv)
-    for name in ("fmnist.md", "fmnist.json", "fmnist.png"):
+    for name in ("fmnist.md", "fmnist.json", "fmnist.png", "fmnist_stability.png"):
         assert (tmp_path / name).stat().st_size > 0
     result = json.loads((tmp_path / "fmnist_runs" / "cms_online-seed0.json").read_text())
-    matrix = np.asarray(result["matrix"])
+    matrix = np.asarray(result["score"])
     assert matrix.shape == (5, 5) and np.all((matrix >= 0) & (matrix <= 1))
+    # online levels write every 1, 4, 16 batches (quick: 5 steps per task, 25 in all)
+    assert result["levels"] == ["cms_level_0", "cms_level_1", "cms_level_2", "backbone"]
+    assert np.sum(result["updates"], axis=0).tolist() == [25, 6, 1, 25]
+    assert result["groups"] == ["embed", "cms_level_0", "cms_level_1", "cms_level_2", "head"]
     summary = json.loads((tmp_path / "fmnist.json").read_text())["methods"]
     assert set(summary) == {"cms_online", "ewc", "replay"}
     first = (tmp_path / "fmnist.md").read_text()
@@ -40,7 +44,7 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path, 
     ewc.unlink()
     script.main(argv)  # ewc is computed again, the others are read back from their JSON
     assert json.loads((tmp_path / "fmnist.json").read_text())["meta"]["computed"] == 1
-    assert json.loads(ewc.read_text())["matrix"] == before["matrix"]  # same seed, same numbers
+    assert json.loads(ewc.read_text())["score"] == before["score"]  # same seed, same numbers
     assert _table((tmp_path / "fmnist.md").read_text()) == _table(first)
     with pytest.raises(ValueError, match="--methods: 'bogus'"):
         script.main(["--quick", "--methods", "bogus", "--out", str(tmp_path)])
