@@ -60,8 +60,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("variants", None, "Compared models (default: the study's MODELS).")
 flags.DEFINE_list("ablations", None, "Hope ablations to run (default: the study's ABLATIONS).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the compared models.")
-flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.")
+flags.DEFINE_list("seeds", None, "Seeds of the compared models (default: the study's SEEDS, 0-2).")
+flags.DEFINE_list(
+    "ablation_seeds", None, "Seeds of the ablations (default: the study's ABLATION_SEEDS, 0)."
+)
 flags.DEFINE_bool("quick", False, "Tiny synthetic runs (seconds; smoke test).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and plot.")
 flags.DEFINE_string(
@@ -106,19 +108,27 @@ def config_for(variant: str, seed: int, quick: bool, study=results_lm):
     return config
 
 
-def check_params(config, quick: bool) -> int:
-    """Parameters of the model of `config`; full-size runs must be within the tolerance."""
+def check_params(config, quick: bool, study=results_lm) -> tuple[int, int]:
+    """(all, non-embedding) parameters of the model of `config`.
+
+    Full-size runs must be within the study's tolerance of its budget: `TARGET_NON_EMBEDDING`
+    when the study defines one, else `TARGET_PARAMS` (all parameters).
+    """
     from flax import nnx
 
     model = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
-    n = models.count_params(model)
-    target, tol = results_lm.TARGET_PARAMS, results_lm.PARAM_TOLERANCE
-    if not quick and abs(n - target) > tol * target:
+    n, n_body = models.count_params(model), models.count_params(model, embedding=False)
+    target = getattr(study, "TARGET_NON_EMBEDDING", None)
+    counted, kind = (n_body, "non-embedding") if target else (n, "")
+    target = target or study.TARGET_PARAMS
+    tol = study.PARAM_TOLERANCE
+    if not quick and abs(counted - target) > tol * target:
         raise ValueError(
-            f"model {config.model.name} (mlp_ratio={config.model.mlp_ratio}) has {n} "
-            f"parameters, outside {target} ± {tol:.0%}; update results_lm.MLP_RATIOS"
+            f"model {config.model.name} (mlp_ratio={config.model.mlp_ratio}) has {counted} "
+            f"{kind + ' ' if kind else ''}parameters, outside {target} ± {tol:.0%}; update the "
+            f"feed-forward ratios of experiments/configs/{study.__name__}.py"
         )
-    return n
+    return n, n_body
 
 
 def steady_tokens_per_sec(records: list[dict], tokens_per_step: int) -> float:
@@ -153,16 +163,29 @@ def claim(path: Path) -> bool:
 
 
 def train_one(
-    variant: str, seed: int, out: Path, workdir: Path, quick: bool, study=results_lm
+    variant: str,
+    seed: int,
+    out: Path,
+    workdir: Path,
+    quick: bool,
+    study=results_lm,
+    *,
+    lr: float | None = None,
+    name: str | None = None,
+    folder: str = "runs",
 ) -> dict:
-    """Trains one (variant, seed) from scratch and writes its JSON record.
+    """Trains one (variant, seed) from scratch and writes its JSON record `<out>/<folder>/<name>`.
 
+    `lr` replaces the config's peak learning rate; `name` defaults to `run_name(variant, seed)`.
     The record holds the run's probe (`probe.json`: validation loss by position with the
     in-context writes on and off) when the run finished.
     """
     config = config_for(variant, seed, quick, study)
-    params = check_params(config, quick)
-    run_dir = workdir / run_name(variant, seed)
+    if lr is not None:
+        config.optim.lr = lr
+    name = name or run_name(variant, seed)
+    params, params_body = check_params(config, quick, study)
+    run_dir = workdir / name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run restarts from scratch
     load_start = os.getloadavg()
@@ -187,6 +210,8 @@ def train_one(
         "quick": quick,
         "parameters": params,
         "parameters_checked": params,
+        "non_embedding_parameters": params_body,
+        "lr": config.optim.lr,
         "train_tokens": config.train.num_steps * tokens_per_step,
         "tokens_per_sec": steady_tokens_per_sec(records, tokens_per_step),
         "wall_s": wall,
@@ -205,8 +230,25 @@ def train_one(
         "config": dump_config(config),
     }
     out.mkdir(parents=True, exist_ok=True)
-    compare.write_json_atomic(out / "runs" / f"{run_name(variant, seed)}.json", record)
+    compare.write_json_atomic(out / folder / f"{name}.json", record)
     return record
+
+
+def lr_run_name(variant: str, lr: float, seed: int) -> str:
+    return f"{variant}_lr{lr:g}_s{seed}"
+
+
+def selected_lr(out: Path, variant: str, grid, seed: int) -> float | None:
+    """The rate of `grid` with the lowest validation loss of `variant` at `seed` (a diverged run
+    counts as infinitely bad); None until every rate of the grid has its record."""
+    losses = {}
+    for lr in grid:
+        path = out / "lr_runs" / f"{lr_run_name(variant, lr, seed)}.json"
+        if not path.exists():
+            return None
+        final = json.loads(path.read_text()).get("final")
+        losses[lr] = float(final["val_loss"]) if final else math.inf
+    return min(grid, key=lambda lr: losses[lr])
 
 
 def divergence(records: list[dict], message: str) -> dict:
@@ -335,6 +377,56 @@ writes lower the loss there. A model without in-context memory has a gap of 0 by
 """
 
 
+def paper_ablation(study, variant: str) -> tuple[float | None, float | None]:
+    """(the paper's Table 6 perplexity of the row with `variant`'s setting, that of the row with
+    Hope's setting): the study's `PAPER_ABLATION` when it has one, else Table 6's rows as named
+    by `results_lm` (whose Hope has every switch of the table on)."""
+    table = getattr(study, "PAPER_ABLATION", None)
+    if table is not None:
+        return table.get(variant, (None, None))
+    return PAPER_ABLATION_PPL[variant], PAPER_ABLATION_PPL["hope"]
+
+
+def lr_section(out: Path, study) -> str:
+    """The learning-rate selection table (seed 0 at every rate of `study.LEARNING_RATES`)."""
+    grid = getattr(study, "LEARNING_RATES", None)
+    records = compare.read_records(out / "lr_runs")
+    if not grid or not records:
+        return ""
+    by = {(r["variant"], r["config"]["optim"]["lr"]): r for r in records}
+    seed = records[0]["seed"]
+    rows = []
+    for v in study.MODELS:
+        if not any((v, lr) in by for lr in grid):
+            continue
+        chosen = selected_lr(out, v, grid, seed)
+        cells = []
+        for lr in grid:
+            r = by.get((v, lr))
+            if r is None:
+                cells.append("not run")
+            elif r["final"] is None:
+                cells.append("diverged")
+            else:
+                mark = " **(chosen)**" if lr == chosen else ""
+                cells.append(f"{r['final']['val_loss']:.4f}{mark}")
+        rows.append(
+            [LABELS[v], *cells, f"{sum(by[(v, lr)]['wall_s'] for lr in grid if (v, lr) in by):.0f}"]
+        )
+    table = compare.markdown_table(
+        ["model", *[f"lr {lr:g}" for lr in grid], "wall s (all rates)"], rows
+    )
+    return f"""
+## Learning rate per model
+
+Validation loss (nats/byte) of seed {seed} at each peak learning rate (`lr_runs/`); every model's
+seeds then run at the rate with the lowest loss (a diverged run never wins), and the ablations at
+Hope's. The chosen run is also the model's seed-{seed} run in the tables below.
+
+{table}
+"""
+
+
 def write_report(out: Path, command: str, study=results_lm) -> None:
     """README.md, results.json and the plots from every recorded run under `out`.
 
@@ -377,10 +469,13 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     for v in main:
         runs = groups.get(v, [])
         ppl, source = PAPER_PPL.get(v, (None, "not in the paper"))
+        body = recorded[v][0].get("non_embedding_parameters")
         rows.append(
             [
                 LABELS[v],
                 f"{recorded[v][0]['parameters'] / 1e6:.3f}M",
+                "—" if body is None else f"{body / 1e6:.3f}M",
+                f"{recorded[v][0]['config']['optim']['lr']:g}",
                 cell(v, _vals(runs, "val_loss"), 4),
                 cell(v, _vals(runs, "val_bpc"), 3),
                 cell(v, _vals(runs, "val_perplexity"), 3),
@@ -427,6 +522,8 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
         [
             "model",
             "params",
+            "non-embedding",
+            "peak lr",
             "val loss (nats/byte)",
             "val bpc",
             "val ppl (per byte)",
@@ -467,8 +564,8 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
         hope_by_seed = {r["seed"]: r["final"]["val_loss"] for r in groups["hope"]}
         for v in ["hope", *ablations]:
             runs = groups.get(v, [])
-            paper = PAPER_ABLATION_PPL[v]
-            paper_delta = paper - PAPER_ABLATION_PPL["hope"]
+            paper, paper_ref = paper_ablation(study, v)
+            paper_delta = None if paper is None else paper - paper_ref
             here_delta, paired, verdict = 0.0, [], "—"
             if runs:
                 here_delta = compare.mean_std(_vals(runs, "val_loss"))[0] - hope_loss
@@ -481,6 +578,8 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
                 delta = sum(paired) / len(paired) if paired else here_delta
                 if abs(delta) <= hope_std:
                     verdict = "no effect (within Hope's seed std)"
+                elif paper_delta is None:
+                    verdict = "—"
                 else:
                     same = (paper_delta > 0) == (delta > 0)
                     verdict = "paper's direction" if same else "opposite direction"
@@ -494,8 +593,8 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
                     "—" if is_hope or not runs else f"{here_delta:+.4f}",
                     "—" if is_hope or not paired else f"{float(sum(paired) / len(paired)):+.4f}",
                     seeds(v),
-                    f"{paper}",
-                    "—" if is_hope else f"{paper_delta:+.2f}",
+                    "—" if paper is None else f"{paper}",
+                    "—" if is_hope or paper_delta is None else f"{paper_delta:+.2f}",
                     "—" if is_hope else verdict,
                 ]
             )
@@ -580,14 +679,27 @@ def write_report(out: Path, command: str, study=results_lm) -> None:
     )
     if unrecorded:
         code_note += f"; {unrecorded} run(s) started before fingerprints were recorded"
-    planned = [run_name(v, s) for s in (0, 1, 2) for v in study.MODELS]
-    planned += [run_name(v, 0) for v in study.ABLATIONS]
+    seeds = getattr(study, "SEEDS", (0, 1, 2))
+    ablation_seeds = getattr(study, "ABLATION_SEEDS", (0,))
+    planned = [run_name(v, s) for s in seeds for v in study.MODELS]
+    planned += [run_name(v, s) for s in ablation_seeds for v in study.ABLATIONS]
     done = {run_name(r["variant"], r["seed"]) for r in runs_all}
     missing = [p for p in planned if p not in done]
     walls = [r["wall_s"] for r in runs_all]
     loads = [x for r in runs_all for x in (r["load_avg_start"][0], r["load_avg_end"][0])]
     any_run = runs_all[0]
     cfg = any_run["config"]
+    body_target = getattr(study, "TARGET_NON_EMBEDDING", None)
+    budget = (
+        f"{body_target / 1e6:.2f}M ± {study.PARAM_TOLERANCE:.0%} non-embedding parameters"
+        if body_target
+        else f"{study.TARGET_PARAMS / 1e6:.1f}M ± {study.PARAM_TOLERANCE:.0%} parameters"
+    )
+    rate = (
+        "peak lr per model from " + ", ".join(f"{lr:g}" for lr in study.LEARNING_RATES) + " (below)"
+        if getattr(study, "LEARNING_RATES", None)
+        else f"lr {cfg['optim']['lr']}"
+    )
     text = f"""# Language modelling: matched models on byte-level Shakespeare
 
 Produced by `{command}` (`experiments/lm_compare.py`, config
@@ -598,10 +710,10 @@ Regenerate the tables from finished runs with the same command and `--report_onl
 (validation and test each {cfg["data"]["val_fraction"]:.0%} of the 42 works: two held-out plays
 each, never seen in training). d_model {cfg["model"]["d_model"]}, {cfg["model"]["num_layers"]}
 layers, {cfg["model"]["num_heads"]} heads; feed-forward width per model so that every model has
-{study.TARGET_PARAMS / 1e6:.1f}M ± {study.PARAM_TOLERANCE:.0%} parameters. Windows of
+{budget}. Windows of
 {cfg["data"]["seq_len"]} bytes, batch {cfg["data"]["batch_size"]},
-{any_run["train_tokens"]:,} training tokens per run ({cfg["train"]["num_steps"]} AdamW steps, lr
-{cfg["optim"]["lr"]}, warmup {cfg["optim"]["warmup_steps"]}, cosine to
+{any_run["train_tokens"]:,} training tokens per run ({cfg["train"]["num_steps"]} AdamW steps,
+{rate}, warmup {cfg["optim"]["warmup_steps"]}, cosine to
 {cfg["optim"]["min_lr_ratio"]}×, weight decay {cfg["optim"]["weight_decay"]}, clip
 {cfg["optim"]["grad_clip"]}); Hope's CMS levels are trained every 1, 4 and 16 steps (scheduled
 mode, Eq. 71). {hope_note} Validation and test loss over {cfg["train"]["eval_batches"]} batches
@@ -619,15 +731,16 @@ them only with each other, and with care: the load changed between runs). Wall t
 {min(walls):.0f}–{max(walls):.0f} s, total {sum(walls) / 60:.1f} min for {len(runs_all)} runs.
 Library code: {code_note}.
 
-**Status.** {len(runs_all)} of {len(planned)} planned runs recorded (every model × seeds 0, 1, 2;
-every ablation × seed 0): {n_finished} finished, {n_diverged} diverged. Not run: {
-        ", ".join(missing) if missing else "none"
-    }.
+**Status.** {len(runs_all)} of {len(planned)} planned runs recorded (every model × seeds
+{", ".join(map(str, seeds))}; every ablation × seeds {", ".join(map(str, ablation_seeds))}): {
+        n_finished
+    } finished, {n_diverged} diverged. Not run: {", ".join(missing) if missing else "none"}.
 
 **Commands.** `python experiments/lm_compare.py` runs (or resumes) the whole plan;
 `--variants`, `--seeds`, `--ablations`, `--ablation_seeds` pick a part; several processes may
 share the plan (a lock file per run); `--report_only` rewrites this file.
 
+{lr_section(out, study)}
 ## Models ({len(main)} of {len(study.MODELS)} with at least one seed)
 
 {main_table}
@@ -658,6 +771,56 @@ has no measurable effect here.
     (out / "README.md").write_text(text)
 
 
+def run_planned(
+    variant: str,
+    seed: int,
+    out: Path,
+    workdir: Path,
+    command: str,
+    study,
+    *,
+    lr: float | None = None,
+    select: bool = False,
+) -> None:
+    """Trains one planned run unless its record exists or another process holds its lock;
+    `select`: a learning-rate selection run (`lr_runs/`), else a compared run (`runs/`)."""
+    name, folder = (
+        (lr_run_name(variant, lr, seed), "lr_runs")
+        if select
+        else (
+            run_name(variant, seed),
+            "runs",
+        )
+    )
+    if (out / folder / f"{name}.json").exists():
+        print(f"skip {name} (finished)", flush=True)
+        return
+    lock = out / folder / f"{name}.lock"
+    if not claim(lock):
+        print(f"skip {name} (running in another process)", flush=True)
+        return
+    print(f"run {name} (load {os.getloadavg()[0]:.1f})", flush=True)
+    try:
+        record = train_one(
+            variant, seed, out, workdir, FLAGS.quick, study, lr=lr, name=name, folder=folder
+        )
+    finally:
+        lock.unlink(missing_ok=True)
+    f, d = record["final"], record["diverged"]
+    outcome = (
+        f"val {f['val_loss']:.4f} nats/byte"
+        if f
+        else f"diverged at step {d['first_nonfinite_step']} (stopped at "
+        f"{d['stopped_at_step']}, last finite loss {d['last_finite_loss']})"
+    )
+    print(
+        f"done {name}: {outcome}, {record['tokens_per_sec']:.0f} tokens/s, "
+        f"{record['wall_s']:.0f} s",
+        flush=True,
+    )
+    write_report(out, command, study)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -685,34 +848,28 @@ def main(argv):
     for name in ablations:
         if name not in study.ABLATIONS:
             raise app.UsageError(f"--ablations: {name!r} is not one of {list(study.ABLATIONS)}")
-    plan = [(v, int(s)) for s in FLAGS.seeds for v in variants]
-    plan += [(v, int(s)) for s in FLAGS.ablation_seeds for v in ablations]
+    seeds = [int(x) for x in (FLAGS.seeds or getattr(study, "SEEDS", (0, 1, 2)))]
+    ablation_seeds = FLAGS.ablation_seeds or getattr(study, "ABLATION_SEEDS", (0,))
+    ablation_seeds = [int(x) for x in ablation_seeds]
+    grid = getattr(study, "LEARNING_RATES", None)
+    if grid:  # each model's rate is chosen on the first seed, then every seed runs at it
+        for v in variants:
+            for lr in grid:
+                run_planned(v, seeds[0], out, workdir, command, study, lr=lr, select=True)
+    plan = [(v, s) for s in seeds for v in variants]
+    plan += [(v, s) for s in ablation_seeds for v in ablations]
     for variant, seed in plan:
-        if (out / "runs" / f"{run_name(variant, seed)}.json").exists():
-            print(f"skip {run_name(variant, seed)} (finished)", flush=True)
-            continue
-        lock = out / "runs" / f"{run_name(variant, seed)}.lock"
-        if not claim(lock):
-            print(f"skip {run_name(variant, seed)} (running in another process)", flush=True)
-            continue
-        print(f"run {run_name(variant, seed)} (load {os.getloadavg()[0]:.1f})", flush=True)
-        try:
-            record = train_one(variant, seed, out, workdir, FLAGS.quick, study)
-        finally:
-            lock.unlink(missing_ok=True)
-        f, d = record["final"], record["diverged"]
-        outcome = (
-            f"val {f['val_loss']:.4f} nats/byte"
-            if f
-            else f"diverged at step {d['first_nonfinite_step']} (stopped at "
-            f"{d['stopped_at_step']}, last finite loss {d['last_finite_loss']})"
-        )
-        print(
-            f"done {run_name(variant, seed)}: {outcome}, "
-            f"{record['tokens_per_sec']:.0f} tokens/s, {record['wall_s']:.0f} s",
-            flush=True,
-        )
-        write_report(out, command, study)
+        lr = None
+        if grid:
+            lr = selected_lr(out, "hope" if variant in study.ABLATIONS else variant, grid, seeds[0])
+            if lr is None:
+                print(f"skip {run_name(variant, seed)} (its learning rate is not chosen yet)")
+                continue
+            chosen = out / "lr_runs" / f"{lr_run_name(variant, lr, seed)}.json"
+            target = out / "runs" / f"{run_name(variant, seed)}.json"
+            if chosen.exists() and not target.exists():  # the selection run is this run
+                compare.write_json_atomic(target, json.loads(chosen.read_text()))
+        run_planned(variant, seed, out, workdir, command, study, lr=lr)
     write_report(out, command, study)
 
 

@@ -64,6 +64,9 @@ def test_count_params_matches_a_hand_count():
     untied = models.build(_tiny("transformer_pp", tie_embeddings=False), rngs=nnx.Rngs(0))
     assert models.count_params(untied) == 2 * v * d + per_block + d
     assert models.count_params(nnx.state(untied, nnx.Param)) == models.count_params(untied)
+    # without the embedding and the untied head: the blocks and the final norm
+    assert models.count_params(tied, embedding=False) == per_block + d
+    assert models.count_params(untied, embedding=False) == per_block + d
 
 
 def test_memory_state_is_split_from_params():
