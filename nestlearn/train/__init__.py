@@ -2,11 +2,13 @@
 
 `train_and_evaluate(config, workdir)` runs one experiment end to end; `evaluate_workdir` evaluates
 and samples from the newest checkpoint of an existing run, `probe_workdir` runs its in-context
-memory probe (`nestlearn.eval.probe`).
+memory probe (`nestlearn.eval.probe`); `train_tasks` trains over a sequence of tasks and
+locates the forgetting by parameter group.
 """
 
 from nestlearn.train.checkpoint import Checkpointer, Restored
 from nestlearn.train.config import base_config, validate_config
+from nestlearn.train.continual import Task, TaskRecord, train_tasks
 from nestlearn.train.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
@@ -45,6 +47,8 @@ __all__ = [
     "NonFiniteError",
     "Restored",
     "Run",
+    "Task",
+    "TaskRecord",
     "TrainState",
     "WriteError",
     "available_rules",
@@ -62,5 +66,6 @@ __all__ = [
     "resolve_levels",
     "restore_workdir",
     "train_and_evaluate",
+    "train_tasks",
     "validate_config",
 ]
