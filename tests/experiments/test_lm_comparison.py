@@ -91,3 +91,15 @@ def test_rates_are_chosen_on_seed_0_and_reused(tmp_path):
     readme = (out / "README.md").read_text()
     assert "## Learning rate per model" in readme and "**(chosen)**" in readme
     assert "peak lr per model from 0.001, 0.003, 0.01" in readme
+
+
+def test_gpu_study_is_ten_times_the_cpu_budget():
+    spec = importlib.util.spec_from_file_location(
+        "lm_comparison_gpu", ROOT / "experiments" / "configs" / "lm_comparison_gpu.py"
+    )
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    for name in gpu.MODELS:
+        c, cpu = gpu.get_config(name), study.get_config(name)
+        assert c.train.num_steps * c.data.batch_size * c.data.seq_len == 10 * 2**20
+        assert c.model.to_dict() == cpu.model.to_dict()  # the same models
