@@ -1,12 +1,14 @@
 """S-NIAH-1/2/3 (passkey, number, uuid) in Shakespeare haystacks.
 
-  python experiments/niah.py                   # every model of the LM comparison, resumable
-  python experiments/niah.py --models=transformer_pp,hope
+  python experiments/niah.py                   # every model × seeds 0–2, resumable
+  python experiments/niah.py --models=transformer_pp,hope --seeds=0
+  python experiments/niah.py --study=lm_comparison --out=docs/results/niah_v2  # Hope's writes
   python experiments/niah.py --report_only
   python experiments/niah.py --quick --out=/tmp/niah      # seconds, synthetic corpus
 
-**Protocol (the same for every model).** Each model of the language-model comparison (the same
-≈2M-parameter configs, `experiments/configs/results_lm.py`) is trained *from scratch* on
+**Protocol (the same for every model).** Each model of the language-model comparison (the
+≈2M-parameter configs of `--study`, `experiments/configs/results_lm.py` by default;
+`lm_comparison` gives Hope its learning write rule) is trained *from scratch* on
 S-NIAH examples whose haystacks are Shakespeare from the training plays, with an easy-to-hard
 curriculum of context lengths (`--curriculum`; by default a quarter of the steps each at 128,
 256, 512 and 1024 bytes) and a fixed number of tokens per step (`--tokens_per_step`, so a batch
@@ -26,15 +28,18 @@ Transformer++ pilot, `docs/results/niah/pilots/`).
 
 **Test.** Haystacks from the held-out *validation* plays; lengths 1K/2K/4K/8K (`--test_lengths`),
 depths 0, 0.25, 0.5, 0.75, 1 (`DEPTHS`), `--samples` examples per (task, length, depth) with new
-keys and values; scored by `nestlearn.eval.niah.score` (greedy retrieval of the whole value,
-RULER's exact match; also the per-byte accuracy of the value). Each finished model writes
-`<out>/runs/<model>_s<seed>.json` (training curve, accuracies, wall times, load); finished models
-are skipped (resumable by model). `<out>/README.md`, `results.json`, `heatmap_exact.png`,
-`heatmap_token.png` and `train_curves.png` are rewritten from the finished runs.
+keys and values (10: 50 per task and length); scored by `nestlearn.eval.niah.score` (greedy
+retrieval of the whole value, RULER's exact match; also the per-byte accuracy of the value), with
+the in-context writes on and, for a model with memory, off. Each finished (model, seed) writes
+`<out>/runs/<model>_s<seed>.json` (training curve, accuracies, wall times, load) and is skipped
+by the next invocation; the tables give the mean ± std over seeds. `<out>/README.md`,
+`results.json`, `heatmap_exact.png`, `heatmap_token.png` and `train_curves.png` are rewritten
+from the finished runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -60,11 +65,14 @@ from nestlearn.train.trainer import memory_writes_graph
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/niah", "Directory of the run records, tables, heat maps.")
-flags.DEFINE_list("models", list(results_lm.MODELS), "Models to train and test.")
-flags.DEFINE_integer("seed", 0, "Seed of the model initialisation and of the examples.")
+flags.DEFINE_list("models", None, "Models to train and test (default: the study's MODELS).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the model initialisation and examples.")
+flags.DEFINE_string(
+    "study", "results_lm", "Config module under experiments/configs giving the models."
+)
 flags.DEFINE_integer("steps", 1600, "Training steps (over the whole curriculum).")
 flags.DEFINE_integer("tokens_per_step", 2048, "Tokens per training batch (all stages).")
-flags.DEFINE_integer("samples", 2, "Test examples per (task, length, depth).")
+flags.DEFINE_integer("samples", 10, "Test examples per (task, length, depth).")
 flags.DEFINE_float("answer_weight", 4.0, "Weight of the answer loss beside the LM loss.")
 flags.DEFINE_list(
     "curriculum",
@@ -137,9 +145,21 @@ def _by_depth(values: list[float], depths: list[float]) -> list[float]:
     return [float(np.mean([x for x, d in zip(values, depths) if d == depth])) for depth in DEPTHS]
 
 
+def study_module():
+    """The config module named by `--study`."""
+    try:
+        return importlib.import_module(FLAGS.study)
+    except ModuleNotFoundError as error:
+        raise app.UsageError(
+            f"--study={FLAGS.study!r}: no such module in experiments/configs"
+        ) from error
+
+
 def train_config(name: str, seed: int, steps: int, quick: bool):
-    """The LM comparison's config of `name`, with this protocol's optimizer schedule."""
-    config = results_lm.task_config(name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick)
+    """The study's config of `name`, with this protocol's optimizer schedule."""
+    config = results_lm.task_config(
+        name, seed=seed, steps=steps, lr=FLAGS.lr, quick=quick, study=study_module()
+    )
     results_lm.apply_model_overrides(config, FLAGS.model_overrides, name)
     if quick:
         config.model.max_len = max(QUICK["test_lengths"])
@@ -256,6 +276,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             "answer_weight": FLAGS.answer_weight,
             "lr": FLAGS.lr,
             "model_overrides": list(FLAGS.model_overrides),
+            "study": FLAGS.study,
             "test_lengths": list(test_lengths),
             "depths": list(DEPTHS),
             "samples": FLAGS.samples,
@@ -279,21 +300,36 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
 
 
 def write_report(out: Path, command: str) -> None:
-    """README.md, results.json and the heat maps from every finished run under `out`."""
-    runs = {record["model"]: record for record in compare.read_records(out / "runs")}
+    """README.md, results.json and the heat maps from every finished run under `out`.
+
+    A cell is the mean over the tested seeds of the mean over depths (± the std over seeds when
+    there are several); seeds whose training diverged are counted, never averaged.
+    """
+    runs: dict[str, list[dict]] = {}
+    for record in compare.read_records(out / "runs"):
+        runs.setdefault(record["model"], []).append(record)
     names = [m for m in results_lm.MODELS if m in runs]
     if not names:
         return
-    lengths = [str(x) for x in runs[names[0]]["protocol"]["test_lengths"]]
-    tasks = list(runs[names[0]]["exact"])  # the tested tasks, also in runs from before --tasks
+    for m in names:
+        runs[m].sort(key=lambda r: r["seed"])
+    first = runs[names[0]][0]
+    lengths = [str(x) for x in first["protocol"]["test_lengths"]]
+    tasks = list(first["exact"])  # the tested tasks, also in runs from before --tasks
     short = lambda x: f"{int(x) // 1024}K" if int(x) % 1024 == 0 else x
-    diverged = {m: runs[m]["divergence"] for m in names if runs[m].get("divergence")}
-    tested = [m for m in names if m not in diverged]
+    tested = {m: [r for r in runs[m] if not r.get("divergence")] for m in names}
+    n_diverged = {m: len(runs[m]) - len(tested[m]) for m in names}
+    all_runs = [r for m in names for r in runs[m]]
 
-    def cell(m, kind, t, n):  # mean over depths (%), or why there is none
-        if m in diverged:
-            return "diverged"
-        return f"{100 * float(np.mean(runs[m][kind][t][n])):.0f}"
+    def cell(m, kind, t, n):  # mean over seeds of the mean over depths (%), or why none
+        values = [100 * float(np.mean(r[kind][t][n])) for r in tested[m] if r.get(kind)]
+        note = f" ({n_diverged[m]} diverged)" if n_diverged[m] else ""
+        if not values:
+            return "diverged" if n_diverged[m] else "—"
+        text = f"{np.mean(values):.0f}"
+        if len(values) > 1:
+            text += f" ± {np.std(values, ddof=1):.0f}"
+        return text + note
 
     header = ["model"] + [f"{t} {short(n)}" for t in tasks for n in lengths]
     exact_table, token_table = (
@@ -303,7 +339,7 @@ def write_report(out: Path, command: str) -> None:
         )
         for kind in ("exact", "token_accuracy")
     )
-    with_off = [m for m in tested if runs[m].get("exact_writes_off")]
+    with_off = [m for m in names if any(r.get("exact_writes_off") for r in tested[m])]
     off_table = compare.markdown_table(
         ["model", "writes"] + [f"{t} {short(n)}" for t in tasks for n in lengths],
         [
@@ -322,12 +358,12 @@ def write_report(out: Path, command: str) -> None:
         else ""
     )
     train_rows = []
-    for m in names:
-        r = runs[m]
-        last = r["curve"][-1]
+    for r in all_runs:
+        last, div = r["curve"][-1], r.get("divergence")
         train_rows.append(
             [
-                LABELS[m],
+                LABELS[r["model"]],
+                r["seed"],
                 f"{r['parameters'] / 1e6:.3f}M",
                 last["step"],
                 f"{last['answer']:.3f}",
@@ -336,12 +372,13 @@ def write_report(out: Path, command: str) -> None:
                 f"{r['train_s']:.0f}",
                 f"{r['wall_s'] - r['train_s']:.0f}",
                 f"{r['load_avg_start'][0]:.1f}–{r['load_avg_end'][0]:.1f}",
-                f"step {diverged[m]['step']} (L={diverged[m]['length']})" if m in diverged else "—",
+                f"step {div['step']} (L={div['length']})" if div else "—",
             ]
         )
     train_table = compare.markdown_table(
         [
             "model",
+            "seed",
             "params",
             "step",
             "answer loss",
@@ -357,10 +394,8 @@ def write_report(out: Path, command: str) -> None:
     compare.plot_curves(
         {
             LABELS[m]: [
-                (
-                    [c["step"] for c in runs[m]["curve"]],
-                    [c["byte_acc"] for c in runs[m]["curve"]],
-                )
+                ([c["step"] for c in r["curve"]], [c["byte_acc"] for c in r["curve"]])
+                for r in tested[m] or runs[m][:1]
             ]
             for m in names
         },
@@ -383,16 +418,17 @@ def write_report(out: Path, command: str) -> None:
         ["model", f"paper: {', '.join(f'{t} 4K/8K' for t in tasks)}", "here, same cells"],
         paper_rows,
     )
-    depths = runs[names[0]]["protocol"]["depths"]
+    depths = first["protocol"]["depths"]
     for kind, fname in (("exact", "heatmap_exact.png"), ("token_accuracy", "heatmap_token.png")):
         maps = {
             LABELS[m]: np.array(
                 [
-                    [np.mean([runs[m][kind][t][n][i] for t in tasks]) for n in lengths]
+                    [np.mean([r[kind][t][n][i] for r in tested[m] for t in tasks]) for n in lengths]
                     for i in range(len(depths))
                 ]
             )
-            for m in tested
+            for m in names
+            if tested[m]
         }
         if not maps:
             continue
@@ -406,15 +442,28 @@ def write_report(out: Path, command: str) -> None:
         )
     summary = {
         m: {
-            k: runs[m].get(k) for k in ("divergence", "exact", "token_accuracy", "exact_writes_off")
+            "seeds": [r["seed"] for r in runs[m]],
+            "divergence": {str(r["seed"]): r.get("divergence") for r in runs[m]},
+            **{
+                kind: {
+                    t: {
+                        n: [float(np.mean(r[kind][t][n])) for r in tested[m] if r.get(kind)]
+                        for n in lengths
+                    }
+                    for t in tasks
+                }
+                for kind in ("exact", "token_accuracy", "exact_writes_off")
+            },
         }
         for m in names
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    proto = runs[names[0]]["protocol"]
+    proto = first["protocol"]
     protocol_flags = " ".join(
         [
             f"--models={','.join(names)}",
+            f"--seeds={','.join(str(x) for x in sorted({r['seed'] for r in all_runs}))}",
+            f"--study={proto.get('study', 'results_lm')}",
             f"--steps={proto['steps']}",
             f"--tokens_per_step={proto['tokens_per_step']}",
             f"--answer_weight={proto.get('answer_weight', 1.0):g}",
@@ -436,19 +485,21 @@ def write_report(out: Path, command: str) -> None:
         + (f" ({', '.join(stage_tasks[str(length)])})" if str(length) in stage_tasks else "")
         for length, fraction in proto["curriculum"]
     )
-    same = lambda r: {  # the protocol; older records lack an empty "model_overrides"
-        k: v for k, v in r["protocol"].items() if k != "start" and (v or k != "model_overrides")
-    }
-    mixed = [m for m in names if same(runs[m]) != same(runs[names[0]])]
+
+    def same(r):  # the protocol; older records lack an empty "model_overrides" and "study"
+        proto = {"study": "results_lm", **r["protocol"]}
+        return {k: v for k, v in proto.items() if k != "start" and (v or k != "model_overrides")}
+
+    mixed = sorted({LABELS[r["model"]] for r in all_runs if same(r) != same(first)})
     protocol_note = (
-        f"\n**Warning:** {', '.join(LABELS[m] for m in mixed)} ran another protocol than "
-        f"{LABELS[names[0]]}; see each run's `protocol` field.\n"
+        f"\n**Warning:** {', '.join(mixed)} ran another protocol than {LABELS[first['model']]} "
+        f"seed {first['seed']}; see each run's `protocol` field.\n"
         if mixed
         else ""
     )
-    codes = sorted({runs[m].get("code", "unrecorded") for m in names})
-    walls = [runs[m]["wall_s"] for m in names]
-    loads = [x for m in names for x in (runs[m]["load_avg_start"][0], runs[m]["load_avg_end"][0])]
+    codes = sorted({r.get("code", "unrecorded") for r in all_runs})
+    walls = [r["wall_s"] for r in all_runs]
+    loads = [x for r in all_runs for x in (r["load_avg_start"][0], r["load_avg_end"][0])]
     text = f"""# S-NIAH ({", ".join(tasks)}) in Shakespeare haystacks
 
 Produced by `{command} {protocol_flags} --out={out}` (`experiments/niah.py`, generators and
@@ -456,7 +507,9 @@ scoring in `nestlearn/eval/niah.py`); every number is read from `runs/*.json`. R
 `python experiments/niah.py --report_only --out={out}`.
 
 **Protocol.** Every model of the language-model comparison (same ≈2M-parameter configs,
-`experiments/configs/results_lm.py`) is trained from scratch for {proto["steps"]} steps of
+`experiments/configs/{proto.get("study", "results_lm")}.py`) is trained from scratch for {
+        proto["steps"]
+    } steps of
 {proto["tokens_per_step"]:,} tokens on S-NIAH examples with Shakespeare haystacks from the
 training plays, easy to hard: {curriculum_text}. The tasks of a stage (those whose needle, query
 and answer leave at least {MIN_HAYSTACK} haystack bytes) take turns; the needle depth is
@@ -473,9 +526,12 @@ heat-map cell {proto["samples"] * len(tasks)}. A needle counts as retrieved when
 after the query reproduces the whole value (RULER's exact match, computed teacher-forced in one
 pass). Chance: 10⁻⁷ for a 7-digit value (0.1 per digit), 16⁻³² for a UUID.
 {protocol_note}
-**Machine.** {runs[names[0]]["machine"]}, shared: load average {min(loads):.1f}–{max(loads):.1f}.
-Wall time per model {min(walls):.0f}–{max(walls):.0f} s (training and test), total
-{sum(walls) / 60:.1f} min. Library source fingerprints: {", ".join(codes)}.
+**Machine.** {first["machine"]}, shared: load average {min(loads):.1f}–{max(loads):.1f}.
+Wall time per run {min(walls):.0f}–{max(walls):.0f} s (training and test), total
+{sum(walls) / 60:.1f} min for {len(all_runs)} runs; seeds
+{
+        ", ".join(str(x) for x in sorted({r["seed"] for r in all_runs}))
+    }, mean ± std over seeds. Library source fingerprints: {", ".join(codes)}.
 
 ## Training (the last logged steps, at {proto["curriculum"][-1][0]} bytes)
 
@@ -531,16 +587,20 @@ def main(argv):
     if FLAGS.report_only:
         write_report(out, command)
         return
-    for name in FLAGS.models:
-        if name not in results_lm.MODELS:
-            raise app.UsageError(f"--models: {name!r} is not one of {results_lm.MODELS}")
-        if (out / "runs" / f"{name}_s{FLAGS.seed}.json").exists():
-            print(f"skip {name} (finished)", flush=True)
-            continue
-        print(f"run {name} (load {os.getloadavg()[0]:.1f})", flush=True)
-        record = run_model(name, FLAGS.seed, out, FLAGS.quick)
-        print(f"done {name}: {record['wall_s']:.0f} s", flush=True)
-        write_report(out, command)
+    study = study_module()
+    names = FLAGS.models or list(study.MODELS)
+    for name in names:
+        if name not in study.MODELS:
+            raise app.UsageError(f"--models: {name!r} is not one of {study.MODELS}")
+    for seed in (int(x) for x in FLAGS.seeds):
+        for name in names:
+            if (out / "runs" / f"{name}_s{seed}.json").exists():
+                print(f"skip {name} seed {seed} (finished)", flush=True)
+                continue
+            print(f"run {name} seed {seed} (load {os.getloadavg()[0]:.1f})", flush=True)
+            record = run_model(name, seed, out, FLAGS.quick)
+            print(f"done {name} seed {seed}: {record['wall_s']:.0f} s", flush=True)
+            write_report(out, command)
     write_report(out, command)
 
 

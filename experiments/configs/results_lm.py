@@ -163,13 +163,15 @@ def get_config(arg: str | None = "hope"):
     return c
 
 
-def task_config(variant: str, *, seed: int, steps: int, lr: float, quick: bool = False):
-    """`get_config(variant)` retimed for a synthetic-task study (S-NIAH, associative recall).
+def task_config(variant: str, *, seed: int, steps: int, lr: float, quick: bool = False, study=None):
+    """`study.get_config(variant)` retimed for a synthetic-task study (S-NIAH, recall).
 
     The same model and optimizer levels, trained `steps` steps at peak learning rate `lr` with a
-    warmup of a tenth of the steps, then cosine (`nestlearn.train.levels`).
+    warmup of a tenth of the steps, then cosine (`nestlearn.train.levels`). `study` is a config
+    module with `get_config` (default: this one).
     """
-    config = get_config(f"{variant},quick" if quick else variant)
+    make = get_config if study is None else study.get_config
+    config = make(f"{variant},quick" if quick else variant)
     config.seed = seed
     config.optim.lr = lr
     config.optim.warmup_steps = max(1, steps // 10)

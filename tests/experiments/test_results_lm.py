@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -94,6 +95,7 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
         "niah.py",
         "--quick",
         "--models=transformer_pp,deltanet",
+        "--seeds=0,1",
         "--samples=1",
         "--model_overrides=chunk_size=8",
         f"--out={tmp_path / 'niah'}",
@@ -113,6 +115,14 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
             assert len(by_depth) == 5 and all(0 <= x <= 1 for x in by_depth)
     readme = (tmp_path / "niah" / "README.md").read_text()
     assert "Transformer++" in readme and (tmp_path / "niah" / "heatmap_exact.png").exists()
+    # two seeds: each cell is their mean ± std, and results.json keeps both
+    seed1 = json.loads((tmp_path / "niah" / "runs" / "transformer_pp_s1.json").read_text())
+    values = [100 * np.mean(r["exact"]["passkey"]["384"]) for r in (record, seed1)]
+    summary = json.loads((tmp_path / "niah" / "results.json").read_text())["transformer_pp"]
+    assert summary["seeds"] == [0, 1] and len(summary["exact"]["passkey"]["384"]) == 2
+    want = f"{np.mean(values):.0f} ± {np.std(values, ddof=1):.0f}"
+    assert f"| Transformer++ | {want} |" in readme
+    assert "--seeds=0,1" in readme
     assert "| DeltaNet | off |" in readme  # the writes-off rows
     assert (tmp_path / "niah" / "train_curves.png").exists()
 
