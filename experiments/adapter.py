@@ -18,7 +18,8 @@ Variants of (a) and (b) (all but `full_all` train only the blocks in `config.lay
   frozen          the pretrained model, no training
   full            every weight of the chosen blocks (full fine-tuning of those blocks)
   full_all        every weight of the model, embedding (= tied head) included
-  lora            rank-r LoRA on every kernel of the chosen blocks, r matched to the Titans count
+  lora            rank-r LoRA on every kernel of the chosen blocks, r matched to the trainable
+                  parameters of the variant `config.lora_match` (default titans)
   titans          gated Titans memory beside attention (`adapters.add_memory_pathways`)
   self_modifying  gated self-modifying Titans memory beside attention
   hope_cms        Hope-Attention: MLP → CMS from the pretrained MLP, new levels trained by period
@@ -166,6 +167,14 @@ def lora_rank_for(budget: int, base_ck, config) -> int:
     return max(1, round(budget / per_rank))
 
 
+def trainable_count(variant: str, base_ck, config) -> int:
+    """Trainable parameters of `variant` (built and discarded; LoRA matches this count)."""
+    model, pattern = build_variant(variant, base_ck, config)
+    if pattern is None:
+        raise ValueError(f"lora_match={variant!r} trains nothing; name an adapter variant")
+    return count_params(adapters.split_trainable(model, pattern)[1])
+
+
 def run(name: str, config) -> None:
     out_dir = ROOT.parent / config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,14 +183,23 @@ def run(name: str, config) -> None:
     data = {phase: corpus_tokens(phase, tok, config) for phase in config.phases}
     lay = layer_regex(config.layers)
     results = {"config": config.to_dict(), "variants": {}}
-    titans_count = None
+    stem = config.out_name
+    saved = out_dir / f"{stem}.json"
+    if saved.exists():  # resume: keep the variants finished under this very config
+        previous = json.loads(saved.read_text())
+        if json.loads(json.dumps(previous["config"])) == json.loads(json.dumps(results["config"])):
+            results["variants"] = previous["variants"]
     for variant in config.variants:
+        if variant in results["variants"]:
+            print(f"skip {variant} (finished in {saved})", flush=True)
+            continue
         t0 = time.time()
         model, pattern = build_variant(variant, ck, config)
         graphdef, params, other = nnx.split(model, nnx.Param, ...)
         factors, transform = None, None
         if variant == "lora":
-            rank = lora_rank_for(titans_count or 100_000, ck, config)
+            match = config.get("lora_match", "titans")
+            rank = lora_rank_for(trainable_count(match, ck, config), ck, config)
             pat = rf"^blocks/{lay}/(attn/w[qkvo]|mlp/w_(in|gate|out))/kernel$"
             factors = lora.lora_init(params, pat, rank=rank, seed=config.seed)
             transform = lora.lora_transform(alpha=2.0 * rank)
@@ -192,9 +210,9 @@ def run(name: str, config) -> None:
             n_train = count_params(trainable)
         else:
             trainable, n_train = None, 0
-        if variant == "titans":
-            titans_count = n_train
         record = {"trainable_params": n_train, "phases": []}
+        if variant == "lora":
+            record["lora_rank"] = rank
         step = None
         if trainable is not None:
             levels = [Level("adapter", None, optax.adamw(config.lr, weight_decay=0.0))]
@@ -246,7 +264,7 @@ def run(name: str, config) -> None:
             print(variant, json.dumps(entry), flush=True)
         record["wall_s"] = time.time() - t0
         results["variants"][variant] = record
-        stem = config.out_name  # written after every variant: a crash keeps the finished ones
+        # written after every variant: a crash keeps the finished ones
         (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
         (out_dir / f"{stem}.md").write_text(markdown(stem, config, results))
 
@@ -340,8 +358,56 @@ def summarize(name: str, config) -> None:
             )
             + " |"
         )
+    if len(phases) > 1:
+        lines += ["", f"![stability and plasticity]({name}_stability.png)"]
+        plot_stability(runs, phases, out_dir / f"{name}_stability.png")
     (out_dir / f"{name}_seeds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def stability(record: dict, phases: list[str]) -> tuple[float, float]:
+    """(plasticity, forgetting) of one variant's run: the mean held-out perplexity of each later
+    domain right after its phase, and the mean over the earlier domains of (perplexity after the
+    last phase − perplexity right after their own phase)."""
+    after = {e["phase"]: e["ppl"] for e in record["phases"]}
+    new = [after[p][p] for p in phases[1:]]
+    forgot = [after[phases[-1]][p] - after[p][p] for p in phases[:-1]]
+    return float(np.mean(new)), float(np.mean(forgot))
+
+
+def plot_stability(runs: list[dict], phases: list[str], path: Path) -> None:
+    """Forgetting against plasticity per variant, mean ± std over the seeds' runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    points: dict[str, list[tuple[float, float]]] = {}
+    for run_ in runs:
+        for variant, rec in run_["variants"].items():
+            points.setdefault(variant, []).append(stability(rec, phases))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for variant, pts in points.items():
+        x, y = np.asarray(pts).T
+        ax.errorbar(
+            x.mean(),
+            y.mean(),
+            xerr=x.std(),
+            yerr=y.std(),
+            marker="o",
+            capsize=3,
+            label=f"{variant} ({len(pts)})",
+        )
+    ax.set(
+        xlabel="perplexity on the domain just adapted to (lower: more plastic)",
+        ylabel="rise of the earlier domains' perplexity (lower: more stable)",
+        title="stability vs plasticity (mean ± std over seeds)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --- experiment (c): passkey retrieval beyond the attention window ----------------------------

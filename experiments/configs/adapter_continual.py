@@ -8,8 +8,15 @@ CPU size: as `adapter_shakespeare` (blocks 28–29 adapted, 64-token windows, ba
 `steps` steps per phase. Expected: full fine-tuning forgets most; CMS with a slow level and the
 gated memories forget less; with so few steps all differences are small.
 
-Command: `python experiments/adapter.py adapter_continual`
-(results in docs/results/adapters/adapter_continual.{md,json}).
+LoRA's rank is chosen so that it trains as many parameters as the CMS adapter (`lora_match`),
+so "forgets less" is not "learns less with fewer parameters".
+
+Commands (seeds 0–2; each file resumes its finished variants; then mean ± std and the
+stability–plasticity plot):
+`python experiments/adapter.py adapter_continual`,
+`python experiments/adapter.py adapter_continual seed=1 out_name=adapter_continual_seed1` (and 2),
+`python experiments/adapter.py summarize adapter_continual`
+(results in docs/results/adapters/adapter_continual*.{md,json}, adapter_continual_stability.png).
 """
 
 import importlib.util
@@ -27,5 +34,6 @@ def get_config(arg=None):
     c.out_name = "adapter_continual"
     c.phases = ("shakespeare", "milton", "fortunes")
     c.variants = ("frozen", "titans", "lora", "full", "hope_cms")
-    c.steps = 25  # optimizer steps per phase
+    c.lora_match = "hope_cms"  # LoRA's rank gives it the CMS adapter's trainable parameters
+    c.steps = 100  # optimizer steps per phase
     return c

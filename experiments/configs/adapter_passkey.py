@@ -72,7 +72,7 @@ def get_config(arg=None):
     c.lr = 3e-3  # AdamW learning rate (global-norm clip 1.0)
     c.log_every = 15  # steps between progress lines
     c.seed = 0  # keys, haystack offsets, pathway init
-    c.eval_distances = (48, 96, 192, 384)  # held-out distances
+    c.eval_distances = (48, 96, 192, 416)  # held-out distances; 416 = 8× the longest trained
     c.eval_examples = 8  # held-out examples per distance
     c.eval_batch_size = 8  # examples per evaluation call
     c.eval_prefix = 16  # haystack tokens before the needle in evaluation examples
