@@ -1,7 +1,9 @@
 """Deep optimizers at small scale: AdamW, Muon, M3, Delta momentum and DMGD on two problems.
 
 (a) `lm`: a Transformer++ byte LM (d 128, 4 layers, ≈1.08M parameters) on Shakespeare (split by
-    play), `lm_steps` steps of 8×128 bytes, warmup + cosine schedule, global-norm clip 1.0.
+    play), `lm_steps` steps of 8×128 bytes, warmup + cosine schedule, global-norm clip 1.0; each
+    run is `nestlearn.train.train_and_evaluate` of a config whose `levels.backbone` names the
+    optimizer and its keywords (`lm_config`; checkpoints and metrics under --workdir).
 (b) `mlp`: a 784-256-256-10 ReLU MLP on Fashion-MNIST (10 classes), 55,000 training images,
     5,000 held out for validation, `mlp_epochs` epochs of batches of 128, constant rate, the
     same global-norm clip.
@@ -37,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,21 +47,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import matplotlib
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-import nestlearn.optim as no
 from nestlearn import models, tune_host_allocator
-from nestlearn.core import Level
-from nestlearn.data.dataset import load_dataset
 from nestlearn.data.fashion_mnist import FashionMNIST, load_fashion_mnist, standardized_splits
-from nestlearn.data.iterator import BatchIterator, eval_batches
 from nestlearn.eval import compare
 from nestlearn.models import classifier
+from nestlearn.optim import rule_factory
+from nestlearn.train import train_and_evaluate
 from nestlearn.train.config import base_config, validate_config
-from nestlearn.train.levels import learning_rate_schedule
-from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
+from nestlearn.train.metrics import read_metrics
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -124,27 +125,33 @@ def get_settings(quick: bool) -> dict:
     return s
 
 
-def make_optimizer(name: str, problem: str, lr) -> optax.GradientTransformation:
-    """The optimizer `name` with learning rate (or schedule) `lr`."""
+#: optimizer -> (rule name, keyword arguments) of the deep optimizers (`rule_factory` names)
+RULES = {
+    "muon": ("newton_schulz_momentum", {"beta": 0.95, "ns_steps": 5}),
+    "m3": ("m3", {"slow_period": 16, "form": "printed", "ema": False}),
+    "delta": ("delta_momentum", {"alpha": 0.9, "form": "arxiv"}),
+    "dmgd": ("deep_momentum", {"alpha": 0.999, "beta": 0.9, "inner_lr": 0.01}),
+}
+#: AdamW's keyword arguments per problem
+ADAMW = {
+    "lm": {"b1": 0.9, "b2": 0.95, "weight_decay": 0.1, "mask": "matrices"},
+    "mlp": {"weight_decay": 1e-4},
+}
+
+
+def rule_of(name: str, problem: str) -> tuple[str, dict]:
+    """(rule name, keyword arguments) of optimizer `name` on `problem`."""
     if name == "adamw":
-        if problem == "lm":
-            return optax.adamw(
-                lr,
-                b1=0.9,
-                b2=0.95,
-                weight_decay=0.1,
-                mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p),
-            )
-        return optax.adamw(lr, weight_decay=1e-4)
-    if name == "muon":
-        return no.newton_schulz_momentum(lr, 0.95, 5)
-    if name == "m3":
-        return no.m3(lr, slow_period=16, form="printed", ema=False)
-    if name == "delta":
-        return no.delta_momentum(lr, 0.9, form="arxiv")
-    if name == "dmgd":
-        return no.deep_momentum(lr, 0.999, 0.9, inner_lr=0.01)
-    raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
+        return "adamw", ADAMW[problem]
+    if name not in RULES:
+        raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
+    return RULES[name]
+
+
+def make_optimizer(name: str, lr) -> optax.GradientTransformation:
+    """The MLP's optimizer `name` with learning rate (or schedule) `lr`."""
+    rule, kwargs = rule_of(name, "mlp")
+    return rule_factory(rule)(lr, **kwargs)
 
 
 def finite_or_inf(x: float) -> float:
@@ -154,7 +161,9 @@ def finite_or_inf(x: float) -> float:
 # ----------------------------------------------------------------------------- (a) LM
 
 
-def lm_config(s: dict, data: str):
+def lm_config(s: dict, data: str, name: str = "adamw", lr: float = 3e-3):
+    """The experiment config of one LM run: Transformer++, its backbone level set to optimizer
+    `name` at peak rate `lr` (warmup, cosine), every step logged, no early stop."""
     c = base_config("transformer_pp")
     c.seed = s["seed"]
     c.model.d_model = s["lm_d_model"]
@@ -167,58 +176,47 @@ def lm_config(s: dict, data: str):
     c.data.batch_size = s["lm_batch"]
     c.train.num_steps = s["lm_steps"]
     c.optim.warmup_steps = s["lm_warmup"]
+    rule, kwargs = rule_of(name, "lm")
+    backbone = c.levels.backbone
+    backbone.rule = rule
+    backbone.learning_rate = float(lr)
+    if rule != "adamw":
+        backbone[rule] = ml_collections.ConfigDict()
+    for key, value in kwargs.items():
+        backbone[rule][key] = value
+    c.train.log_every = 1
+    c.train.eval_every = s["lm_eval_every"]
+    c.train.eval_batches = s["lm_eval_batches"]
+    c.train.checkpoint_every = s["lm_steps"]
+    c.train.max_consecutive_nonfinite = s["lm_steps"] + 1  # a diverged run is recorded, not stopped
+    c.train.instruments = False
+    c.train.progress_bar = False
+    c.sample.num_samples = 0
     validate_config(c)
     return c
 
 
-def run_lm(name: str, lr: float, s: dict, dataset, config) -> dict:
-    """Trains the LM with one optimizer and rate; train loss every step, val loss periodically."""
-    model = models.build(config.model, rngs=nnx.Rngs(config.seed))
-    graphdef, params, rest = split_model(model)
-    schedule = learning_rate_schedule(  # warmup to lr, cosine decay to lr · min_lr_ratio
-        lr,
-        num_steps=config.train.num_steps,
-        warmup_steps=config.optim.warmup_steps,
-        min_lr_ratio=config.optim.min_lr_ratio,
-    )
-    levels = (Level("backbone", None, make_optimizer(name, "lm", schedule)),)
-    train_step = build_train_step(levels, params=params, grad_clip=1.0, graphdef=graphdef)
-    eval_step = build_eval_step(graphdef)
-    state = TrainState.create(params, levels, seed=config.seed)
-    iterator = BatchIterator(
-        dataset.train, batch_size=s["lm_batch"], seq_len=s["lm_seq"], seed=config.seed
-    )
-    val = eval_batches(
-        dataset.val,
-        batch_size=s["lm_batch"],
-        seq_len=s["lm_seq"],
-        max_batches=s["lm_eval_batches"],
-    )
-
-    def evaluate(state):
-        return float(
-            np.mean([float(eval_step(state.params, rest, b.inputs, b.targets)) for b in val])
-        )
-
-    train_curve, val_curve = [], []
+def run_lm(name: str, lr: float, s: dict, data: str, workdir: Path) -> dict:
+    """Trains the LM with one optimizer and rate (`train_and_evaluate`); the train loss of every
+    step and the validation loss every `lm_eval_every` steps, read from its metrics."""
+    config = lm_config(s, data, name, lr)
+    if workdir.exists():
+        shutil.rmtree(workdir)  # an interrupted run restarts from scratch
     start = time.perf_counter()
-    compile_end = None
-    for step in range(1, s["lm_steps"] + 1):
-        batch = next(iterator)
-        state, metrics = train_step(state, rest, batch.inputs, batch.targets)
-        train_curve.append(finite_or_inf(metrics["loss"]))
-        if step == 1:
-            compile_end = time.perf_counter()
-        if step % s["lm_eval_every"] == 0 or step == s["lm_steps"]:
-            val_curve.append([step, finite_or_inf(evaluate(state))])
+    train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
-    steady = (time.perf_counter() - compile_end) / max(1, s["lm_steps"] - 1)
+    records = read_metrics(workdir / "metrics.jsonl")
+    train = [r for r in records if r.get("kind") == "train"]
+    val_curve = [
+        [r["step"], finite_or_inf(r["val_loss"])] for r in records if r.get("kind") == "eval"
+    ]
+    steady = (train[-1]["elapsed_s"] - train[0]["elapsed_s"]) / max(1, len(train) - 1)
     return {
-        "train_curve": train_curve,
+        "train_curve": [finite_or_inf(r["loss"]) for r in train],
         "val_curve": val_curve,
         "val_loss": val_curve[-1][1],
-        "skipped_steps": int(state.skipped),
-        "params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "skipped_steps": int(train[-1].get("skipped", 0)),
+        "params": int(models.count_params(models.build(config.model, rngs=nnx.Rngs(0)))),
         "seconds": seconds,
         "seconds_per_step": steady,
     }
@@ -263,7 +261,7 @@ def run_mlp(name: str, lr: float, s: dict, data) -> dict:
     rng = np.random.default_rng([s["seed"], 2])
     order = np.concatenate([rng.permutation(x_tr.shape[0]) for _ in range(s["mlp_epochs"])])
     idx = order[: steps * s["mlp_batch"]].reshape(steps, s["mlp_batch"])
-    tx = optax.chain(optax.clip_by_global_norm(1.0), make_optimizer(name, "mlp", lr))
+    tx = optax.chain(optax.clip_by_global_norm(1.0), make_optimizer(name, lr))
     params = mlp_init(s["seed"], s["mlp_hidden"])
 
     def step(carry, batch_idx):
@@ -495,6 +493,9 @@ def markdown(runs: list[dict], meta: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/results/optimizer_study", type=Path)
+    parser.add_argument(
+        "--workdir", default="runs/optimizer_study", type=Path, help="the LM runs' checkpoints"
+    )
     parser.add_argument("--data", default="real", choices=("real", "synthetic"))
     parser.add_argument("--problems", default="mlp,lm")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
@@ -535,7 +536,7 @@ def main(argv=None):
             return None
         settings = dict(s, seed=seed)
         if problem == "lm":
-            result = run_lm(name, lr, settings, prepared, lm_config(settings, args.data))
+            result = run_lm(name, lr, settings, args.data, args.workdir / path.stem)
         else:
             result = run_mlp(name, lr, settings, prepared)
         result.update(problem=problem, optimizer=name, lr=lr, seed=seed, data=args.data)
@@ -553,8 +554,7 @@ def main(argv=None):
         if args.report_only:
             config = prepared = None
         elif problem == "lm":
-            config = lm_config(s, args.data)
-            prepared = load_dataset(config.data)
+            config = prepared = None
         else:
             config, prepared = None, mlp_data(args.data, args.quick)
         for name in names:

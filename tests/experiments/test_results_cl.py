@@ -54,6 +54,7 @@ def test_continual_fmnist_quick_writes_results_resumes_and_reproduces(tmp_path, 
 def test_optimizer_study_quick_writes_results_and_resumes(tmp_path, load_script):
     script = load_script("optimizer_study")
     argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path)]
+    argv += ["--workdir", str(tmp_path / "work")]
     script.main([*argv, "--problems", "mlp", "--optimizers", "m3,dmgd", "--best_seeds", ""])
     script.main([*argv, "--problems", "lm", "--optimizers", "adamw", "--best_seeds", ""])
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
