@@ -50,7 +50,6 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
@@ -59,9 +58,6 @@ import results_lm
 from nestlearn import models, tune_host_allocator
 from nestlearn.data.dataset import load_dataset
 from nestlearn.eval import answer_training, compare, niah
-from nestlearn.train.levels import build_levels
-from nestlearn.train.step import TrainState, build_train_step, split_model
-from nestlearn.train.trainer import memory_writes_graph
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results/niah", "Directory of the run records, tables, heat maps.")
@@ -176,62 +172,43 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
     data = load_dataset(config.data)
     tok = data.tokenizer
     trained = stage_tasks(tasks, stages, tok)
-    model = models.build(config.model, rngs=nnx.Rngs(seed))
-    graphdef, params, rest = split_model(model)
-    n_params = models.count_params(model)
-    levels = build_levels(config)
-    state = TrainState.create(params, levels, seed=seed)
-    train_step = build_train_step(
-        levels,
-        params=params,
-        grad_clip=config.optim.grad_clip,
-        graphdef=graphdef,
-        loss=answer_training.answer_loss(answer_weight=FLAGS.answer_weight),
-    )
     rng = np.random.default_rng([seed, 1])
+
+    def batches():  # the curriculum: ((inputs, targets, answer mask), {"length"}) per step
+        example = 0
+        for length in niah.curriculum(steps, stages):
+            size = max(1, FLAGS.tokens_per_step // length)
+            here = trained[length]
+            batch_tasks = [here[(example + j) % len(here)] for j in range(size)]
+            example += size
+            batch = niah.make_batch(
+                batch_tasks,
+                data.train,
+                length=length,
+                depths=rng.uniform(0, 1, size),
+                rng=rng,
+                tokenizer=tok,
+            )
+            yield (batch.inputs, batch.targets, batch.answer_mask), {"length": length}
+
     load_start = os.getloadavg()
     start = time.perf_counter()
-    curve = []
-    example = 0
-    divergence, last_finite = None, None
-    for i, length in enumerate(niah.curriculum(steps, stages)):
-        size = max(1, FLAGS.tokens_per_step // length)
-        here = trained[length]
-        batch_tasks = [here[(example + j) % len(here)] for j in range(size)]
-        example += size
-        batch = niah.make_batch(
-            batch_tasks,
-            data.train,
-            length=length,
-            depths=rng.uniform(0, 1, size),
-            rng=rng,
-            tokenizer=tok,
-        )
-        state, m = train_step(state, rest, batch.inputs, batch.targets, batch.answer_mask)
-        loss = float(m["loss"])  # every step: a non-finite loss stops the run there
-        if not np.isfinite(loss):
-            divergence = {"step": i + 1, "length": length, "last_finite": last_finite}
-        else:
-            last_finite = {"step": i + 1, "loss": loss}
-        if i % 10 == 0 or i == steps - 1 or divergence:
-            m = {k: float(m[k]) for k in ("loss", "lm", "answer", "exact", "byte_acc")}
-            curve.append({"step": i + 1, "length": length, **m})
-            print(
-                f"  {name} step {i + 1} (L={length}): loss {m['loss']:.3f} (answer "
-                f"{m['answer']:.3f}, exact {m['exact']:.2f}, byte acc {m['byte_acc']:.2f}) "
-                f"{time.perf_counter() - start:.0f} s",
-                flush=True,
-            )
-        if divergence:
-            print(f"  {name} diverged at step {i + 1}: not tested", flush=True)
-            break
-    train_s = time.perf_counter() - start
-    params = state.params  # the step donated the initial ones
+    run = answer_training.train_on_answers(
+        config,
+        batches(),
+        steps=steps,
+        answer_weight=FLAGS.answer_weight,
+        log_every=10,
+        log=lambda line: print(f"  {name} {line}", flush=True),
+    )
+    divergence, curve, train_s = run.divergence, run.curve, run.seconds
+    if divergence:
+        print(f"  {name} diverged at step {divergence['step']}: not tested", flush=True)
+    params, rest = run.params, run.rest
+    n_params = models.count_params(params)
     # Writes on, and (a model with in-context memory) the same parameters with every memory held
     # at its initial state: the same examples, so the two columns differ only by the writes.
-    graphs = {"on": graphdef}
-    if models.has_memory(config.model):
-        graphs["off"] = memory_writes_graph(config.model, False, params)
+    graphs = answer_training.writes_graphs(config.model, run.graphdef, params)
     exact = {w: {t: {} for t in tasks} for w in graphs}
     token = {w: {t: {} for t in tasks} for w in graphs}
     for writes, graph in graphs.items() if divergence is None else ():

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "configs"))
 
@@ -48,9 +47,6 @@ import results_lm
 
 from nestlearn import models, tune_host_allocator
 from nestlearn.eval import answer_training, compare, recall
-from nestlearn.train.levels import build_levels
-from nestlearn.train.step import TrainState, build_train_step, split_model
-from nestlearn.train.trainer import memory_writes_graph
 
 VOCAB = 256  # keys 0–127, values 128–255 (the byte vocabulary of the LM comparison)
 GAP_VOCAB = 254  # with a filler gap: keys 0–126, values 127–253, filler 254
@@ -68,39 +64,28 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     results_lm.apply_model_overrides(config, args.model_overrides, name)
     vocab = GAP_VOCAB if args.gap else VOCAB
     sample = functools.partial(recall.mqar_batch, queries=queries, vocab=vocab, gap=args.gap)
-    model = models.build(config.model, rngs=nnx.Rngs(args.seed))
-    graphdef, params, rest = split_model(model)
-    levels = build_levels(config)
-    state = TrainState.create(params, levels, seed=args.seed)
-    train_step = build_train_step(
-        levels,
-        params=params,
-        grad_clip=config.optim.grad_clip,
-        graphdef=graphdef,
-        loss=answer_training.answer_loss(answer_weight=1.0, lm_weight=0.0),
-    )
     rng = np.random.default_rng([args.seed, 1])
+
+    def batches():
+        while True:
+            b = sample(rng, batch=batch, pairs=pairs)
+            yield (b.inputs, b.targets, b.answer_mask), {}
+
     load_start, start = os.getloadavg(), time.perf_counter()
-    curve = []
-    for i in range(steps):
-        b = sample(rng, batch=batch, pairs=pairs)
-        state, m = train_step(state, rest, b.inputs, b.targets, b.answer_mask)
-        if i % 25 == 0 or i == steps - 1:
-            m = {k: float(m[k]) for k in ("loss", "answer", "byte_acc")}
-            curve.append({"step": i + 1, "loss": m["answer"], "accuracy": m["byte_acc"]})
-            print(
-                f"  {name} step {i + 1}: answer loss {m['answer']:.3f}, accuracy "
-                f"{m['byte_acc']:.3f} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-            if not np.isfinite(m["loss"]):
-                break
-    train_s = time.perf_counter() - start
-    params = state.params  # the step donated the initial ones
+    run = answer_training.train_on_answers(
+        config,
+        batches(),
+        steps=steps,
+        answer_weight=1.0,
+        lm_weight=0.0,
+        log_every=25,
+        log=lambda line: print(f"  {name} {line}", flush=True),
+    )
+    curve = [{"step": c["step"], "loss": c["answer"], "accuracy": c["byte_acc"]} for c in run.curve]
+    train_s = run.seconds
+    params, rest = run.params, run.rest
     # Writes on, and (a model with in-context memory) off: same parameters, same test sequences.
-    graphs = {"on": graphdef}
-    if models.has_memory(config.model):
-        graphs["off"] = memory_writes_graph(config.model, False, params)
+    graphs = answer_training.writes_graphs(config.model, run.graphdef, params)
     accuracy = {}
     for writes, graph in graphs.items():
         logits_fn = answer_training.make_logits_fn(graph)
@@ -119,7 +104,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
         "model": name,
         "seed": args.seed,
         "quick": args.quick,
-        "parameters": models.count_params(model),
+        "parameters": models.count_params(params),
         "protocol": {
             "steps": steps,
             "batch": batch,

@@ -8,21 +8,26 @@ Used by `experiments/niah.py` (S-NIAH in natural-text haystacks) and `experiment
 with CE_t the next-token cross-entropy; the metrics are that loss, both terms, the answer
 per-token accuracy (argmax) and the fraction of sequences whose every answer token is right.
 `answer_loss` is that loss for the library's train step (`nestlearn.train.build_train_step`:
-levels, clipping, the non-finite guard).
+levels, clipping, the non-finite guard); `train_on_answers` trains a model of an experiment
+config on a stream of such batches (the training loop of both studies) and `writes_graphs`
+gives the graphs that evaluate it with its in-context writes on and off.
 
 Shapes: b batch, t tokens, V vocabulary.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["answer_loss", "make_logits_fn"]
+__all__ = ["AnswerRun", "answer_loss", "make_logits_fn", "train_on_answers", "writes_graphs"]
 
 
 def answer_loss(*, answer_weight: float, lm_weight: float = 1.0):
@@ -58,3 +63,96 @@ def make_logits_fn(graphdef: nnx.GraphDef):
         return nnx.merge(graphdef, params, rest)(inputs)[0]
 
     return logits_fn
+
+
+class AnswerRun(NamedTuple):
+    """What `train_on_answers` returns."""
+
+    params: Any  # nnx.State of the trained parameters
+    rest: Any  # the model's other state
+    graphdef: nnx.GraphDef
+    curve: list[dict]  # logged steps: step, the batch's extra fields, the step's metrics
+    divergence: dict | None  # where the loss became non-finite (training stopped there)
+    seconds: float  # training time
+
+
+def train_on_answers(
+    config,
+    batches: Iterator[tuple[tuple[jax.Array, jax.Array, jax.Array], dict]],
+    *,
+    steps: int,
+    answer_weight: float,
+    lm_weight: float = 1.0,
+    log_every: int = 10,
+    log: Callable[[str], None] | None = None,
+) -> AnswerRun:
+    """Trains the model of experiment `config` from scratch on `steps` answer batches.
+
+    The model, its training levels (`config.levels`) and the train step
+    (`nestlearn.train.build_train_step` with `answer_loss`, `config.optim.grad_clip`) come from
+    the config; `config.seed` seeds the initialisation. Every step's loss is checked: a
+    non-finite loss stops training there and is returned as `divergence` ({"step", the batch's
+    extra fields, "last_finite": {"step", "loss"} or None}).
+
+    Args:
+      config: an experiment config (`nestlearn.train.base_config` and its studies).
+      batches: yields ((inputs, targets, answer_mask), extra): the arrays of a batch and a dict
+        logged with it (e.g. the curriculum's length).
+      steps: training steps.
+      answer_weight, lm_weight: the loss of the module docstring.
+      log_every: log the metrics of every `log_every`-th step (and of the last and a diverged one).
+      log: called with one progress line per logged step.
+    """
+    from nestlearn import models
+    from nestlearn.train.levels import build_levels
+    from nestlearn.train.step import TrainState, build_train_step, split_model
+
+    model = models.build(config.model, rngs=nnx.Rngs(config.seed))
+    graphdef, params, rest = split_model(model)
+    levels = build_levels(config)
+    state = TrainState.create(params, levels, seed=config.seed)
+    train_step = build_train_step(
+        levels,
+        params=params,
+        grad_clip=config.optim.grad_clip,
+        graphdef=graphdef,
+        loss=answer_loss(answer_weight=answer_weight, lm_weight=lm_weight),
+    )
+    start = time.perf_counter()
+    curve: list[dict] = []
+    divergence, last_finite = None, None
+    for i in range(steps):
+        arrays, extra = next(batches)
+        state, m = train_step(state, rest, *arrays)
+        loss = float(m["loss"])  # every step: a non-finite loss stops the run there
+        if not math.isfinite(loss):
+            divergence = {"step": i + 1, **extra, "last_finite": last_finite}
+        else:
+            last_finite = {"step": i + 1, "loss": loss}
+        if i % log_every == 0 or i == steps - 1 or divergence:
+            entry = {"step": i + 1, **extra}
+            entry.update({k: float(m[k]) for k in ("loss", "lm", "answer", "exact", "byte_acc")})
+            curve.append(entry)
+            if log is not None:
+                log(
+                    f"step {i + 1}: loss {entry['loss']:.3f} (answer {entry['answer']:.3f}, "
+                    f"exact {entry['exact']:.2f}, byte acc {entry['byte_acc']:.2f}) "
+                    f"{time.perf_counter() - start:.0f} s"
+                )
+        if divergence:
+            break
+    seconds = time.perf_counter() - start
+    # the step donated the initial params: the trained ones live in the state
+    return AnswerRun(state.params, rest, graphdef, curve, divergence, seconds)
+
+
+def writes_graphs(model_config, graphdef: nnx.GraphDef, params: Any) -> dict[str, nnx.GraphDef]:
+    """{"on": graphdef} and, for a model with in-context memory, "off": the same model with
+    every memory held at its initial state (`model.memory_writes=False`), for `params`."""
+    from nestlearn import models
+    from nestlearn.train.trainer import memory_writes_graph
+
+    graphs = {"on": graphdef}
+    if models.has_memory(model_config):
+        graphs["off"] = memory_writes_graph(model_config, False, params)
+    return graphs
