@@ -610,8 +610,8 @@ def plot_stability(agg: dict, path: Path) -> None:
             label=LABELS[method],
         )
     ax.set(
-        xlabel="accuracy on the task just learned, tasks 1–4 (%, higher: more plastic)",
-        ylabel="forgetting (points, lower: more stable)",
+        xlabel="accuracy on the new task, tasks 1–4 (%; right: more plastic)",
+        ylabel="forgetting (points; down: more stable)",
         title="stability vs plasticity (mean ± std over seeds)",
     )
     ax.grid(alpha=0.3)

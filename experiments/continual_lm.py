@@ -417,8 +417,8 @@ def plot_stability(agg: dict, path: Path) -> None:
         (x, dx), (y, dy) = a["new_domain_loss"], a["forgetting"]
         ax.errorbar(x, y, xerr=dx, yerr=dy, marker="o", capsize=3, label=LABELS[name])
     ax.set(
-        xlabel="loss on the domain just learned (nats/byte, lower: more plastic)",
-        ylabel="forgetting (nats/byte, lower: more stable)",
+        xlabel="loss on the new domain (nats/byte; left: more plastic)",
+        ylabel="forgetting (nats/byte; down: more stable)",
         title="stability vs plasticity (mean ± std over seeds)",
     )
     ax.grid(alpha=0.3)
