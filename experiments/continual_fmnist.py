@@ -628,6 +628,9 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="tiny network and data (smoke)")
+    parser.add_argument(
+        "--report_only", action="store_true", help="tables and plots from the finished runs"
+    )
     args = parser.parse_args(argv)
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -637,7 +640,7 @@ def main(argv=None):
     s = get_settings(args.quick)
     run_dir = args.out / "fmnist_runs"
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(args.data, args.quick)
+    data = None if args.report_only else load_data(args.data, args.quick)
     start = time.perf_counter()
     runs, computed = [], 0
     for method in methods:
@@ -646,6 +649,8 @@ def main(argv=None):
             record = compare.cached_record(path, settings=s, data=args.data)
             if record is not None:
                 runs.append(record)
+                continue
+            if args.report_only:
                 continue
             result = run_method(method, seed, data, s)
             result.update(settings=s, data=args.data)
@@ -659,6 +664,9 @@ def main(argv=None):
                 f"{100 * summ['just_learned_mean']:.1f}  ({result['seconds']:.1f} s)",
                 flush=True,
             )
+    if not runs:
+        print(f"no finished runs under {run_dir}")
+        return
     agg = aggregate(runs)
     command_args = argv if argv is not None else sys.argv[1:]
     meta = {

@@ -435,6 +435,9 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--quick", action="store_true", help="tiny models and data (smoke)")
+    parser.add_argument(
+        "--report_only", action="store_true", help="tables and plots from the finished runs"
+    )
     args = parser.parse_args(argv)
     seeds = [int(x) for x in args.seeds.split(",")]
     names = [m for m in args.models.split(",") if m]
@@ -444,7 +447,7 @@ def main(argv=None):
     s = get_settings(args.quick)
     run_dir = args.out / "lm_runs"
     run_dir.mkdir(parents=True, exist_ok=True)
-    domains = load_domains(args.data, s)
+    domains = None if args.report_only else load_domains(args.data, s)
     start = time.perf_counter()
     runs, computed = [], 0
     for name in names:
@@ -454,11 +457,16 @@ def main(argv=None):
             if record is not None:
                 runs.append(record)
                 continue
+            if args.report_only:
+                continue
             result = run_model(name, seed, domains, s, args.quick)
             result.update(settings=s, data=args.data)
             path.write_text(json.dumps(result))
             runs.append(result)
             computed += 1
+    if not runs:
+        print(f"no finished runs under {run_dir}")
+        return
     agg = aggregate(runs)
     command_args = argv if argv is not None else sys.argv[1:]
     meta = {
