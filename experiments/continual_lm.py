@@ -468,7 +468,7 @@ def main(argv=None):
         print(f"no finished runs under {run_dir}")
         return
     agg = aggregate(runs)
-    command_args = argv if argv is not None else sys.argv[1:]
+    command_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"]
     meta = {
         **compare.run_meta("experiments/continual_lm.py", command_args, start, runs, computed),
         "loads": [f"{r['model']}/{r['seed']}: {r['load_average']}" for r in runs],
