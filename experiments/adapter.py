@@ -46,6 +46,7 @@ from flax import nnx
 from nestlearn import tune_host_allocator
 from nestlearn.core import Level
 from nestlearn.data import load_corpus, split_documents
+from nestlearn.eval import compare
 from nestlearn.models import count_params
 from nestlearn.optim.scheduler import make_train_step
 from nestlearn.pretrained import (
@@ -376,38 +377,18 @@ def stability(record: dict, phases: list[str]) -> tuple[float, float]:
 
 
 def plot_stability(runs: list[dict], phases: list[str], path: Path) -> None:
-    """Forgetting against plasticity per variant, mean ± std over the seeds' runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    """Forgetting against plasticity per variant (`stability`), mean ± std over the seeds."""
     points: dict[str, list[tuple[float, float]]] = {}
     for run_ in runs:
         for variant, rec in run_["variants"].items():
             points.setdefault(variant, []).append(stability(rec, phases))
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for variant, pts in points.items():
-        x, y = np.asarray(pts).T
-        ax.errorbar(
-            x.mean(),
-            y.mean(),
-            xerr=x.std(),
-            yerr=y.std(),
-            marker="o",
-            capsize=3,
-            label=f"{variant} ({len(pts)})",
-        )
-    ax.set(
-        xlabel="perplexity on the domain just adapted to (lower: more plastic)",
-        ylabel="rise of the earlier domains' perplexity (lower: more stable)",
+    compare.plot_points(
+        points,
+        path,
+        xlabel="perplexity on the new domain (left: more plastic)",
+        ylabel="rise of earlier domains' perplexity (down: more stable)",
         title="stability vs plasticity (mean ± std over seeds)",
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- experiment (c): passkey retrieval beyond the attention window ----------------------------

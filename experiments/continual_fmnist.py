@@ -454,7 +454,6 @@ def aggregate(runs: list[dict]) -> dict:
                 )
             },
             "just_learned_min": float(min(min(x["just_learned"]) for x in summ)),
-            "new_task": _ms([np.mean(np.diag(m)[1:]) for m in mats]),
             "step_forgetting": _ms([loc[0] for loc in located]),
             "located": {
                 g: {
@@ -595,30 +594,22 @@ def plot(agg: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_stability(agg: dict, path: Path) -> None:
-    """Forgetting (stability) against the accuracy on the task just learned (plasticity)."""
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for method, a in agg.items():
-        (x, dx), (y, dy) = a["new_task"], a["forgetting"]
-        ax.errorbar(
-            100 * x,
-            100 * y,
-            xerr=100 * dx,
-            yerr=100 * dy,
-            marker="o",
-            capsize=3,
-            label=LABELS[method],
+def plot_stability(runs: list[dict], path: Path) -> None:
+    """Forgetting (stability) against the new tasks' score (plasticity), one point per
+    method at the mean of its seeds."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        new = float(np.mean(np.diag(np.asarray(r["score"]))[1:]))
+        points.setdefault(LABELS[r["method"]], []).append(
+            (100 * new, 100 * r["summary"]["forgetting"])
         )
-    ax.set(
+    compare.plot_points(
+        points,
+        path,
         xlabel="accuracy on the new task, tasks 1–4 (%; right: more plastic)",
         ylabel="forgetting (points; down: more stable)",
         title="stability vs plasticity (mean ± std over seeds)",
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -679,7 +670,7 @@ def main(argv=None):
     (args.out / "fmnist.json").write_text(json.dumps({"meta": meta, "methods": agg}, indent=1))
     (args.out / "fmnist.md").write_text(markdown(agg, meta))
     plot(agg, args.out / "fmnist.png")
-    plot_stability(agg, args.out / "fmnist_stability.png")
+    plot_stability(runs, args.out / "fmnist_stability.png")
     print(markdown(agg, meta))
 
 

@@ -410,22 +410,20 @@ def plot(agg: dict, runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_stability(agg: dict, path: Path) -> None:
-    """Forgetting (stability, lower is better) against the new domains' loss (plasticity)."""
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for name, a in agg.items():
-        (x, dx), (y, dy) = a["new_domain_loss"], a["forgetting"]
-        ax.errorbar(x, y, xerr=dx, yerr=dy, marker="o", capsize=3, label=LABELS[name])
-    ax.set(
+def plot_stability(runs: list[dict], path: Path) -> None:
+    """Forgetting (stability) against the new domains' score (plasticity), one point per
+    model at the mean of its seeds."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        new = float(np.mean(np.diag(np.asarray(r["score"]))[1:]))
+        points.setdefault(LABELS[r["model"]], []).append((new, r["summary"]["forgetting"]))
+    compare.plot_points(
+        points,
+        path,
         xlabel="loss on the new domain (nats/byte; left: more plastic)",
         ylabel="forgetting (nats/byte; down: more stable)",
         title="stability vs plasticity (mean ± std over seeds)",
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -479,7 +477,7 @@ def main(argv=None):
     (args.out / "lm.json").write_text(json.dumps({"meta": meta, "models": agg}, indent=1))
     (args.out / "lm.md").write_text(markdown(agg, meta))
     plot(agg, runs, args.out / "lm.png")
-    plot_stability(agg, args.out / "lm_stability.png")
+    plot_stability(runs, args.out / "lm_stability.png")
     print(markdown(agg, meta))
 
 

@@ -12,13 +12,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/lm_comparison_gpu}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-[ -e nestlearn/kernels ] || ln -s ../kernels nestlearn/kernels
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source kernels/gpu_env.sh
 export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
 "$PYTHON" -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee "$OUT/env.txt"
 "$PYTHON" experiments/lm_compare.py --study=lm_comparison_gpu --out="$OUT" \

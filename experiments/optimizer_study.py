@@ -216,7 +216,9 @@ def run_lm(name: str, lr: float, s: dict, data: str, workdir: Path) -> dict:
         "val_curve": val_curve,
         "val_loss": val_curve[-1][1],
         "skipped_steps": int(train[-1].get("skipped", 0)),
-        "params": int(models.count_params(models.build(config.model, rngs=nnx.Rngs(0)))),
+        "params": models.count_params(
+            nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
+        ),
         "seconds": seconds,
         "seconds_per_step": steady,
     }

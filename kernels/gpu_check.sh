@@ -11,13 +11,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-[ -e nestlearn/kernels ] || ln -s ../kernels nestlearn/kernels
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source kernels/gpu_env.sh
 export JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONUNBUFFERED=1
 "$PYTHON" - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import jax, flax, optax

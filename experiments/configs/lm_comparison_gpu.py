@@ -34,11 +34,12 @@ def get_config(arg: str | None = "hope"):
     c = lm_comparison.get_config(arg)
     if (arg or "").endswith(",quick"):
         return c
-    c.data.batch_size = BATCH_SIZE
-    c.train.num_steps = TRAIN_TOKENS // (c.data.seq_len * BATCH_SIZE)
-    c.optim.warmup_steps = max(1, c.train.num_steps // 10)
-    c.train.log_every = 32
-    c.train.eval_every = c.train.num_steps
-    c.train.eval_batches = lm_comparison.EVAL_BATCHES // BATCH_SIZE
-    c.train.checkpoint_every = c.train.num_steps
+    lm_comparison.results_lm.set_budget(
+        c,
+        seq_len=lm_comparison.SEQ_LEN,
+        batch_size=BATCH_SIZE,
+        train_tokens=TRAIN_TOKENS,
+        eval_windows=lm_comparison.EVAL_BATCHES,
+        log_every=32,
+    )
     return c

@@ -161,12 +161,12 @@ def get_config(arg: str | None = "hope"):
     if mode == "quick":
         c.data.seq_len = 64
         return c
-    c.data.seq_len = SEQ_LEN
-    c.data.batch_size = BATCH_SIZE
-    c.train.num_steps = TRAIN_TOKENS // (SEQ_LEN * BATCH_SIZE)
-    c.optim.warmup_steps = max(1, c.train.num_steps // 10)
-    c.train.log_every = 10
-    c.train.eval_every = c.train.num_steps
-    c.train.eval_batches = EVAL_BATCHES // BATCH_SIZE
-    c.train.checkpoint_every = c.train.num_steps
+    results_lm.set_budget(
+        c,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH_SIZE,
+        train_tokens=TRAIN_TOKENS,
+        eval_windows=EVAL_BATCHES,
+        log_every=10,
+    )
     return c

@@ -146,21 +146,32 @@ def get_config(arg: str | None = "hope"):
         m.cms.chunk_sizes = (16,)
     c.data.corpus = "shakespeare"
     c.data.tokenizer = "byte"
-    c.data.seq_len = 256
-    c.data.batch_size = 8
     c.optim.lr = 3e-3
-    c.train.num_steps = TRAIN_TOKENS // (c.data.batch_size * c.data.seq_len)
-    c.optim.warmup_steps = max(1, c.train.num_steps // 10)
-    c.train.log_every = 5
-    c.train.eval_every = c.train.num_steps
-    c.train.eval_batches = 16
-    c.train.checkpoint_every = c.train.num_steps
+    set_budget(
+        c, seq_len=256, batch_size=8, train_tokens=TRAIN_TOKENS, eval_windows=128, log_every=5
+    )
     c.train.keep_checkpoints = 1
     c.train.progress_bar = False
     c.sample.num_samples = 0
     if mode == "quick":
         _quick(c)
     return c
+
+
+def set_budget(
+    c, *, seq_len: int, batch_size: int, train_tokens: int, eval_windows: int, log_every: int
+) -> None:
+    """Sets `c`'s windows (`seq_len` bytes, `batch_size` per step) and training budget:
+    `train_tokens` bytes, warmup over a tenth of the steps, one evaluation on `eval_windows`
+    validation windows and one checkpoint at the end, the train loss every `log_every` steps."""
+    c.data.seq_len = seq_len
+    c.data.batch_size = batch_size
+    c.train.num_steps = train_tokens // (seq_len * batch_size)
+    c.optim.warmup_steps = max(1, c.train.num_steps // 10)
+    c.train.log_every = log_every
+    c.train.eval_every = c.train.num_steps
+    c.train.eval_batches = eval_windows // batch_size
+    c.train.checkpoint_every = c.train.num_steps
 
 
 def task_config(variant: str, *, seed: int, steps: int, lr: float, quick: bool = False, study=None):

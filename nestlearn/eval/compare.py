@@ -32,6 +32,7 @@ __all__ = [
     "mean_std",
     "plot_curves",
     "plot_heatmaps",
+    "plot_points",
     "run_meta",
     "source_fingerprint",
     "write_json_atomic",
@@ -136,6 +137,52 @@ def mean_curve(
     y = np.stack(ys)  # [seeds, n]
     std = y.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros_like(x0)
     return x0, y.mean(axis=0), std
+
+
+def plot_points(
+    points: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """One point per label at the mean of its seeds' (x, y), with ±1 std error bars, as a PNG
+    (e.g. forgetting against the new task's score: a stability–plasticity plot).
+
+    Args:
+      points: label → one `(x, y)` per seed.
+      path: the PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=110)
+    for label, pts in points.items():
+        x, y = np.asarray(pts, dtype=np.float64).reshape(-1, 2).T
+        ax.errorbar(
+            x.mean(),
+            y.mean(),
+            xerr=x.std(),
+            yerr=y.std(),
+            marker="o",
+            capsize=3,
+            label=f"{label} (n={len(x)})",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(
