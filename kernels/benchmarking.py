@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from nestlearn.kernels.chunk_scan import BACKWARDS
 from nestlearn.kernels.kernel_impl import PALLAS_BACKENDS
 
 QUICK = dict(t=[64], d=16, heads=2, batch=1, chunk=16, dtype="float32", repeats=1, hidden=32)
@@ -62,6 +63,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="default: xla and the platform's Pallas backend (CPU --quick: the Triton interpreter)",
+    )
+    p.add_argument(
+        "--backward",
+        nargs="+",
+        default=list(BACKWARDS),
+        choices=BACKWARDS,
+        help="the Pallas backends' backward passes to time (a row each; BlockSizes.backward)",
     )
     p.add_argument("--quick", action="store_true", help="CPU smoke mode (tiny shapes)")
     p.add_argument("--out", default=None, help="write the results as JSON to this path")

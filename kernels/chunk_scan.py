@@ -3,9 +3,16 @@
 An op supplies ``step(x, state) -> (o, state)`` for one chunk of one (sequence·head), written in
 plain jnp so that the same function is the kernel body, the XLA path and the backward pass. Its
 kernels are forward functions ``forward(terms, state, *, save_starts) -> (o, state_end, starts)``
-that also return the state at every chunk start when asked; the backward pass recomputes each
-chunk in XLA from those saved states and differentiates it with ``jax.vjp``, carrying the state
-cotangent from the last chunk to the first.
+that also return the state at every chunk start when asked. The backward pass differentiates
+each chunk with ``jax.vjp`` (:func:`chunk_vjp`), carrying the state cotangent from the last chunk
+to the first, in one of two ways (:func:`kernel_with_vjp`):
+
+- XLA: the forward kernel saves the chunk-start states and a ``lax.scan`` in reverse
+  (:func:`scan_chunks_bwd`) recomputes and differentiates each chunk;
+- Pallas: the forward pass keeps only its inputs; the backward pass recomputes the chunk-start
+  states with the forward kernel and a backward kernel walks the chunks in reverse, its body
+  (:func:`reverse_scan_kernel` for a loop inside one program, :func:`reverse_step_kernel` for one
+  chunk per grid step) being the same :func:`chunk_vjp`.
 
 Shapes: terms leaves [bh, n, ...] (bh sequences·heads, n chunks); state leaves [bh, ...];
 outputs [bh, n, c, d]; saved starts [bh, n, ...].
@@ -16,6 +23,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
+
+BACKWARDS = ("pallas", "xla")  # the kernels' backward passes (:func:`kernel_with_vjp`)
+
+
+def check_backward(backward) -> None:
+    """Raises ValueError unless ``backward`` is one of :data:`BACKWARDS`."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"{backward=} must be one of {BACKWARDS}")
 
 
 def _chunk_major(tree):
@@ -39,6 +55,16 @@ def scan_chunks(step: Callable, terms, state):
     return jnp.moveaxis(o, 0, 1), state
 
 
+def chunk_vjp(step: Callable, x, start, d_o, d_state):
+    """``(d_x, d_start)``: the cotangents of one chunk's terms and start state.
+
+    Pulls ``(d_o, d_state)`` — cotangents of the chunk's output and end state — back through
+    ``step(x, start)``; the forward is recomputed, so nothing but the start state is needed.
+    """
+    _, vjp = jax.vjp(step, x, start)
+    return vjp((d_o, d_state))
+
+
 def scan_chunks_bwd(step: Callable, terms, starts, d_o, d_state):
     """Backward of :func:`scan_chunks` from the saved chunk-start states.
 
@@ -51,12 +77,11 @@ def scan_chunks_bwd(step: Callable, terms, starts, d_o, d_state):
     Returns:
       ``(d_terms, d_initial_state)``.
     """
-    batched = jax.vmap(step)
+    batched = jax.vmap(lambda *args: chunk_vjp(step, *args))
 
     def body(d_carry, x):
         x_terms, start, d_o_chunk = x
-        _, vjp = jax.vjp(batched, x_terms, start)
-        d_terms, d_carry = vjp((d_o_chunk, d_carry))
+        d_terms, d_carry = batched(x_terms, start, d_o_chunk, d_carry)
         return d_carry, d_terms
 
     xs = (_chunk_major(terms), _chunk_major(starts), jnp.moveaxis(d_o, 1, 0))
@@ -64,12 +89,18 @@ def scan_chunks_bwd(step: Callable, terms, starts, d_o, d_state):
     return _chunk_major(d_terms), d_state
 
 
-def kernel_with_vjp(forward: Callable, step: Callable) -> Callable:
-    """``op(terms, state) -> (o, state_end)`` running ``forward`` with an XLA backward pass.
+def kernel_with_vjp(
+    forward: Callable, step: Callable, backward: Callable | None = None
+) -> Callable:
+    """``op(terms, state) -> (o, state_end)`` running ``forward`` with a custom backward pass.
 
     Args:
       forward: kernel forward ``forward(terms, state, *, save_starts) -> (o, state_end, starts)``.
       step: the chunk step the kernel implements (module docstring).
+      backward: kernel backward ``backward(terms, starts, d_o, d_state) -> (d_terms,
+        d_initial_state)``; the backward pass then recomputes the chunk-start states with
+        ``forward`` instead of saving them in the forward pass. None: the forward saves them and
+        :func:`scan_chunks_bwd` (XLA) differentiates.
     """
 
     @jax.custom_vjp
@@ -78,13 +109,90 @@ def kernel_with_vjp(forward: Callable, step: Callable) -> Callable:
         return o, state
 
     def fwd(terms, state):
-        o, state, starts = forward(terms, state, save_starts=True)
-        return (o, state), (terms, starts)
+        if backward is not None:
+            o, end, _ = forward(terms, state, save_starts=False)
+            return (o, end), (terms, state)
+        o, end, starts = forward(terms, state, save_starts=True)
+        return (o, end), (terms, starts)
 
     def bwd(residuals, cotangents):
-        terms, starts = residuals
         d_o, d_state = cotangents
+        if backward is not None:
+            terms, state = residuals
+            _, _, starts = forward(terms, state, save_starts=True)
+            return backward(terms, starts, d_o, d_state)
+        terms, starts = residuals
         return scan_chunks_bwd(step, terms, starts, d_o, d_state)
 
     op.defvjp(fwd, bwd)
     return op
+
+
+def _backward_refs(refs, terms_tree, state_tree):
+    """Splits a backward kernel's refs: inputs (terms, starts, dO, dS_end), outputs (dterms,
+    dS_initial), and what is left (scratch)."""
+    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
+    sizes = [n_terms, n_state, 1, n_state, n_terms, n_state]
+    groups, at = [], 0
+    for size in sizes:
+        groups.append(refs[at : at + size])
+        at += size
+    terms, starts, (d_o,), d_end, d_terms, d_init = groups
+    terms = jax.tree.unflatten(terms_tree, terms)
+    starts = jax.tree.unflatten(state_tree, starts)
+    return terms, starts, d_o, d_end, d_terms, d_init, refs[at:]
+
+
+def reverse_scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks: int):
+    """Pallas body of a backward kernel that walks all ``n_chunks`` chunks of its block in reverse.
+
+    Ref order: terms leaves [n, ...], chunk-start state leaves [n, ...], dO [n, c, d], end-state
+    cotangent leaves; then the outputs: terms cotangents [n, ...] and initial-state cotangents.
+    The state cotangent is the loop carry; each chunk is :func:`chunk_vjp`.
+    """
+    terms, starts, d_o, d_end, d_terms, d_init, _ = _backward_refs(refs, terms_tree, state_tree)
+
+    def body(i, d_state):
+        c = n_chunks - 1 - i
+        at = lambda r: r[c]
+        x, start = jax.tree.map(at, terms), jax.tree.map(at, starts)
+        d_x, d_state = chunk_vjp(step, x, start, d_o[c], d_state)
+        for ref, g in zip(d_terms, jax.tree.leaves(d_x)):
+            ref[c] = g.astype(ref.dtype)
+        return d_state
+
+    init = jax.tree.unflatten(state_tree, [r[...] for r in d_end])
+    d_state = lax.fori_loop(0, n_chunks, body, init)
+    for ref, g in zip(d_init, jax.tree.leaves(d_state)):
+        ref[...] = g.astype(ref.dtype)
+
+
+def reverse_step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int):
+    """Pallas body of a backward kernel with one chunk per grid step along ``chunk_axis``.
+
+    The index maps visit the chunks last to first; the state cotangent lives in scratch refs
+    (after the refs of :func:`reverse_scan_kernel`, which this one takes per chunk: terms and
+    starts [...], dO [c, d]).
+    """
+    terms, starts, d_o, d_end, d_terms, d_init, scratch = _backward_refs(
+        refs, terms_tree, state_tree
+    )
+    i = pl.program_id(chunk_axis)
+
+    @pl.when(i == 0)
+    def _():
+        for scr, end in zip(scratch, d_end):
+            scr[...] = end[...]
+
+    x, start = jax.tree.map(lambda r: r[...], (terms, starts))
+    d_state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
+    d_x, d_state = chunk_vjp(step, x, start, d_o[...], d_state)
+    for ref, g in zip(d_terms, jax.tree.leaves(d_x)):
+        ref[...] = g.astype(ref.dtype)
+    for scr, g in zip(scratch, jax.tree.leaves(d_state)):
+        scr[...] = g
+
+    @pl.when(i == pl.num_programs(chunk_axis) - 1)
+    def _():
+        for ref, scr in zip(d_init, scratch):
+            ref[...] = scr[...]

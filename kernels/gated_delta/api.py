@@ -1,7 +1,8 @@
 """Public entry of the gated delta op: validation, layout, backend switch and custom VJP.
 
-Pallas backends run the forward pass; gradients come from :func:`chunk_scan.kernel_with_vjp`
-(an XLA reverse scan over chunks from the chunk-start states the kernel saved).
+Pallas backends run the forward pass and, by default, the backward pass (a kernel walking the
+chunks in reverse from recomputed chunk-start states; ``BlockSizes.backward="xla"`` uses an XLA
+reverse scan from states the forward saved instead): :func:`chunk_scan.kernel_with_vjp`.
 """
 
 import functools
@@ -48,7 +49,10 @@ def _run_kernel(
         return None if x is None else x[:, :d_v, :d_k].reshape((b, h, d_v, d_k))
 
     forward = functools.partial(module.forward, block_sizes=block_sizes, interpret=interpret)
-    op = chunk_scan.kernel_with_vjp(forward, chunk.chunk_step)
+    backward = None
+    if block_sizes.backward == "pallas":
+        backward = functools.partial(module.backward, block_sizes=block_sizes, interpret=interpret)
+    op = chunk_scan.kernel_with_vjp(forward, chunk.chunk_step, backward)
     o, (s, z) = op(terms, (to_kernel(s0), to_kernel(z0)))
     o = chunk.from_chunks(o, b, t, d_v).astype(out_dtype)
     return o, reference.join_state(from_kernel(s), from_kernel(z))
@@ -108,7 +112,7 @@ def gated_delta(
       interpret: run a Pallas backend in its interpreter (CPU): GPU-style for Triton, the TPU
         interpreter (``pltpu.InterpretParams``, very slow) for Mosaic TPU.
       momentum: momentum decays m_t [b, t, h], or None.
-      block_sizes: kernel tiling (:class:`BlockSizes`); None for the defaults.
+      block_sizes: kernel tiling and backward pass (:class:`BlockSizes`); None for the defaults.
 
     Returns:
       ``(o, final_state)``: o [b, t, h, d_v] in the promoted input dtype; the final S

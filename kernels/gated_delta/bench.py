@@ -19,8 +19,9 @@ solve p = ⌈log₂ min(8, c)⌉ factors of the 8 × 8 diagonal blocks and l = �
     FLOPs_fwd     = 4c²d_k + 4c²d_v + 4c³(p − 1 + l) + 6(1 + μ) c d_k d_v
     FLOPs_fwd+bwd = 3 FLOPs_fwd
 
-(matmul FLOPs only; a product's backward is two products of the same size; the Pallas path's
-recomputation of each chunk in its backward is work it does but not work counted). Bytes are the
+(matmul FLOPs only; a product's backward is two products of the same size; the Pallas paths'
+recomputation of each chunk in the backward, and the Pallas backward's recomputation of the
+chunk-start states by a second forward kernel, are work they do but not work counted). Bytes are the
 float32 operands the kernel reads and writes (inputs are cast to float32 before the kernel),
 per sequence·head, with terms = N(c(2d_k + d_v) + 2c² + 3c + 1 + μ(3c + 2)) elements (q, k, v, the
 c × c decay matrices Φ and Π, the per-token coefficients) and state size P = (1 + μ) d_v d_k:
@@ -28,7 +29,9 @@ c × c decay matrices Φ and Π, the per-token coefficients) and state size P = 
     bytes_fwd     = 4 (terms + N c d_v + 2P)                      (o; initial and final state)
     bytes_fwd+bwd = bytes_fwd + 4 (2 terms + 2NP + N c d_v + 2P)  (chunk-start states written and
                                                                    read, terms re-read, their
-                                                                   gradients written, dO, dS)
+                                                                   gradients written, dO, dS;
+                                                                   the Pallas backward's second
+                                                                   forward is not counted)
 """
 
 import functools
@@ -94,13 +97,14 @@ def _make(*, implementation, interpret, b, t, h, d, dtype, chunk_size, momentum,
 
 
 def _tilings(a):
-    """(label, BlockSizes) of the flags ``--block_v`` × ``--num_warps`` (None: the defaults)."""
-    if a.block_v is None and a.num_warps is None:
-        yield "", None
-        return
+    """(label, BlockSizes) of the flags ``--block_v`` × ``--num_warps`` × ``--backward``."""
+    swept = a.block_v is not None or a.num_warps is not None
     for block_v in a.block_v or [0]:
         for warps in a.num_warps or [BlockSizes.num_warps]:
-            yield f"block_v {block_v or 'all'}, {warps} warps", BlockSizes(block_v or None, warps)
+            for backward in a.backward:
+                label = f"block_v {block_v or 'all'}, {warps} warps, " if swept else ""
+                blocks = BlockSizes(block_v or None, warps, backward=backward)
+                yield f"{label}backward {backward}", blocks
 
 
 def cases(a, *, momentum: bool):

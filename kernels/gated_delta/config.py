@@ -1,6 +1,8 @@
-"""Block sizes of the gated delta kernels."""
+"""Tiling and backward pass of the gated delta kernels."""
 
 import dataclasses
+
+from nestlearn.kernels.chunk_scan import check_backward
 
 
 def _is_power_of_two(x: int) -> bool:
@@ -9,7 +11,7 @@ def _is_power_of_two(x: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tiling of the gated delta kernels.
+    """Tiling and backward pass of the gated delta kernels.
 
     The rows of the state S [d_v, d_k] evolve independently (every term of the recurrence is
     linear in the rows of S, Z, V and O), so the value axis is split across programs; the key axis
@@ -22,11 +24,16 @@ class BlockSizes:
         ≥ 16; Mosaic TPU needs d_v itself or a multiple of 128.
       num_warps: Triton warps per program (power of two).
       num_stages: Triton software-pipelining stages (≥ 1).
+      backward: "pallas" (default): a backward kernel walks the chunks in reverse from chunk-start
+        states that the backward pass recomputes with the forward kernel (the forward saves only
+        its inputs); "xla": the forward kernel saves the chunk-start states and an XLA reverse
+        scan differentiates each chunk (:mod:`nestlearn.kernels.chunk_scan`).
     """
 
     block_v: int | None = None
     num_warps: int = 4
     num_stages: int = 1
+    backward: str = "pallas"
 
     def __post_init__(self):
         block_v = self.block_v
@@ -44,6 +51,7 @@ class BlockSizes:
         num_stages = self.num_stages
         if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
             raise ValueError(f"{num_stages=} must be a positive int")
+        check_backward(self.backward)
 
     def value_block(self, d_v: int, default: int | None = None) -> int:
         """The value block for a (padded) value width ``d_v``; ValueError if it does not tile.

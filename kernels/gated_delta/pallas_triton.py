@@ -1,7 +1,9 @@
 """Gated delta rule with momentum as a Pallas kernel lowered through Triton (GPU).
 
 One program per (sequence·head, value block) walks the chunks of its sequence in order, carrying
-the state block S[v-block, :] (and Z) in registers; each chunk is :func:`chunk.chunk_step`. Triton
+the state block S[v-block, :] (and Z) in registers; each chunk is :func:`chunk.chunk_step`. The
+backward kernel walks the same blocks from the last chunk to the first, carrying the state's
+cotangent (:func:`backward`). Triton
 needs power-of-two tensor sizes, so the wrapper pads d_k and d_v to powers of two ≥ 16 and
 requires a power-of-two chunk size ≥ 16 (tl.dot operands are at least 16 wide).
 """
@@ -12,7 +14,7 @@ import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
-from nestlearn.kernels import triangular
+from nestlearn.kernels import chunk_scan, triangular
 from nestlearn.kernels.gated_delta import chunk
 from nestlearn.kernels.gated_delta.config import BlockSizes
 
@@ -57,6 +59,32 @@ def _kernel(*refs, treedef, n_terms, n_chunks, has_momentum, save_starts):
         z_ref[...] = z
 
 
+def _value_block(block_sizes: BlockSizes, d_v: int) -> int:
+    block_v = block_sizes.value_block(d_v, default=DEFAULT_BLOCK_V)
+    if block_v < MIN_WIDTH or block_v & (block_v - 1):
+        raise ValueError(f"{block_v=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
+    return block_v
+
+
+def _specs(leaves, n: int, c: int, d_k: int, block_v: int):
+    """Block specs on the grid (sequence·head i, value block j): (terms, per-value-block arrays
+    [bh, n, c, d_v], states [bh, d_v, d_k], chunk-start states [bh, n, d_v, d_k])."""
+
+    def whole(x):  # the whole sequence of one (sequence·head), same block for every value block
+        return pl.BlockSpec((None, *x.shape[1:]), lambda i, j: (i,) + (0,) * (x.ndim - 1))
+
+    values = pl.BlockSpec((None, n, c, block_v), lambda i, j: (i, 0, 0, j))
+    terms = [whole(x) for x in leaves]
+    terms[2] = values  # v
+    state = pl.BlockSpec((None, block_v, d_k), lambda i, j: (i, j, 0))
+    starts = pl.BlockSpec((None, n, block_v, d_k), lambda i, j: (i, 0, j, 0))
+    return terms, values, state, starts
+
+
+def _compiler_params(block_sizes: BlockSizes):
+    return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+
+
 def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bool):
     """Runs the chunk scan as one Triton kernel.
 
@@ -74,28 +102,18 @@ def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bo
     bh, n, c, d_k = terms.k.shape
     d_v = terms.v.shape[-1]
     check_chunk_size(c)
-    block_v = block_sizes.value_block(d_v, default=DEFAULT_BLOCK_V)
-    if block_v < MIN_WIDTH or block_v & (block_v - 1):
-        raise ValueError(f"{block_v=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
+    block_v = _value_block(block_sizes, d_v)
     s0, z0 = state
     has_momentum = z0 is not None
     dtype = s0.dtype
-
-    def whole(x):  # the whole sequence of one (sequence·head), same block for every value block
-        return pl.BlockSpec((None, *x.shape[1:]), lambda i, j: (i,) + (0,) * (x.ndim - 1))
-
     leaves, treedef = jax.tree.flatten(terms)
-    in_specs = [whole(x) for x in leaves]
-    in_specs[2] = pl.BlockSpec((None, n, c, block_v), lambda i, j: (i, 0, 0, j))  # v
-    state_spec = pl.BlockSpec((None, block_v, d_k), lambda i, j: (i, j, 0))
-    starts_spec = pl.BlockSpec((None, n, block_v, d_k), lambda i, j: (i, 0, j, 0))
+    in_specs, values_spec, state_spec, starts_spec = _specs(leaves, n, c, d_k, block_v)
     states = [s0] + ([z0] if has_momentum else [])
     in_specs += [state_spec] * len(states)
     state_shape = jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)
     starts_shape = jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)
     out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_v), dtype)] + [state_shape] * len(states)
-    out_specs = [pl.BlockSpec((None, n, c, block_v), lambda i, j: (i, 0, 0, j))]
-    out_specs += [state_spec] * len(states)
+    out_specs = [values_spec] + [state_spec] * len(states)
     if save_starts:
         out_shape += [starts_shape] * len(states)
         out_specs += [starts_spec] * len(states)
@@ -115,15 +133,71 @@ def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bo
         out_specs=out_specs,
         interpret=interpret,
         name="gated_delta_fwd_triton",
-        compiler_params=plgpu.CompilerParams(
-            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
-        ),
+        compiler_params=_compiler_params(block_sizes),
     )(*leaves, *states)
     o, s, *rest = outs
     z = rest.pop(0) if has_momentum else None
     s_starts = rest.pop(0) if save_starts else None
     z_starts = rest.pop(0) if save_starts and has_momentum else None
     return o, (s, z), ((s_starts, z_starts) if save_starts else None)
+
+
+def backward(terms, starts, d_o, d_state, *, block_sizes: BlockSizes, interpret: bool):
+    """Gradients of :func:`forward` as one Triton kernel walking the chunks in reverse.
+
+    Each program (sequence·head, value block) carries the cotangent of its rows of (S, Z) from
+    the last chunk to the first (:func:`chunk_scan.reverse_scan_kernel`): every chunk is
+    recomputed from its start state and differentiated (:func:`chunk_scan.chunk_vjp`). Rows of S
+    are independent, so each value block yields the gradients of v in its columns and a partial
+    sum of the gradients of the shared terms (q, k and the coefficients), added up afterwards.
+
+    Args:
+      terms: the forward's stacked :class:`chunk.ChunkTerms` [bh, n, ...].
+      starts: ``(S, Z)`` at every chunk start [bh, n, d_v, d_k] (Z None without momentum).
+      d_o: output cotangent [bh, n, c, d_v]; d_state: ``(dS_end, dZ_end)`` [bh, d_v, d_k].
+      block_sizes: tiling, as in :func:`forward`.
+      interpret: run in the GPU-style Pallas interpreter.
+
+    Returns:
+      ``(d_terms, (dS_0, dZ_0))``.
+    """
+    bh, n, c, d_k = terms.k.shape
+    d_v = terms.v.shape[-1]
+    block_v = _value_block(block_sizes, d_v)
+    blocks = d_v // block_v
+    leaves, terms_tree = jax.tree.flatten(terms)
+    start_leaves, state_tree = jax.tree.flatten(starts)
+    terms_specs, values_spec, state_spec, starts_spec = _specs(leaves, n, c, d_k, block_v)
+    n_state = len(start_leaves)
+
+    def partial_sums(x):  # a shared term's gradient, one partial sum per value block
+        shape = jax.ShapeDtypeStruct((bh, blocks, *x.shape[1:]), x.dtype)
+        index = lambda i, j: (i, j) + (0,) * (x.ndim - 1)
+        return shape, pl.BlockSpec((None, None, *x.shape[1:]), index)
+
+    out = [partial_sums(x) for x in leaves]
+    out[2] = jax.ShapeDtypeStruct(leaves[2].shape, leaves[2].dtype), values_spec  # dv
+    out += [(jax.ShapeDtypeStruct((bh, d_v, d_k), start_leaves[0].dtype), state_spec)] * n_state
+    kernel = functools.partial(
+        chunk_scan.reverse_scan_kernel,
+        functools.partial(chunk.chunk_step, solve=triangular.unit_lower_solve),
+        terms_tree=terms_tree,
+        state_tree=state_tree,
+        n_chunks=n,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=[shape for shape, _ in out],
+        grid=(bh, blocks),
+        in_specs=terms_specs + [starts_spec] * n_state + [values_spec] + [state_spec] * n_state,
+        out_specs=[spec for _, spec in out],
+        interpret=interpret,
+        name="gated_delta_bwd_triton",
+        compiler_params=_compiler_params(block_sizes),
+    )(*leaves, *start_leaves, d_o, *jax.tree.leaves(d_state))
+    d_terms = [g if i == 2 else g.sum(axis=1) for i, g in enumerate(outs[: len(leaves)])]
+    d_init = jax.tree.unflatten(state_tree, outs[len(leaves) :])
+    return jax.tree.unflatten(terms_tree, d_terms), d_init
 
 
 def pad_widths(d_k: int, d_v: int) -> tuple[int, int]:

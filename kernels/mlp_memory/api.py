@@ -1,8 +1,8 @@
 """Public entry of the Titans MLP-memory op: validation, layout, backend switch and custom VJP.
 
-Pallas backends run the fused forward pass; gradients come from
-:func:`chunk_scan.kernel_with_vjp` (an XLA reverse scan over chunks from the chunk-start states
-the kernel saved).
+Pallas backends run the fused forward pass and, by default, the backward pass (a kernel walking
+the chunks in reverse from recomputed chunk-start states; ``BlockSizes.backward="xla"`` uses an
+XLA reverse scan from states the forward saved instead): :func:`chunk_scan.kernel_with_vjp`.
 """
 
 import functools
@@ -44,7 +44,11 @@ def _run_kernel(module, widths, q, k, v, theta, alpha, eta, params, initial_stat
 
     forward = functools.partial(module.forward, **static)
     step = functools.partial(chunk.chunk_step, residual=residual)
-    o, (w, s) = chunk_scan.kernel_with_vjp(forward, step)(terms, (to_kernel(w0), to_kernel(s0)))
+    backward = None
+    if static["block_sizes"].backward == "pallas":
+        backward = functools.partial(module.backward, **static)
+    op = chunk_scan.kernel_with_vjp(forward, step, backward)
+    o, (w, s) = op(terms, (to_kernel(w0), to_kernel(s0)))
     o = from_chunks(o, b, t, d_out).astype(out_dtype)
     return o, reference.to_state(from_kernel(w), from_kernel(s))
 
@@ -95,7 +99,7 @@ def mlp_memory(
       implementation: None (default order for the platform, with fallback and a warning) or one
         of "xla", "pallas_triton", "pallas_mosaic_gpu" (not implemented: raises), "pallas_tpu".
       interpret: run a Pallas backend in its interpreter (CPU).
-      block_sizes: Triton launch parameters; None for the defaults.
+      block_sizes: Triton launch parameters and the backward pass; None for the defaults.
 
     Returns:
       ``(o, MLPMemoryState(weights, momentum))``: o [b, t, h, d_out] in the promoted input dtype;

@@ -17,7 +17,7 @@ gradient sums (weights and momentum), each Rᵀ diag(·) A and (R W₁ ⊙ σ')�
     FLOPs_fwd     = c n (8 d_in + 10 d_out)
     FLOPs_fwd+bwd = 3 FLOPs_fwd
 
-(matmul FLOPs only; the Pallas path's recomputation in the backward is not counted). Bytes are
+(matmul FLOPs only; the Pallas paths' recomputation in the backward is not counted). Bytes are
 the float32 operands the kernel reads and writes, per sequence·head, with
 terms = N(c(2 d_in + d_out + 2) + 3) elements (q, k, v, two per-token and three per-chunk
 coefficients) and state size P = 2n(d_in + d_out) (weights and momentum):
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from nestlearn.kernels import benchmarking
 from nestlearn.kernels.benchmarking import Cost
 from nestlearn.kernels.mlp_memory.api import mlp_memory
+from nestlearn.kernels.mlp_memory.config import BlockSizes
 
 
 def cost(*, b, t, h, d_in, d_out, hidden, chunk_size) -> tuple[Cost, Cost]:
@@ -66,7 +67,7 @@ def _inputs(key, b, t, h, d, hidden, dtype):
     return args, params
 
 
-def _make(*, implementation, interpret, b, t, h, d, hidden, dtype, chunk_size):
+def _make(*, implementation, interpret, b, t, h, d, hidden, dtype, chunk_size, block_sizes):
     args, params = _inputs(jax.random.key(0), b, t, h, d, hidden, dtype)
 
     def forward(args, params):
@@ -77,6 +78,7 @@ def _make(*, implementation, interpret, b, t, h, d, hidden, dtype, chunk_size):
             residual=True,
             implementation=implementation,
             interpret=interpret,
+            block_sizes=block_sizes,
         )
 
     def loss(args, params):
@@ -93,22 +95,25 @@ def cases(a):
     for t in a.t:
         for impl in a.implementations:
             interpret = a.interpret and impl != "xla"
-            make = functools.partial(
-                _make,
-                implementation=impl,
-                interpret=interpret,
-                t=t,
-                **{**shape, "dtype": jnp.dtype(a.dtype)},
-            )
-            yield dict(
-                op="mlp_memory",
-                variant=f"residual, hidden {a.hidden}",
-                t=t,
-                implementation=impl,
-                interpret=interpret,
-                shape=shape,
-                make=make,
-            )
+            for backward in [None] if impl == "xla" else a.backward:
+                make = functools.partial(
+                    _make,
+                    implementation=impl,
+                    interpret=interpret,
+                    t=t,
+                    block_sizes=None if backward is None else BlockSizes(backward=backward),
+                    **{**shape, "dtype": jnp.dtype(a.dtype)},
+                )
+                yield dict(
+                    op="mlp_memory",
+                    variant=f"residual, hidden {a.hidden}",
+                    tiling="" if backward is None else f"backward {backward}",
+                    t=t,
+                    implementation=impl,
+                    interpret=interpret,
+                    shape=shape,
+                    make=make,
+                )
 
 
 def main(argv=None):

@@ -5,6 +5,8 @@ One program per (sequence·head) walks its chunks in order with the memory weigh
 weights, the decay/momentum combination and the chunk-start read-out — is the fused
 :func:`chunk.chunk_step`. Widths are zero-padded to powers of two ≥ 16 (zero rows/columns of the
 weights stay zero and do not change the real ones); the chunk size must be a power of two ≥ 16.
+The backward kernel walks the chunks in reverse carrying the cotangents of the weights and
+momenta (:func:`backward`).
 """
 
 import functools
@@ -13,12 +15,20 @@ import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from nestlearn.kernels import chunk_scan
 from nestlearn.kernels.dispatch import Unavailable
 from nestlearn.kernels.gated_delta.pallas_triton import check_chunk_size, padded_width
 from nestlearn.kernels.mlp_memory import chunk
 from nestlearn.kernels.mlp_memory.config import BlockSizes
 
-__all__ = ["MAX_STATE_BYTES", "check_chunk_size", "check_state_size", "forward", "padded_width"]
+__all__ = [
+    "MAX_STATE_BYTES",
+    "backward",
+    "check_chunk_size",
+    "check_state_size",
+    "forward",
+    "padded_width",
+]
 
 # Weights and momenta of one memory, float32, that one program holds. Measured on an H200
 # (`python -m nestlearn.kernels.mlp_memory.bench --t 8192`, docs/kernels.md §6): 128 KiB (d 128,
@@ -60,6 +70,15 @@ def _kernel(*refs, terms_tree, state_tree, n_chunks, residual, save_starts):
         ref[...] = x
 
 
+def whole(x) -> pl.BlockSpec:
+    """Everything of one (sequence·head) of an array [bh, ...], on the grid (bh,)."""
+    return pl.BlockSpec((None, *x.shape[1:]), lambda i: (i,) + (0,) * (x.ndim - 1))
+
+
+def _compiler_params(block_sizes: BlockSizes):
+    return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+
+
 def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, interpret: bool):
     """Runs the chunk scan of the MLP memory as one Triton kernel.
 
@@ -79,9 +98,6 @@ def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, int
     check_chunk_size(c)
     leaves, terms_tree = jax.tree.flatten(terms)
     state_leaves, state_tree = jax.tree.flatten(state)
-
-    def whole(x):  # everything of one (sequence·head)
-        return pl.BlockSpec((None, *x.shape[1:]), lambda i: (i,) + (0,) * (x.ndim - 1))
 
     def with_chunks(x):  # a state leaf [bh, ...] saved per chunk: [bh, n, ...]
         return jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype)
@@ -107,11 +123,50 @@ def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, int
         out_specs=[whole(x) for x in out_shape],
         interpret=interpret,
         name="mlp_memory_fwd_triton",
-        compiler_params=plgpu.CompilerParams(
-            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
-        ),
+        compiler_params=_compiler_params(block_sizes),
     )(*leaves, *state_leaves)
     n_state = len(state_leaves)
     o, ends, starts = outs[0], outs[1 : 1 + n_state], outs[1 + n_state :]
     starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
     return o, jax.tree.unflatten(state_tree, ends), starts
+
+
+def backward(terms, starts, d_o, d_state, *, residual, block_sizes: BlockSizes, interpret: bool):
+    """Gradients of :func:`forward` as one Triton kernel walking the chunks in reverse.
+
+    One program per (sequence·head) carries the cotangents of the weights and momenta from the
+    last chunk to the first (:func:`chunk_scan.reverse_scan_kernel`); every chunk is recomputed
+    from its start state and differentiated (:func:`chunk_scan.chunk_vjp`).
+
+    Args:
+      terms: the forward's stacked :class:`chunk.ChunkTerms` [bh, n, ...].
+      starts: ``(weights, momentum)`` at every chunk start, leaves [bh, n, ...].
+      d_o: output cotangent [bh, n, c, d_out]; d_state: end-state cotangent, leaves [bh, ...].
+      residual, block_sizes, interpret: as in :func:`forward`.
+
+    Returns:
+      ``(d_terms, d_initial_state)``.
+    """
+    leaves, terms_tree = jax.tree.flatten(terms)
+    start_leaves, state_tree = jax.tree.flatten(starts)
+    end_leaves = jax.tree.leaves(d_state)
+    inputs = [*leaves, *start_leaves, d_o, *end_leaves]
+    kernel = functools.partial(
+        chunk_scan.reverse_scan_kernel,
+        functools.partial(chunk.chunk_step, residual=residual),
+        terms_tree=terms_tree,
+        state_tree=state_tree,
+        n_chunks=terms.k.shape[1],
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves + end_leaves],
+        grid=(terms.k.shape[0],),
+        in_specs=[whole(x) for x in inputs],
+        out_specs=[whole(x) for x in leaves + end_leaves],
+        interpret=interpret,
+        name="mlp_memory_bwd_triton",
+        compiler_params=_compiler_params(block_sizes),
+    )(*inputs)
+    d_terms = jax.tree.unflatten(terms_tree, outs[: len(leaves)])
+    return d_terms, jax.tree.unflatten(state_tree, outs[len(leaves) :])

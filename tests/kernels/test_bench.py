@@ -157,14 +157,19 @@ def test_bench_all_quick_smoke(tmp_path, capsys):
     assert result["device"]["platform"] == "cpu"
     assert result["ceilings"]["matmul_tflops"] > 0 and result["ceilings"]["copy_gbs"] > 0
     rows = result["rows"]
-    assert [(r["op"], r["variant"].split(",")[0], r["implementation"]) for r in rows] == [
-        (op, variant, impl)
+    key = lambda r: (r["op"], r["variant"].split(",")[0], r["implementation"], r.get("tiling"))
+    assert [key(r) for r in rows] == [
+        (op, variant, impl, tiling)
         for op, variant in [
             ("gated_delta", "plain"),
             ("gated_delta", "momentum"),
             ("mlp_memory", "residual"),
         ]
-        for impl in ("xla", "pallas_triton")
+        for impl, tiling in [
+            ("xla", None),
+            ("pallas_triton", "backward pallas"),
+            ("pallas_triton", "backward xla"),
+        ]
     ]
     for r in rows:
         assert "error" not in r, r.get("error")
@@ -172,4 +177,5 @@ def test_bench_all_quick_smoke(tmp_path, capsys):
             assert r[name]["ms"] > 0 and r[name]["tflops"] > 0 and r[name]["gbs"] > 0
             assert r[name]["speedup_vs_xla"] > 0
     table = capsys.readouterr().out
-    assert "| gated_delta | momentum | 16 | pallas_triton (interpret) |" in table
+    row = "| gated_delta | momentum | 16 | pallas_triton (backward pallas) (interpret) |"
+    assert row in table

@@ -132,6 +132,8 @@ def test_bad_chunk_size(chunk_size):
         (GatedDeltaBlocks, dict(num_warps=3), "num_warps=3 must be a positive power of two"),
         (GatedDeltaBlocks, dict(num_stages=0), "num_stages=0 must be a positive int"),
         (MLPBlocks, dict(num_warps=6), "num_warps=6 must be a positive power of two"),
+        (GatedDeltaBlocks, dict(backward="cuda"), "backward='cuda' must be one of"),
+        (MLPBlocks, dict(backward=None), "backward=None must be one of"),
     ],
 )
 def test_block_sizes_validation(cls, kwargs, match):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 from nestlearn.kernels import GatedDeltaState, gated_delta
-from nestlearn.kernels.gated_delta import gated_delta_recurrent
+from nestlearn.kernels.gated_delta import BlockSizes, gated_delta_recurrent
 
 
 def make_inputs(key, *, b=1, t=21, h=2, d_k=16, d_v=16, momentum=True, dtype=jnp.float64):
@@ -71,7 +71,7 @@ class GatedDeltaSuite:
     EXACT_DTYPE = jnp.float64  # the TPU interpreter has no float64: float32 there
     EXACT_TOL = 1e-9
 
-    def run(self, args, momentum, initial_state=None, chunk_size=None):
+    def run(self, args, momentum, initial_state=None, chunk_size=None, block_sizes=None):
         fn = jax.jit(
             lambda args, momentum, initial_state: gated_delta(
                 **args,
@@ -80,6 +80,7 @@ class GatedDeltaSuite:
                 chunk_size=chunk_size or self.CHUNK,
                 implementation=self.IMPLEMENTATION,
                 interpret=self.INTERPRET,
+                block_sizes=block_sizes,
             )
         )
         return fn(args, momentum, initial_state)
@@ -100,6 +101,31 @@ class GatedDeltaSuite:
         assert_trees_close(fast(*inputs), want, rtol=tol, atol=tol)
         grads = jax.jit(jax.grad(_loss, argnums=(1, 2, 3)), static_argnums=0)(fast, *inputs)
         assert_trees_close(grads, want_grads, atol=10 * tol)
+
+    @pytest.mark.parametrize("with_momentum", [False, True])
+    def test_backward_kernel_equals_xla_backward(self, x64, with_momentum):
+        """The Pallas backward (chunk-start states recomputed by the forward kernel, chunks walked
+        in reverse) gives the gradients of the XLA reverse scan from saved states; d_v = 32 is two
+        Triton value blocks, whose partial sums of the shared terms' gradients are added."""
+        if self.IMPLEMENTATION == "xla":
+            pytest.skip("the XLA path has no kernel backward")
+        if not self.FULL and not with_momentum:
+            pytest.skip("TPU interpreter: only the tiny cases run")
+        t, d_v = (21, 32) if self.FULL else (9, 16)
+        dtype, tol = self.EXACT_DTYPE, self.EXACT_TOL
+        args, mom = make_inputs(
+            jax.random.key(11), t=t, d_v=d_v, momentum=with_momentum, dtype=dtype
+        )
+        s0 = random_state(jax.random.key(12), 1, 2, 16, d_v, mom, dtype)
+
+        def grads(backward):
+            blocks = BlockSizes(backward=backward)
+            fast = lambda a, m, s: self.run(a, m, initial_state=s, block_sizes=blocks)
+            return jax.jit(jax.grad(_loss, argnums=(1, 2, 3)), static_argnums=0)(
+                fast, args, mom, s0
+            )
+
+        assert_trees_close(grads("pallas"), grads("xla"), rtol=tol, atol=tol)
 
     @pytest.mark.parametrize("d_k, d_v", [(48, 64), (64, 48)])
     def test_head_dims(self, x64, d_k, d_v):

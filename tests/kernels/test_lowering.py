@@ -58,6 +58,14 @@ def lower(forward, terms, state, platform):
     jax.jit(f).trace(terms, state).lower(lowering_platforms=(platform,))
 
 
+def lower_backward(backward, terms, state, platform):
+    """Lowers the backward kernel on cotangents and chunk-start states shaped as the VJP's."""
+    n = terms.k.shape[1]
+    starts = jax.tree.map(lambda x: jnp.zeros((x.shape[0], n, *x.shape[1:]), x.dtype), state)
+    d_o = jnp.zeros(terms.v.shape)  # [bh, n, c, d_v]
+    jax.jit(backward).trace(terms, starts, d_o, state).lower(lowering_platforms=(platform,))
+
+
 @pytest.mark.parametrize("momentum", [False, True])
 def test_gated_delta_triton_lowers_for_cuda(momentum):
     forward = functools.partial(
@@ -67,9 +75,23 @@ def test_gated_delta_triton_lowers_for_cuda(momentum):
 
 
 @pytest.mark.parametrize("momentum", [False, True])
+def test_gated_delta_triton_backward_lowers_for_cuda(momentum):
+    backward = functools.partial(
+        gd_triton.backward, block_sizes=GatedDeltaBlocks(block_v=32), interpret=False
+    )
+    lower_backward(backward, *gated_delta_case(momentum, 64, 64), "cuda")
+
+
+@pytest.mark.parametrize("momentum", [False, True])
 def test_gated_delta_tpu_lowers_for_tpu(momentum):
     forward = functools.partial(gd_tpu.forward, block_sizes=GatedDeltaBlocks(), interpret=False)
     lower(forward, *gated_delta_case(momentum, 128, 128), "tpu")
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_gated_delta_tpu_backward_lowers_for_tpu(momentum):
+    backward = functools.partial(gd_tpu.backward, block_sizes=GatedDeltaBlocks(), interpret=False)
+    lower_backward(backward, *gated_delta_case(momentum, 128, 128), "tpu")
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -80,8 +102,22 @@ def test_mlp_memory_triton_lowers_for_cuda(residual):
     lower(forward, *mlp_case(32, 64), "cuda")
 
 
+def test_mlp_memory_triton_backward_lowers_for_cuda():
+    backward = functools.partial(
+        mlp_triton.backward, residual=True, block_sizes=MLPBlocks(), interpret=False
+    )
+    lower_backward(backward, *mlp_case(32, 64), "cuda")
+
+
 def test_mlp_memory_tpu_lowers_for_tpu():
     forward = functools.partial(
         mlp_tpu.forward, residual=True, block_sizes=MLPBlocks(), interpret=False
     )
     lower(forward, *mlp_case(128, 128), "tpu")
+
+
+def test_mlp_memory_tpu_backward_lowers_for_tpu():
+    backward = functools.partial(
+        mlp_tpu.backward, residual=True, block_sizes=MLPBlocks(), interpret=False
+    )
+    lower_backward(backward, *mlp_case(128, 128), "tpu")

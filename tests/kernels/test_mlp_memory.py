@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 from nestlearn.kernels import mlp_memory
-from nestlearn.kernels.mlp_memory import mlp_memory_recurrent
+from nestlearn.kernels.mlp_memory import BlockSizes, mlp_memory_recurrent
 
 
 def make_inputs(key, *, b=1, t=21, h=2, d=16, d_out=None, hidden=24, dtype=jnp.float64):
@@ -64,7 +64,9 @@ class MLPMemorySuite:
     EXACT_DTYPE = jnp.float64
     EXACT_TOL = 1e-9
 
-    def run(self, args, params, initial_state=None, residual=False, chunk_size=None):
+    def run(
+        self, args, params, initial_state=None, residual=False, chunk_size=None, block_sizes=None
+    ):
         chunk_size = self.CHUNK if chunk_size is None else chunk_size
         fn = jax.jit(
             lambda args, params, initial_state: mlp_memory(
@@ -75,6 +77,7 @@ class MLPMemorySuite:
                 residual=residual,
                 implementation=self.IMPLEMENTATION,
                 interpret=self.INTERPRET,
+                block_sizes=block_sizes,
             )
         )
         return fn(args, params, initial_state)
@@ -93,6 +96,22 @@ class MLPMemorySuite:
         assert_trees_close(fast(*inputs), want, rtol=tol, atol=tol)
         grads = jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, *inputs)
         assert_trees_close(grads, want_grads, atol=10 * tol)
+
+    def test_backward_kernel_equals_xla_backward(self, x64):
+        """The Pallas backward (chunk-start weights and momenta recomputed by the forward kernel,
+        chunks walked in reverse) gives the gradients of the XLA reverse scan from saved states."""
+        if self.IMPLEMENTATION == "xla":
+            pytest.skip("the XLA path has no kernel backward")
+        t = 21 if self.FULL else 9
+        tol = self.EXACT_TOL
+        inputs, _, _ = oracle(True, t, self.CHUNK, self.EXACT_DTYPE)
+
+        def grads(backward):
+            blocks = BlockSizes(backward=backward)
+            fast = lambda a, p: self.run(a, p, residual=True, block_sizes=blocks)
+            return jax.jit(jax.grad(_loss, argnums=(1, 2)), static_argnums=0)(fast, *inputs)
+
+        assert_trees_close(grads("pallas"), grads("xla"), rtol=tol, atol=tol)
 
     @pytest.mark.parametrize("d, d_out, hidden", [(48, 64, 16), (64, 16, 48)])
     def test_widths(self, x64, d, d_out, hidden):
