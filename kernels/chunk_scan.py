@@ -14,6 +14,9 @@ to the first, in one of two ways (:func:`kernel_with_vjp`):
   (:func:`reverse_scan_kernel` for a loop inside one program, :func:`reverse_step_kernel` for one
   chunk per grid step) being the same :func:`chunk_vjp`.
 
+The forward kernel bodies are generic too (:func:`scan_kernel`, :func:`step_kernel`): an op's
+Pallas backend only chooses the grid, the block specs and the step.
+
 Shapes: terms leaves [bh, n, ...] (bh sequences·heads, n chunks); state leaves [bh, ...];
 outputs [bh, n, c, d]; saved starts [bh, n, ...].
 """
@@ -126,6 +129,71 @@ def kernel_with_vjp(
 
     op.defvjp(fwd, bwd)
     return op
+
+
+def _forward_refs(refs, terms_tree, state_tree, save_starts: bool):
+    """Splits a forward kernel's refs: inputs (terms, initial state), outputs (o, end state,
+    chunk-start states when ``save_starts``), and what is left (scratch)."""
+    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
+    sizes = [n_terms, n_state, 1, n_state, n_state if save_starts else 0]
+    groups, at = [], 0
+    for size in sizes:
+        groups.append(refs[at : at + size])
+        at += size
+    terms, inits, (o,), ends, starts = groups
+    return jax.tree.unflatten(terms_tree, terms), inits, o, ends, starts, refs[at:]
+
+
+def scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks: int, save_starts: bool):
+    """Pallas body of a forward kernel that walks all ``n_chunks`` chunks of its block in order.
+
+    Ref order: terms leaves [n, ...], initial-state leaves; then the outputs: o [n, c, d], end-state
+    leaves and, with ``save_starts``, the state at every chunk start [n, ...]. The state is the loop
+    carry; each chunk is ``step``.
+    """
+    terms, inits, o, ends, starts, _ = _forward_refs(refs, terms_tree, state_tree, save_starts)
+
+    def body(c, state):
+        for ref, x in zip(starts, jax.tree.leaves(state)):
+            ref[c] = x
+        o_c, state = step(jax.tree.map(lambda r: r[c], terms), state)
+        o[c] = o_c.astype(o.dtype)
+        return state
+
+    state = jax.tree.unflatten(state_tree, [r[...] for r in inits])
+    state = lax.fori_loop(0, n_chunks, body, state)
+    for ref, x in zip(ends, jax.tree.leaves(state)):
+        ref[...] = x
+
+
+def step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int, save_starts: bool):
+    """Pallas body of a forward kernel with one chunk per grid step along ``chunk_axis``.
+
+    The refs of :func:`scan_kernel` taken per chunk (terms and starts [...], o [c, d]), then
+    scratch refs holding the state across the grid steps.
+    """
+    terms, inits, o, ends, starts, scratch = _forward_refs(
+        refs, terms_tree, state_tree, save_starts
+    )
+    i = pl.program_id(chunk_axis)
+
+    @pl.when(i == 0)
+    def _():
+        for scr, init in zip(scratch, inits):
+            scr[...] = init[...]
+
+    for ref, scr in zip(starts, scratch):
+        ref[...] = scr[...]
+    state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
+    o_c, state = step(jax.tree.map(lambda r: r[...], terms), state)
+    o[...] = o_c.astype(o.dtype)
+    for scr, x in zip(scratch, jax.tree.leaves(state)):
+        scr[...] = x
+
+    @pl.when(i == pl.num_programs(chunk_axis) - 1)
+    def _():
+        for ref, scr in zip(ends, scratch):
+            ref[...] = scr[...]
 
 
 def _backward_refs(refs, terms_tree, state_tree):

@@ -21,35 +21,9 @@ LANES = 128
 _COMPILER_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
 
 
-def _kernel(*refs, treedef, n_terms, has_momentum, save_starts):
-    terms = jax.tree.unflatten(treedef, refs[:n_terms])
-    refs = list(refs[n_terms:])
-    n_states = 2 if has_momentum else 1
-    inits, refs = refs[:n_states], refs[n_states:]
-    o_ref, ends, refs = refs[0], refs[1 : 1 + n_states], refs[1 + n_states :]
-    starts = refs[:n_states] if save_starts else []
-    scratch = refs[-n_states:]
-    c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-        for scr, init in zip(scratch, inits):
-            scr[...] = init[...]
-
-    for start, scr in zip(starts, scratch):
-        start[...] = scr[...]
-    x = jax.tree.map(lambda r: r[...], terms)
-    z = scratch[1][...] if has_momentum else None
-    o, (s, z) = chunk.chunk_step(x, (scratch[0][...], z), triangular.unit_lower_solve)
-    o_ref[...] = o.astype(o_ref.dtype)
-    scratch[0][...] = s
-    if has_momentum:
-        scratch[1][...] = z
-
-    @pl.when(c == pl.num_programs(2) - 1)
-    def _():
-        for end, scr in zip(ends, scratch):
-            end[...] = scr[...]
+def _step(x, state):
+    """The chunk step inside a kernel body: the triangular solve in masks and products."""
+    return chunk.chunk_step(x, state, triangular.unit_lower_solve)
 
 
 def _value_block(block_sizes: BlockSizes, d_v: int) -> int:
@@ -93,42 +67,38 @@ def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret):
     bh, n, c, d_k = terms.k.shape
     d_v = terms.v.shape[-1]
     block_v = _value_block(block_sizes, d_v)
-    s0, z0 = state
-    has_momentum = z0 is not None
-    dtype = s0.dtype
-    leaves, treedef = jax.tree.flatten(terms)
+    leaves, terms_tree = jax.tree.flatten(terms)
+    states, state_tree = jax.tree.flatten(state)
+    n_state, dtype = len(states), states[0].dtype
     in_specs, values_spec, state_spec, starts_spec = _specs(leaves, n, c, d_k, block_v)
-    states = [s0] + ([z0] if has_momentum else [])
-    in_specs += [state_spec] * len(states)
     out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_v), dtype)]
-    out_shape += [jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)] * len(states)
-    out_specs = [values_spec] + [state_spec] * len(states)
+    out_shape += [jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)] * n_state
+    out_specs = [values_spec] + [state_spec] * n_state
     if save_starts:
-        out_shape += [jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)] * len(states)
-        out_specs += [starts_spec] * len(states)
+        out_shape += [jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)] * n_state
+        out_specs += [starts_spec] * n_state
     kernel = functools.partial(
-        _kernel,
-        treedef=treedef,
-        n_terms=len(leaves),
-        has_momentum=has_momentum,
+        chunk_scan.step_kernel,
+        _step,
+        terms_tree=terms_tree,
+        state_tree=state_tree,
+        chunk_axis=2,
         save_starts=save_starts,
     )
     outs = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=(bh, d_v // block_v, n),
-        in_specs=in_specs,
+        in_specs=in_specs + [state_spec] * n_state,
         out_specs=out_specs,
-        scratch_shapes=[pltpu.VMEM((block_v, d_k), dtype)] * len(states),
+        scratch_shapes=[pltpu.VMEM((block_v, d_k), dtype)] * n_state,
         interpret=interpret,
         name="gated_delta_fwd_tpu",
         compiler_params=_COMPILER_PARAMS,
     )(*leaves, *states)
-    o, s, *rest = outs
-    z = rest.pop(0) if has_momentum else None
-    s_starts = rest.pop(0) if save_starts else None
-    z_starts = rest.pop(0) if save_starts and has_momentum else None
-    return o, (s, z), ((s_starts, z_starts) if save_starts else None)
+    end = jax.tree.unflatten(state_tree, outs[1 : 1 + n_state])
+    starts = jax.tree.unflatten(state_tree, outs[1 + n_state :]) if save_starts else None
+    return outs[0], end, starts
 
 
 def backward(terms, starts, d_o, d_state, *, block_sizes: BlockSizes, interpret):
@@ -170,7 +140,7 @@ def backward(terms, starts, d_o, d_state, *, block_sizes: BlockSizes, interpret)
     out += [(jax.ShapeDtypeStruct((bh, d_v, d_k), dtype), state_spec)] * n_state
     kernel = functools.partial(
         chunk_scan.reverse_step_kernel,
-        functools.partial(chunk.chunk_step, solve=triangular.unit_lower_solve),
+        _step,
         terms_tree=terms_tree,
         state_tree=state_tree,
         chunk_axis=2,

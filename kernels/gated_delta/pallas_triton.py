@@ -11,7 +11,6 @@ requires a power-of-two chunk size ≥ 16 (tl.dot operands are at least 16 wide)
 import functools
 
 import jax
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from nestlearn.kernels import chunk_scan, triangular
@@ -33,30 +32,9 @@ def check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"{chunk_size=} must be a power of two ≥ {MIN_WIDTH} for pallas_triton")
 
 
-def _kernel(*refs, treedef, n_terms, n_chunks, has_momentum, save_starts):
-    terms = jax.tree.unflatten(treedef, refs[:n_terms])
-    refs = refs[n_terms:]
-    if has_momentum:
-        s0_ref, z0_ref, o_ref, s_ref, z_ref, *starts = refs
-    else:
-        (s0_ref, o_ref, s_ref, *starts), z0_ref, z_ref = refs, None, None
-
-    def body(c, carry):
-        s, z = carry
-        if save_starts:
-            starts[0][c] = s
-            if has_momentum:
-                starts[1][c] = z
-        x = jax.tree.map(lambda r: r[c], terms)
-        o, (s, z) = chunk.chunk_step(x, (s, z), triangular.unit_lower_solve)
-        o_ref[c] = o.astype(o_ref.dtype)
-        return s, z
-
-    init = (s0_ref[...], None if z0_ref is None else z0_ref[...])
-    s, z = lax.fori_loop(0, n_chunks, body, init)
-    s_ref[...] = s
-    if has_momentum:
-        z_ref[...] = z
+def _step(x, state):
+    """The chunk step inside a kernel body: the triangular solve in masks and products."""
+    return chunk.chunk_step(x, state, triangular.unit_lower_solve)
 
 
 def _value_block(block_sizes: BlockSizes, d_v: int) -> int:
@@ -103,43 +81,37 @@ def forward(terms, state, *, save_starts, block_sizes: BlockSizes, interpret: bo
     d_v = terms.v.shape[-1]
     check_chunk_size(c)
     block_v = _value_block(block_sizes, d_v)
-    s0, z0 = state
-    has_momentum = z0 is not None
-    dtype = s0.dtype
-    leaves, treedef = jax.tree.flatten(terms)
+    leaves, terms_tree = jax.tree.flatten(terms)
+    states, state_tree = jax.tree.flatten(state)
+    n_state, dtype = len(states), states[0].dtype
     in_specs, values_spec, state_spec, starts_spec = _specs(leaves, n, c, d_k, block_v)
-    states = [s0] + ([z0] if has_momentum else [])
-    in_specs += [state_spec] * len(states)
-    state_shape = jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)
-    starts_shape = jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)
-    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_v), dtype)] + [state_shape] * len(states)
-    out_specs = [values_spec] + [state_spec] * len(states)
+    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_v), dtype)]
+    out_shape += [jax.ShapeDtypeStruct((bh, d_v, d_k), dtype)] * n_state
+    out_specs = [values_spec] + [state_spec] * n_state
     if save_starts:
-        out_shape += [starts_shape] * len(states)
-        out_specs += [starts_spec] * len(states)
+        out_shape += [jax.ShapeDtypeStruct((bh, n, d_v, d_k), dtype)] * n_state
+        out_specs += [starts_spec] * n_state
     kernel = functools.partial(
-        _kernel,
-        treedef=treedef,
-        n_terms=len(leaves),
+        chunk_scan.scan_kernel,
+        _step,
+        terms_tree=terms_tree,
+        state_tree=state_tree,
         n_chunks=n,
-        has_momentum=has_momentum,
         save_starts=save_starts,
     )
     outs = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=(bh, d_v // block_v),
-        in_specs=in_specs,
+        in_specs=in_specs + [state_spec] * n_state,
         out_specs=out_specs,
         interpret=interpret,
         name="gated_delta_fwd_triton",
         compiler_params=_compiler_params(block_sizes),
     )(*leaves, *states)
-    o, s, *rest = outs
-    z = rest.pop(0) if has_momentum else None
-    s_starts = rest.pop(0) if save_starts else None
-    z_starts = rest.pop(0) if save_starts and has_momentum else None
-    return o, (s, z), ((s_starts, z_starts) if save_starts else None)
+    end = jax.tree.unflatten(state_tree, outs[1 : 1 + n_state])
+    starts = jax.tree.unflatten(state_tree, outs[1 + n_state :]) if save_starts else None
+    return outs[0], end, starts
 
 
 def backward(terms, starts, d_o, d_state, *, block_sizes: BlockSizes, interpret: bool):
@@ -180,7 +152,7 @@ def backward(terms, starts, d_o, d_state, *, block_sizes: BlockSizes, interpret:
     out += [(jax.ShapeDtypeStruct((bh, d_v, d_k), start_leaves[0].dtype), state_spec)] * n_state
     kernel = functools.partial(
         chunk_scan.reverse_scan_kernel,
-        functools.partial(chunk.chunk_step, solve=triangular.unit_lower_solve),
+        _step,
         terms_tree=terms_tree,
         state_tree=state_tree,
         n_chunks=n,

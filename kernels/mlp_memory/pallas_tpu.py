@@ -18,36 +18,6 @@ from nestlearn.kernels.mlp_memory import chunk
 _COMPILER_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
 
 
-def _kernel(*refs, terms_tree, state_tree, residual, save_starts):
-    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
-    terms = jax.tree.unflatten(terms_tree, refs[:n_terms])
-    refs = refs[n_terms:]
-    init_refs, refs = refs[:n_state], refs[n_state:]
-    o_ref, end_refs, refs = refs[0], refs[1 : 1 + n_state], refs[1 + n_state :]
-    start_refs = refs[:n_state] if save_starts else []
-    scratch = refs[-n_state:]
-    c = pl.program_id(1)
-
-    @pl.when(c == 0)
-    def _():
-        for scr, init in zip(scratch, init_refs):
-            scr[...] = init[...]
-
-    for start, scr in zip(start_refs, scratch):
-        start[...] = scr[...]
-    x = jax.tree.map(lambda r: r[...], terms)
-    state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
-    o, state = chunk.chunk_step(x, state, residual=residual)
-    o_ref[...] = o.astype(o_ref.dtype)
-    for scr, leaf in zip(scratch, jax.tree.leaves(state)):
-        scr[...] = leaf
-
-    @pl.when(c == pl.num_programs(1) - 1)
-    def _():
-        for end, scr in zip(end_refs, scratch):
-            end[...] = scr[...]
-
-
 def _specs(n: int, *, reverse: bool = False):
     """Block-spec makers on the grid (sequence·head i, chunk): one chunk of an array [bh, n, ...]
     (visited last to first with ``reverse``), and a per-sequence array [bh, ...]."""
@@ -92,10 +62,11 @@ def forward(terms, state, *, save_starts, residual, block_sizes, interpret):
         out_shape += starts
         out_specs += [per_chunk(x) for x in starts]
     kernel = functools.partial(
-        _kernel,
+        chunk_scan.step_kernel,
+        functools.partial(chunk.chunk_step, residual=residual),
         terms_tree=terms_tree,
         state_tree=state_tree,
-        residual=residual,
+        chunk_axis=1,
         save_starts=save_starts,
     )
     outs = pl.pallas_call(

@@ -12,7 +12,6 @@ momenta (:func:`backward`).
 import functools
 
 import jax
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from nestlearn.kernels import chunk_scan
@@ -46,28 +45,6 @@ def check_state_size(d_in: int, d_out: int, hidden: int) -> None:
             f"d_out={d_out}, hidden={hidden} take {state_bytes // 1024} KiB > "
             f"{MAX_STATE_BYTES // 1024} KiB; use implementation='xla'"
         )
-
-
-def _kernel(*refs, terms_tree, state_tree, n_chunks, residual, save_starts):
-    n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
-    terms = jax.tree.unflatten(terms_tree, refs[:n_terms])
-    refs = refs[n_terms:]
-    init_refs, refs = refs[:n_state], refs[n_state:]
-    o_ref, end_refs, start_refs = refs[0], refs[1 : 1 + n_state], refs[1 + n_state :]
-
-    def body(c, state):
-        if save_starts:
-            for ref, x in zip(start_refs, jax.tree.leaves(state)):
-                ref[c] = x
-        x = jax.tree.map(lambda r: r[c], terms)
-        o, state = chunk.chunk_step(x, state, residual=residual)
-        o_ref[c] = o.astype(o_ref.dtype)
-        return state
-
-    init = jax.tree.unflatten(state_tree, [r[...] for r in init_refs])
-    state = lax.fori_loop(0, n_chunks, body, init)
-    for ref, x in zip(end_refs, jax.tree.leaves(state)):
-        ref[...] = x
 
 
 def whole(x) -> pl.BlockSpec:
@@ -108,11 +85,11 @@ def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, int
     if save_starts:
         out_shape += [with_chunks(x) for x in state_leaves]
     kernel = functools.partial(
-        _kernel,
+        chunk_scan.scan_kernel,
+        functools.partial(chunk.chunk_step, residual=residual),
         terms_tree=terms_tree,
         state_tree=state_tree,
         n_chunks=n,
-        residual=residual,
         save_starts=save_starts,
     )
     outs = pl.pallas_call(
