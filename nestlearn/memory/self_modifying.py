@@ -538,11 +538,11 @@ def _write_chunk(
                                                   − Σ_m ⟨η_m ρ_m Φ[t−1,m], k_t⟩ δ_m.
 
     The gradient factors are those of :func:`_gradient_factors` (Eqs. 86–87, the recurrent
-    reference's), with fewer products: one product [K; V; Y] W₂ᵀ gives the pre-activations W₂k,
-    W₂v (and W₂y of the reads), and e = (k − v) + W₁(σ(W₂k) − σ(W₂v)) takes one product with W₁.
-    With per-head η and α (e = 1) every coefficient is a scalar per token, so K Kᵀ serves both
-    the solve and its right-hand side, W₂k is reused in the right-hand side, and the DGD erase
-    of W₂ joins the gradient step in one product. With an ``anchor`` W₀ the decays act on the
+    reference's), with fewer products: e = (k − v) + W₁(σ(W₂k) − σ(W₂v)) takes one product with
+    W₁. With per-head η and α (e = 1) every coefficient is a scalar per token and the decays are
+    [c+1, c] matrices without a channel axis, so K Kᵀ serves both the solve and its right-hand
+    side, W₂k is reused in the right-hand side, and the DGD erase of W₂ joins the gradient step
+    in one product. With an ``anchor`` W₀ the decays act on the
     deviation: W₁_0 and W₂_0 above become W₁_0 − W₀ and W₂_0 − W₀, and W₀ is added back.
 
     Args:
@@ -566,18 +566,15 @@ def _write_chunk(
     # The decayed parts of the weights: the deviations from the anchor (the weights without one).
     dev1, dev2 = (w1, w2) if anchor is None else (w1 - anchor[0], w2 - anchor[1])
 
-    # Pre-activations: one product of the rows [K; V; Y] with W₂ (split, whose transpose is a
-    # concatenation), and S₂K for the solve.
-    parts = [k, v] if reads is None else [k, v, reads]
-    z = jnp.einsum("rd,nd->rn", jnp.concatenate(parts), w2)
-    z_k, z_v, *z_y = jnp.split(z, np.cumsum([len(x) for x in parts])[:-1])
+    # Pre-activations W₂k, W₂v (and W₂y of the reads): one product each (stacking the rows into
+    # one product makes the backward pass pay for the concatenation's transpose on the CPU).
+    pre = lambda x: jnp.einsum("rd,nd->rn", x, w2)  # [r, n]
+    z_k, z_v = pre(k), pre(v)
     a_k, slope_k = jax.jvp(sigma, (z_k,), (jnp.ones_like(z_k),))  # [c, n]
     a_v, slope_v = jax.jvp(sigma, (z_v,), (jnp.ones_like(z_v),))
-    hidden = a_k - a_v if reads is None else jnp.concatenate([a_k - a_v, sigma(z_y[0])])
-    out = jnp.einsum("rn,dn->rd", hidden, w1)  # W₁(σ(W₂k) − σ(W₂v)), W₁σ(W₂y)
-    out_e, *out_y = jnp.split(out, [c]) if reads is not None else (out,)
-    e = (k - v) + out_e  # [c, d] residual M(k) − v̂
-    read = reads + out_y[0] if reads is not None else None
+    post = lambda h: jnp.einsum("rn,dn->rd", h, w1)  # W₁h [r, d]
+    e = (k - v) + post(a_k - a_v)  # [c, d] residual M(k) − v̂
+    read = None if reads is None else reads + post(sigma(pre(reads)))
     back = e @ w1  # [c, n] W₁ᵀ e
     if config.stop_gradient_vhat:
         a, terms, slopes = a_k, ((back * slope_k, k),), ((slope_k, k),)
@@ -587,32 +584,42 @@ def _write_chunk(
     eta1, eta2 = _layer_steps(eta, a, w1, slopes, config)  # gradient steps of W₁, W₂: [c, e]
 
     # Decays. lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
-    lam = jnp.concatenate([jnp.zeros_like(tok.log_alpha[:1]), jnp.cumsum(tok.log_alpha, axis=0)])
+    # With per-head η and α the decays have no channel axis (lam [c+1], gamma and phi [c+1, c]):
+    # a trailing axis of size 1 makes XLA:CPU's fusions of their gradients many times slower.
+    # ``col`` turns a per-token decay into the column [c, e] that scales the tokens.
+    log_alpha = tok.log_alpha[:, 0] if per_head else tok.log_alpha  # [c] or [c, e]
+    col = (lambda x: x[:, None]) if per_head else (lambda x: x)
+    lam = jnp.concatenate([jnp.zeros_like(log_alpha[:1]), jnp.cumsum(log_alpha, axis=0)])
     rows = np.arange(c + 1)[:, None]
     cols = np.arange(1, c + 1)[None, :]
-    causal = jnp.asarray(cols <= rows)[..., None]  # [c+1, c, 1]
-    diff = jnp.where(causal, lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
-    gamma = jnp.exp(diff)  # [c+1, c, e]
+    causal = jnp.asarray(cols <= rows)  # [c+1, c]
+    if per_head:
+        diff = jnp.where(causal, lam[:, None] - lam[None, 1:], -jnp.inf)
+    else:
+        diff = jnp.where(causal[..., None], lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
+    gamma = jnp.exp(diff)  # [c+1, c(, e)]
     steps = np.arange(c)
     powers = np.where(
         steps[:, None] >= steps[None, :],
         float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
         0.0,
     )  # [c(i), c(m)] β^{i−m} for m ≤ i
-    phi = jnp.einsum("tie,im->tme", gamma, jnp.asarray(powers, k.dtype))  # [c+1, c, e]
+    if beta:
+        phi = jnp.einsum("ti...,im->tm...", gamma, jnp.asarray(powers, k.dtype))  # [c+1, c(, e)]
+    else:  # the powers are the identity
+        phi = gamma
     beta_tail = jnp.asarray(float(beta) ** (c - 1 - steps), k.dtype)[:, None]  # [c, 1] β^{c−m}
     beta_c = float(beta) ** c
-    decay_c, phi_0 = jnp.exp(lam[c]), phi[c, 0]  # [e] each
+    decay_c, phi_0 = jnp.exp(lam[c]), phi[c, 0]  # scalars, or [e] per channel
     # Per-token coefficients of the weight and momentum updates, η included: [c, e] each.
-    coef_w1, coef_s1 = phi[c] * eta1, beta_tail * eta1
-    coef_w, coef_s = phi[c] * eta2, beta_tail * eta2
+    coef_w1, coef_s1 = col(phi[c]) * eta1, beta_tail * eta1
+    coef_w, coef_s = col(phi[c]) * eta2, beta_tail * eta2
 
     # Scalings by quantities shared by every memory are einsums: their transposes are then
     # contractions, not the multiply + reduce fusions XLA:CPU runs far slower (matrix_memory).
     if per_head:
         scale_tokens = lambda s, x: jnp.einsum("c,cd->cd", s[:, 0], x)
-        scale_rows = lambda s, m: jnp.einsum("e,dn->dn", s, m)
-        scale_cols = lambda s, m: jnp.einsum("e,nd->nd", s, m)
+        scale_rows = scale_cols = lambda s, m: s * m  # s a scalar
     else:
         scale_tokens = lambda s, x: jnp.einsum("cd,cd->cd", s, x)
         scale_rows = lambda s, m: jnp.einsum("d,dn->dn", s, m)
@@ -624,11 +631,17 @@ def _write_chunk(
         #   e_t + Σ_{m<t} Φ[t−1,m] η₁_m ⟨a_m, a_t⟩ e_m = e⁰_t + (γ[t−1,0] − 1) W₁_0 a_t
         #                                                 + β Φ[t−1,1] S₁_0 a_t
         # (e⁰ the chunk-start residual): one system per head, or per channel when e = d.
-        strict = jnp.einsum("tn,mn->tm", a, a)[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
-        rhs = e + (jnp.exp(lam[:-1]) - 1.0) * (a @ dev1.T) + beta * phi[:-1, 0] * (a @ s1.T)
+        aa = jnp.einsum("tn,mn->tm", a, a)  # [c, c]
+        if per_head:
+            strict = aa * phi[:-1] * eta1[:, 0]  # [c, c]
+        else:
+            strict = aa[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
+        rhs = (
+            e + (jnp.exp(col(lam[:-1])) - 1.0) * (a @ dev1.T) + beta * col(phi[:-1, 0]) * (a @ s1.T)
+        )
         solve = lambda m, r: unit_lower_inverse(m) @ r
         if per_head:
-            e = solve(strict[..., 0], rhs)  # [c, d]
+            e = solve(strict, rhs)  # [c, d]
         else:
             e = jax.vmap(solve, in_axes=(2, 1), out_axes=1)(strict, rhs)
     outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
@@ -641,15 +654,15 @@ def _write_chunk(
     if config.use_dgd:
         if per_head:
             kk = k @ k.T  # [c(t), c(i)] ⟨k_i, k_t⟩
-            q_mat = kk * erase_eta[:, 0] * gamma[:-1, :, 0]  # strictly lower
+            q_mat = kk * erase_eta[:, 0] * gamma[:-1]  # strictly lower
             s2_k = jnp.einsum("cd,nd->cn", k, s2)
             if anchor is None:
-                rhs = scale_tokens(jnp.exp(lam[:-1]), z_k)
+                rhs = scale_tokens(jnp.exp(col(lam[:-1])), z_k)
             else:
                 z_0 = k @ anchor[1].T  # [c, n] W₀k
-                rhs = z_0 + scale_tokens(jnp.exp(lam[:-1]), z_k - z_0)
-            rhs = rhs + beta * scale_tokens(phi[:-1, 0], s2_k)
-            weight = phi[:-1, :, 0] * eta2[:, 0]  # [c(t), c(m)]
+                rhs = z_0 + scale_tokens(jnp.exp(col(lam[:-1])), z_k - z_0)
+            rhs = rhs + beta * scale_tokens(col(phi[:-1, 0]), s2_k)
+            weight = phi[:-1] * eta2[:, 0]  # [c(t), c(m)]
             for delta, rho in terms:
                 rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
         else:
@@ -669,7 +682,7 @@ def _write_chunk(
         if per_head:
             left_w = scale_tokens(coef_w, delta)  # [c, n]
             if i == 0 and config.use_dgd:
-                left_w = left_w + scale_tokens(gamma[c] * erase_eta, r)  # the erase shares keys
+                left_w = left_w + scale_tokens(col(gamma[c]) * erase_eta, r)  # erase shares keys
             w2_new = w2_new - jnp.einsum("cn,cd->nd", left_w, rho)
             s2 = s2 - jnp.einsum("cn,cd->nd", scale_tokens(coef_s, delta), rho)
         else:
