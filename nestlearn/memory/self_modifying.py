@@ -470,7 +470,8 @@ def _layer_steps(
         return eta, eta
     columns = jnp.sum(w1 * w1, axis=0)  # [n] ‖W₁[:, n]‖²
     tau2 = sum(
-        jnp.sum(jnp.sum(eta * rho * rho, axis=-1) * ((s * s) @ columns)) for s, rho in slopes
+        jnp.sum(jnp.sum(eta * rho * rho, axis=-1) * jnp.sum(s * s * columns, axis=-1))
+        for s, rho in slopes
     )
     curvature1 = eta * jnp.sum(a * a, axis=-1, keepdims=True)  # [c, e] η_t‖a_t‖²
     if config.dgd_step == "token_normalized":
@@ -514,6 +515,71 @@ def _write_token(
     return {"w1": w1, "w2": w2}, {"w1": s1, "w2": s2}
 
 
+class _Decays(NamedTuple):
+    """Decay coefficients of one chunk of c tokens, from log α and the momentum β.
+
+    With γ[t', i] = Π_{j=i+1}^{t'} α_j and Φ[t', m] = Σ_{i=m}^{t'} β^{i−m} γ[t', i] (t' = 0..c,
+    i, m = 1..c; zero above the diagonal). Per-head α (e = 1) has no channel axis in the
+    matrices — a trailing axis of size 1 makes XLA:CPU's fusions of their gradients many times
+    slower — and gives columns [c, 1]; per-channel α (e = d) adds the channel axis.
+    """
+
+    start: jax.Array  # [c, e] γ[t−1, 0]: decay from the chunk start to token t's write
+    gamma: jax.Array  # [c, c(, e)] γ[t−1, i]
+    gamma_end: jax.Array  # [c, e] γ[c, i]
+    phi: jax.Array  # [c, c(, e)] Φ[t−1, m]
+    phi_start: jax.Array  # [c, e] Φ[t−1, 1]
+    phi_end: jax.Array  # [c, e] Φ[c, m]
+    end: jax.Array  # [1, e] γ[c, 0]
+    phi_end0: jax.Array  # [1, e] Φ[c, 1]
+    beta_tail: jax.Array  # [c, 1] β^{c−m}
+
+
+def _chunk_decays(log_alpha: jax.Array, beta: float) -> _Decays:
+    """:class:`_Decays` of one chunk; log_alpha [c, e] (e = 1: per head)."""
+    c, per_head = log_alpha.shape[0], log_alpha.shape[-1] == 1
+    dtype = log_alpha.dtype
+    la = log_alpha[:, 0] if per_head else log_alpha  # [c] or [c, e]
+    col = (lambda x: x[:, None]) if per_head else (lambda x: x)  # a token axis -> [c, e]
+    # lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
+    lam = jnp.concatenate([jnp.zeros_like(la[:1]), jnp.cumsum(la, axis=0)])
+    rows = np.arange(c + 1)[:, None]
+    cols = np.arange(1, c + 1)[None, :]
+    causal = jnp.asarray(cols <= rows)  # [c+1, c]
+    if per_head:
+        diff = jnp.where(causal, lam[:, None] - lam[None, 1:], -jnp.inf)
+    else:
+        diff = jnp.where(causal[..., None], lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
+    gamma = jnp.exp(diff)  # [c+1, c(, e)]
+    steps = np.arange(c)
+    if beta:
+        powers = np.where(
+            steps[:, None] >= steps[None, :],
+            float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
+            0.0,
+        )  # [c(i), c(m)] β^{i−m} for m ≤ i
+        phi = jnp.einsum("ti...,im->tm...", gamma, jnp.asarray(powers, dtype))  # [c+1, c(, e)]
+    else:  # the powers are the identity
+        phi = gamma
+    end = jnp.exp(lam[c])
+    return _Decays(
+        start=col(jnp.exp(lam[:-1])),
+        gamma=gamma[:-1],
+        gamma_end=col(gamma[c]),
+        phi=phi[:-1],
+        phi_start=col(phi[:-1, 0]),
+        phi_end=col(phi[c]),
+        end=jnp.reshape(end, (1, -1)),
+        phi_end0=jnp.reshape(phi[c, 0], (1, -1)),
+        beta_tail=jnp.asarray(float(beta) ** (c - 1 - steps), dtype)[:, None],
+    )
+
+
+def _xla_solve(lower: jax.Array, rhs: jax.Array) -> jax.Array:
+    """(I + L)⁻¹ rhs by blocked substitution (:func:`unit_lower_inverse`)."""
+    return unit_lower_inverse(lower) @ rhs
+
+
 def _bilinear(x: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
     """Σ_c x[m, c] y[t, c] weight[t, m, c] -> [t, m]; weight's last axis is 1 or d."""
     if weight.shape[-1] == 1:
@@ -527,6 +593,8 @@ def _write_chunk(
     config: SelfModifyingConfig,
     reads: jax.Array | None = None,
     anchor: tuple[jax.Array, jax.Array] | None = None,
+    decays: _Decays | None = None,
+    solve: Callable[[jax.Array, jax.Array], jax.Array] = _xla_solve,
 ) -> tuple[_Memory, jax.Array | None]:
     """Closed form of c tokens of Eq. 88 with momentum, gradients at the chunk-start weights.
 
@@ -551,6 +619,10 @@ def _write_chunk(
       config: the layer's options.
       reads: rows y [r, d] to read through the memory at the chunk start, or None.
       anchor: the weights (W₁ [d, n], W₂ [n, d]) that α decays towards; None: zero.
+      decays: the chunk's :class:`_Decays` (:func:`_chunk_decays` of ``tok.log_alpha``, which
+        is then unused), or None to compute them here.
+      solve: ``solve(L, rhs)`` = (I + L)⁻¹ rhs for strictly lower L [c, c]; a Pallas kernel body
+        passes ``unit_lower_solve``.
 
     Returns:
       ``(mem, M(y))``: the memory after the chunk and M(y) [r, d] read before the writes (None
@@ -583,47 +655,20 @@ def _write_chunk(
         slopes = ((slope_k, k), (slope_v, v))
     eta1, eta2 = _layer_steps(eta, a, w1, slopes, config)  # gradient steps of W₁, W₂: [c, e]
 
-    # Decays. lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
-    # With per-head η and α the decays have no channel axis (lam [c+1], gamma and phi [c+1, c]):
-    # a trailing axis of size 1 makes XLA:CPU's fusions of their gradients many times slower.
-    # ``col`` turns a per-token decay into the column [c, e] that scales the tokens.
-    log_alpha = tok.log_alpha[:, 0] if per_head else tok.log_alpha  # [c] or [c, e]
-    col = (lambda x: x[:, None]) if per_head else (lambda x: x)
-    lam = jnp.concatenate([jnp.zeros_like(log_alpha[:1]), jnp.cumsum(log_alpha, axis=0)])
-    rows = np.arange(c + 1)[:, None]
-    cols = np.arange(1, c + 1)[None, :]
-    causal = jnp.asarray(cols <= rows)  # [c+1, c]
-    if per_head:
-        diff = jnp.where(causal, lam[:, None] - lam[None, 1:], -jnp.inf)
-    else:
-        diff = jnp.where(causal[..., None], lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
-    gamma = jnp.exp(diff)  # [c+1, c(, e)]
-    steps = np.arange(c)
-    powers = np.where(
-        steps[:, None] >= steps[None, :],
-        float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
-        0.0,
-    )  # [c(i), c(m)] β^{i−m} for m ≤ i
-    if beta:
-        phi = jnp.einsum("ti...,im->tm...", gamma, jnp.asarray(powers, k.dtype))  # [c+1, c(, e)]
-    else:  # the powers are the identity
-        phi = gamma
-    beta_tail = jnp.asarray(float(beta) ** (c - 1 - steps), k.dtype)[:, None]  # [c, 1] β^{c−m}
+    d = _chunk_decays(tok.log_alpha, beta) if decays is None else decays
     beta_c = float(beta) ** c
-    decay_c, phi_0 = jnp.exp(lam[c]), phi[c, 0]  # scalars, or [e] per channel
     # Per-token coefficients of the weight and momentum updates, η included: [c, e] each.
-    coef_w1, coef_s1 = col(phi[c]) * eta1, beta_tail * eta1
-    coef_w, coef_s = col(phi[c]) * eta2, beta_tail * eta2
+    coef_w1, coef_s1 = d.phi_end * eta1, d.beta_tail * eta1
+    coef_w, coef_s = d.phi_end * eta2, d.beta_tail * eta2
 
-    # Scalings by quantities shared by every memory are einsums: their transposes are then
-    # contractions, not the multiply + reduce fusions XLA:CPU runs far slower (matrix_memory).
-    if per_head:
-        scale_tokens = lambda s, x: jnp.einsum("c,cd->cd", s[:, 0], x)
-        scale_rows = scale_cols = lambda s, m: s * m  # s a scalar
+    if per_head:  # every coefficient is a column [c, 1] or a [1, 1]: products broadcast
+        scale_tokens = scale_rows = scale_cols = lambda s, x: s * x
     else:
+        # Per-channel scalings are einsums: their transposes are then contractions, not the
+        # multiply + reduce fusions XLA:CPU runs far slower (matrix_memory).
         scale_tokens = lambda s, x: jnp.einsum("cd,cd->cd", s, x)
-        scale_rows = lambda s, m: jnp.einsum("d,dn->dn", s, m)
-        scale_cols = lambda s, m: jnp.einsum("d,nd->nd", s, m)
+        scale_rows = lambda s, m: jnp.einsum("d,dn->dn", s[0], m)
+        scale_cols = lambda s, m: jnp.einsum("d,nd->nd", s[0], m)
 
     # Output-side weight W₁ (rows are channels; α and η scale rows): Σ_m coef_m e_m a_mᵀ.
     if config.dgd_step == "token_normalized":
@@ -633,19 +678,16 @@ def _write_chunk(
         # (e⁰ the chunk-start residual): one system per head, or per channel when e = d.
         aa = jnp.einsum("tn,mn->tm", a, a)  # [c, c]
         if per_head:
-            strict = aa * phi[:-1] * eta1[:, 0]  # [c, c]
+            strict = aa * d.phi * jnp.transpose(eta1)  # [c, c]: column m scaled by η₁_m
         else:
-            strict = aa[..., None] * phi[:-1] * eta1[None]  # [c, c, e]
-        rhs = (
-            e + (jnp.exp(col(lam[:-1])) - 1.0) * (a @ dev1.T) + beta * col(phi[:-1, 0]) * (a @ s1.T)
-        )
-        solve = lambda m, r: unit_lower_inverse(m) @ r
+            strict = aa[..., None] * d.phi * eta1[None]  # [c, c, e]
+        rhs = e + (d.start - 1.0) * (a @ dev1.T) + beta * d.phi_start * (a @ s1.T)
         if per_head:
             e = solve(strict, rhs)  # [c, d]
         else:
             e = jax.vmap(solve, in_axes=(2, 1), out_axes=1)(strict, rhs)
     outer1 = lambda coef_: jnp.einsum("cd,cn->dn", scale_tokens(coef_, e), a)
-    w1 = scale_rows(decay_c, dev1) + beta * scale_rows(phi_0, s1) - outer1(coef_w1)
+    w1 = scale_rows(d.end, dev1) + beta * scale_rows(d.phi_end0, s1) - outer1(coef_w1)
     if anchor is not None:
         w1 = w1 + anchor[0]
     s1 = beta_c * s1 - outer1(coef_s1)
@@ -654,27 +696,27 @@ def _write_chunk(
     if config.use_dgd:
         if per_head:
             kk = k @ k.T  # [c(t), c(i)] ⟨k_i, k_t⟩
-            q_mat = kk * erase_eta[:, 0] * gamma[:-1]  # strictly lower
+            q_mat = kk * jnp.transpose(erase_eta) * d.gamma  # strictly lower
             s2_k = jnp.einsum("cd,nd->cn", k, s2)
             if anchor is None:
-                rhs = scale_tokens(jnp.exp(col(lam[:-1])), z_k)
+                rhs = scale_tokens(d.start, z_k)
             else:
                 z_0 = k @ anchor[1].T  # [c, n] W₀k
-                rhs = z_0 + scale_tokens(jnp.exp(col(lam[:-1])), z_k - z_0)
-            rhs = rhs + beta * scale_tokens(col(phi[:-1, 0]), s2_k)
-            weight = phi[:-1] * eta2[:, 0]  # [c(t), c(m)]
+                rhs = z_0 + scale_tokens(d.start, z_k - z_0)
+            rhs = rhs + beta * scale_tokens(d.phi_start, s2_k)
+            weight = d.phi * jnp.transpose(eta2)  # [c(t), c(m)]
             for delta, rho in terms:
                 rhs = rhs - ((kk if rho is k else k @ rho.T) * weight) @ delta
         else:
             erase = erase_eta * k  # [c, d] erase keys η_i k_i
-            q_mat = _bilinear(erase, k, gamma[:-1])
-            rhs = (jnp.exp(lam[:-1]) * k) @ dev2.T + beta * (phi[:-1, 0] * k) @ s2.T
+            q_mat = _bilinear(erase, k, d.gamma)
+            rhs = (d.start * k) @ dev2.T + beta * (d.phi_start * k) @ s2.T
             if anchor is not None:
                 rhs = rhs + k @ anchor[1].T
             for delta, rho in terms:
-                rhs = rhs - _bilinear(eta2 * rho, k, phi[:-1]) @ delta
-        r = unit_lower_inverse(q_mat) @ rhs  # [c, n]
-    w2_new = scale_cols(decay_c, dev2) + beta * scale_cols(phi_0, s2)
+                rhs = rhs - _bilinear(eta2 * rho, k, d.phi) @ delta
+        r = solve(q_mat, rhs)  # [c, n]
+    w2_new = scale_cols(d.end, dev2) + beta * scale_cols(d.phi_end0, s2)
     if anchor is not None:
         w2_new = w2_new + anchor[1]
     s2 = beta_c * s2
@@ -682,14 +724,14 @@ def _write_chunk(
         if per_head:
             left_w = scale_tokens(coef_w, delta)  # [c, n]
             if i == 0 and config.use_dgd:
-                left_w = left_w + scale_tokens(col(gamma[c]) * erase_eta, r)  # erase shares keys
+                left_w = left_w + scale_tokens(d.gamma_end * erase_eta, r)  # erase shares keys
             w2_new = w2_new - jnp.einsum("cn,cd->nd", left_w, rho)
             s2 = s2 - jnp.einsum("cn,cd->nd", scale_tokens(coef_s, delta), rho)
         else:
             w2_new = w2_new - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_w, rho))
             s2 = s2 - jnp.einsum("cn,cd->nd", delta, scale_tokens(coef_s, rho))
     if config.use_dgd and not per_head:
-        w2_new = w2_new - r.T @ (erase_eta * k * gamma[c])
+        w2_new = w2_new - r.T @ (erase_eta * k * d.gamma_end)
     return _Memory(w1, s1, w2_new, s2), read
 
 
