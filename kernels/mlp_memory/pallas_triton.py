@@ -11,10 +11,7 @@ momenta (:func:`backward`).
 
 import functools
 
-import jax
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
-from nestlearn.kernels import chunk_scan
+from nestlearn.kernels import per_sequence
 from nestlearn.kernels.dispatch import Unavailable
 from nestlearn.kernels.gated_delta.pallas_triton import check_chunk_size, padded_width
 from nestlearn.kernels.mlp_memory import chunk
@@ -47,17 +44,18 @@ def check_state_size(d_in: int, d_out: int, hidden: int) -> None:
         )
 
 
-def whole(x) -> pl.BlockSpec:
-    """Everything of one (sequence·head) of an array [bh, ...], on the grid (bh,)."""
-    return pl.BlockSpec((None, *x.shape[1:]), lambda i: (i,) + (0,) * (x.ndim - 1))
-
-
-def _compiler_params(block_sizes: BlockSizes):
-    return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+def _launch(block_sizes: BlockSizes, interpret: bool) -> dict:
+    return dict(
+        name="mlp_memory",
+        num_warps=block_sizes.num_warps,
+        num_stages=block_sizes.num_stages,
+        interpret=interpret,
+    )
 
 
 def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, interpret: bool):
-    """Runs the chunk scan of the MLP memory as one Triton kernel.
+    """Runs the chunk scan of the MLP memory as one Triton kernel
+    (:func:`per_sequence.triton_forward`).
 
     Args:
       terms: stacked :class:`chunk.ChunkTerms` [bh, n, ...] with power-of-two widths.
@@ -70,50 +68,15 @@ def forward(terms, state, *, save_starts, residual, block_sizes: BlockSizes, int
     Returns:
       ``(o [bh, n, c, d_out], state_end, starts)``; starts has leaves [bh, n, ...] or is None.
     """
-    bh, n, c, _ = terms.k.shape
-    d_out = terms.v.shape[-1]
-    check_chunk_size(c)
-    leaves, terms_tree = jax.tree.flatten(terms)
-    state_leaves, state_tree = jax.tree.flatten(state)
-
-    def with_chunks(x):  # a state leaf [bh, ...] saved per chunk: [bh, n, ...]
-        return jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype)
-
-    dtype = state_leaves[0].dtype
-    out_shape = [jax.ShapeDtypeStruct((bh, n, c, d_out), dtype)]
-    out_shape += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state_leaves]
-    if save_starts:
-        out_shape += [with_chunks(x) for x in state_leaves]
-    kernel = functools.partial(
-        chunk_scan.scan_kernel,
-        functools.partial(chunk.chunk_step, residual=residual),
-        terms_tree=terms_tree,
-        state_tree=state_tree,
-        n_chunks=n,
-        save_starts=save_starts,
-    )
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=(bh,),
-        in_specs=[whole(x) for x in leaves + state_leaves],
-        out_specs=[whole(x) for x in out_shape],
-        interpret=interpret,
-        name="mlp_memory_fwd_triton",
-        compiler_params=_compiler_params(block_sizes),
-    )(*leaves, *state_leaves)
-    n_state = len(state_leaves)
-    o, ends, starts = outs[0], outs[1 : 1 + n_state], outs[1 + n_state :]
-    starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
-    return o, jax.tree.unflatten(state_tree, ends), starts
+    check_chunk_size(terms.k.shape[2])
+    step = functools.partial(chunk.chunk_step, residual=residual)
+    launch = _launch(block_sizes, interpret)
+    return per_sequence.triton_forward(step, terms, state, save_starts=save_starts, **launch)
 
 
 def backward(terms, starts, d_o, d_state, *, residual, block_sizes: BlockSizes, interpret: bool):
-    """Gradients of :func:`forward` as one Triton kernel walking the chunks in reverse.
-
-    One program per (sequence·head) carries the cotangents of the weights and momenta from the
-    last chunk to the first (:func:`chunk_scan.reverse_scan_kernel`); every chunk is recomputed
-    from its start state and differentiated (:func:`chunk_scan.chunk_vjp`).
+    """Gradients of :func:`forward` as one Triton kernel walking the chunks in reverse
+    (:func:`per_sequence.triton_backward`), carrying the cotangents of the weights and momenta.
 
     Args:
       terms: the forward's stacked :class:`chunk.ChunkTerms` [bh, n, ...].
@@ -124,26 +87,6 @@ def backward(terms, starts, d_o, d_state, *, residual, block_sizes: BlockSizes, 
     Returns:
       ``(d_terms, d_initial_state)``.
     """
-    leaves, terms_tree = jax.tree.flatten(terms)
-    start_leaves, state_tree = jax.tree.flatten(starts)
-    end_leaves = jax.tree.leaves(d_state)
-    inputs = [*leaves, *start_leaves, d_o, *end_leaves]
-    kernel = functools.partial(
-        chunk_scan.reverse_scan_kernel,
-        functools.partial(chunk.chunk_step, residual=residual),
-        terms_tree=terms_tree,
-        state_tree=state_tree,
-        n_chunks=terms.k.shape[1],
-    )
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves + end_leaves],
-        grid=(terms.k.shape[0],),
-        in_specs=[whole(x) for x in inputs],
-        out_specs=[whole(x) for x in leaves + end_leaves],
-        interpret=interpret,
-        name="mlp_memory_bwd_triton",
-        compiler_params=_compiler_params(block_sizes),
-    )(*inputs)
-    d_terms = jax.tree.unflatten(terms_tree, outs[: len(leaves)])
-    return d_terms, jax.tree.unflatten(state_tree, outs[len(leaves) :])
+    step = functools.partial(chunk.chunk_step, residual=residual)
+    launch = _launch(block_sizes, interpret)
+    return per_sequence.triton_backward(step, terms, starts, d_o, d_state, **launch)
