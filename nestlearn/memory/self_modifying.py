@@ -46,6 +46,7 @@ input and parameter dtypes with float32; outputs are cast back to the input dtyp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -56,12 +57,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nestlearn.kernels.triangular import unit_lower_inverse
+from nestlearn.kernels import kernel_impl as kernel_switch
+from nestlearn.kernels import per_sequence
+from nestlearn.kernels.triangular import unit_lower_inverse, unit_lower_solve
 from nestlearn.memory import architectures, instruments
 
 __all__ = [
     "SelfModifyingConfig",
     "SelfModifyingState",
+    "kernel_support",
     "self_modifying_init",
     "self_modifying_memory",
     "self_modifying_memory_recurrent",
@@ -793,8 +797,35 @@ def _with_losses(body: Callable, tokens_of: Callable, sigma: Callable, config) -
     return wrapped
 
 
+def _memory_write(
+    mem: _Memory,
+    tok: _Tokens,
+    config: SelfModifyingConfig,
+    anchor: tuple[jax.Array, jax.Array] | None,
+    decays: _Decays | None = None,
+    solve: Callable[[jax.Array, jax.Array], jax.Array] = _xla_solve,
+) -> tuple[_Memory, jax.Array]:
+    """One chunk of the output memory: its writes and the read of its queries at the chunk start,
+    ``(mem, o [c, d])``; unchanged without ``writes``, straight-through with
+    ``stop_gradient_writes``."""
+    new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=anchor, decays=decays, solve=solve)
+    if not config.writes:
+        return mem, o  # the unused write is dead code for XLA
+    if config.stop_gradient_writes:
+        new = _straight_through(mem, new)
+    return new, o
+
+
 def _chunked_one(
-    x, q_in, weights, momentum, static, *, config: SelfModifyingConfig, stats: bool = False
+    x,
+    q_in,
+    weights,
+    momentum,
+    static,
+    *,
+    config: SelfModifyingConfig,
+    stats: bool = False,
+    memory: bool = True,
 ):
     """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S).
 
@@ -802,7 +833,9 @@ def _chunked_one(
     M_□(x) are two products for all of them. With ``stats`` a fourth output holds per-token
     instruments: the output memory's and the generators' (mean over g) inner losses at the start
     and end of each token's chunk, {"memory": ([t], [t]), "generators": ([t], [t])}, and the
-    step sizes and retentions, "eta" [t, e] and "alpha" [t, e].
+    step sizes and retentions, "eta" [t, e] and "alpha" [t, e]. Without ``memory`` the output
+    memory is left to the caller: the first output is the tokens (:class:`_Tokens`, [t, ...]) and
+    W, S hold the generators only.
     """
     gen_names = _adaptive_generators(config)
     sigma = architectures.ACTIVATIONS[config.activation]
@@ -849,24 +882,19 @@ def _chunked_one(
     if stats:
         tokens, gen_losses = tokens
 
+    new_w = {n: {"w1": gen.w1[i], "w2": gen.w2[i]} for i, n in enumerate(gen_names)}
+    new_s = {n: {"w1": gen.s1[i], "w2": gen.s2[i]} for i, n in enumerate(gen_names)}
+    if not memory:
+        return tokens, new_w, new_s
+
     mem_anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
-
-    def memory_body(mem, tok):
-        new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=mem_anchor)
-        if not config.writes:
-            return mem, o  # the unused write is dead code for XLA
-        if config.stop_gradient_writes:
-            new = _straight_through(mem, new)
-        return new, o
-
+    memory_body = lambda mem, tok: _memory_write(mem, tok, config, mem_anchor)
     if stats:
         memory_body = _with_losses(memory_body, lambda tok, o: tok, sigma, config)
     initial = jax.tree.map(lambda a: a[0], stacked(["memory"]))
     mem, o = _scan_chunks(memory_body, initial, tokens, config.memory_chunk_size, config.remat)
     if stats:
         o, mem_losses = o
-    new_w = {n: {"w1": gen.w1[i], "w2": gen.w2[i]} for i, n in enumerate(gen_names)}
-    new_s = {n: {"w1": gen.s1[i], "w2": gen.s2[i]} for i, n in enumerate(gen_names)}
     new_w["memory"] = {"w1": mem.w1, "w2": mem.w2}
     new_s["memory"] = {"w1": mem.s1, "w2": mem.s2}
     if stats:
@@ -988,14 +1016,81 @@ def _check_and_prepare(x, q, params, config, initial_state):
     return dtype, static, weights, momentum
 
 
-def _run(one, x, q, params, config, initial_state, stats: bool = False):
+def _kernel_step(x, state, *, config: SelfModifyingConfig):
+    """The output memory's chunk inside a Pallas kernel body (:func:`_memory_kernel`)."""
+    (tok, decays), (mem, anchor) = x, state
+    mem, o = _memory_write(mem, tok, config, anchor, decays, unit_lower_solve)
+    return o, (mem, anchor)
+
+
+def _memory_kernel(tokens: _Tokens, weights, momentum, anchor, config, backend):
+    """The output memory over all sequences and heads on ``nestlearn.kernels.per_sequence``.
+
+    The full chunks of ``memory_chunk_size`` tokens run as one kernel scan (:func:`_kernel_step`,
+    the decays computed beforehand in XLA); a shorter tail chunk runs in XLA.
+
+    Args:
+      tokens: :class:`_Tokens` with leaves [b, h, t, ...].
+      weights, momentum: the output memory's {"w1": [b, h, d, n], "w2": [b, h, n, d]}.
+      anchor: (W₁ [h, d, n], W₂ [h, n, d]) that α decays towards, or None.
+      config: the layer's options.
+      backend: ``nestlearn.kernels.kernel_impl.Backend``.
+
+    Returns:
+      ``(o [b, t, h, d], weights, momentum)``.
+    """
+    b, h, t, d = tokens.k.shape
+    c = config.memory_chunk_size
+    full = (t // c) * c
+    flat = lambda a: a.reshape(b * h, *a.shape[2:])
+    mem = _Memory(*(flat(tree[leaf]) for leaf in ("w1", "w2") for tree in (weights, momentum)))
+    if anchor is not None:
+        anchor = tuple(flat(jnp.broadcast_to(a, (b, *a.shape))) for a in anchor)
+    tok = jax.tree.map(flat, tokens)  # [bh, t, ...]
+    outs = []
+    if full:
+        head = jax.tree.map(lambda a: a[:, :full].reshape(b * h, t // c, c, *a.shape[2:]), tok)
+        decays = jax.vmap(jax.vmap(lambda la: _chunk_decays(la, config.momentum)))(head.log_alpha)
+        step = functools.partial(_kernel_step, config=config)
+        terms = (head._replace(log_alpha=None), decays)
+        o, (mem, _) = per_sequence.scan(
+            step, terms, (mem, anchor), name="self_modifying_memory", **backend.kwargs()
+        )
+        outs.append(o.reshape(b * h, full, d))
+    if full < t:
+        tail = jax.tree.map(lambda a: a[:, full:], tok)
+        mem, o = jax.vmap(lambda m, x, a: _memory_write(m, x, config, a))(mem, tail, anchor)
+        outs.append(o)
+    o = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+    o = jnp.swapaxes(o.reshape(b, h, t, d), 1, 2)
+    unflat = lambda a: a.reshape(b, h, *a.shape[1:])
+    return (
+        o,
+        {"w1": unflat(mem.w1), "w2": unflat(mem.w2)},
+        {"w1": unflat(mem.s1), "w2": unflat(mem.s2)},
+    )
+
+
+def kernel_support(config: SelfModifyingConfig) -> str | None:
+    """Why no Pallas kernel runs this configuration's output memory, or None when one does.
+
+    The kernel covers per-head η and α (the default; per-channel decays are 3-D blocks).
+    """
+    if config.eta_alpha_per_channel:
+        return "eta_alpha_per_channel=True (the kernel covers per-head η and α)"
+    return None
+
+
+def _run(one, x, q, params, config, initial_state, stats: bool = False, backend=None):
     dtype, static, weights, momentum = _check_and_prepare(x, q, params, config, initial_state)
     kwargs = {"config": config, "stats": True} if stats else {"config": config}
+    if backend is not None:
+        kwargs["memory"] = False
     fn = jax.vmap(
         jax.vmap(
             lambda *a: one(*a, **kwargs),
             in_axes=(1, 1, 0, 0, 0),
-            out_axes=(1, 0, 0, 0) if stats else (1, 0, 0),
+            out_axes=(1, 0, 0, 0) if stats else (0 if backend else 1, 0, 0),
         ),
         in_axes=(0, 0, 0, 0, None),
     )
@@ -1003,6 +1098,12 @@ def _run(one, x, q, params, config, initial_state, stats: bool = False):
     if config.normalize_x:
         x_in = _l2_normalize(x_in)
     o, new_w, new_s, *record = fn(x_in, q.astype(dtype), weights, momentum, static)
+    if backend is not None:  # o holds the tokens [b, h, t, ...]
+        anchors = static.get("anchor")
+        anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
+        o, new_w["memory"], new_s["memory"] = _memory_kernel(
+            o, weights["memory"], momentum["memory"], anchor, config, backend
+        )
     state = SelfModifyingState(new_w, new_s)
     if not stats:
         return o.astype(x.dtype), state
@@ -1035,6 +1136,7 @@ def self_modifying_memory(
     config: SelfModifyingConfig,
     initial_state: SelfModifyingState | None = None,
     stats: bool = False,
+    kernel_impl: str = "xla",
 ) -> (
     tuple[jax.Array, SelfModifyingState]
     | tuple[jax.Array, SelfModifyingState, dict[str, instruments.MemoryStats]]
@@ -1061,8 +1163,24 @@ def self_modifying_memory(
         M(v_t) the chunk-start target (re-read at the end when not ``stop_gradient_vhat``); η is
         the generated step (η′ with ``dgd_step="normalized"``, before any per-layer
         normalisation); norms over the weights W₁, W₂ (momentum not included).
+      kernel_impl: "xla" (default) or "pallas": the output memory's chunk scan on the Pallas
+        kernels of ``nestlearn.kernels.per_sequence`` (forward and backward kernels, the chunk
+        step :func:`_write_chunk` in their bodies; the generators stay in XLA), or "auto" (the
+        kernel on GPU/TPU when it covers the configuration, :func:`kernel_support`). See
+        ``nestlearn.kernels.kernel_impl``. With ``stats`` the XLA path runs.
+
+    Raises:
+      ValueError: bad inputs; ``kernel_impl="pallas"`` where no kernel can run.
     """
-    return _run(_chunked_one, x, q, params, config, initial_state, stats)
+    backend = None
+    if not stats:
+        backend = kernel_switch.resolve(
+            kernel_impl,
+            what="self_modifying_memory",
+            unsupported=kernel_support(config),
+            chunk_size=config.memory_chunk_size,
+        )
+    return _run(_chunked_one, x, q, params, config, initial_state, stats, backend)
 
 
 def self_modifying_memory_recurrent(

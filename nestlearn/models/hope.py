@@ -18,10 +18,11 @@ sub-config and `self_modifying_config` turns it and those two fields into a `Sel
 The CMS comes from the `cms` sub-config (scheduled or online mode, sequential / nested /
 independent variant).
 
-`kernel_impl`: the self-modifying memory has residual-MLP memories, for which `nestlearn.kernels`
-provides no op (its `gated_delta` kernel covers matrix memories), so "auto" and "xla" run
-`nestlearn.memory.self_modifying_memory` and "pallas" is rejected with a `ValueError` rather than
-silently ignored.
+`kernel_impl`: "pallas" runs the output memory's chunk scan on the Pallas kernels
+(`self_modifying_memory(kernel_impl="pallas")`: forward and backward kernels of
+`nestlearn.kernels.per_sequence`; the generator memories stay in XLA) and raises a `ValueError`
+where none can run; "auto" and "xla" run the XLA path — "auto" picks only kernels that have been
+compiled and checked on a device, and this one has run in the Pallas interpreters only.
 
 Shapes: b batch, t tokens, h heads, d model width, d_h head width.
 """
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from nestlearn.kernels.kernel_impl import check_kernel_impl
 from nestlearn.memory import self_modifying
 from nestlearn.models.cms import CMS
 from nestlearn.models.layers import RMSNorm
@@ -118,6 +120,7 @@ class SelfModifyingTitans(Mixer):
     short conv and SiLU; `nestlearn.memory.self_modifying_memory` generates k, v, η, α (and q when
     adaptive) from its own memories, ℓ2-normalises q and k, and writes every memory with DGD
     (Eq. 88). The meta-learned initial memories are `nnx.Param`s under `memory_params/`.
+    `kernel_impl` ("xla" or "pallas") is `self_modifying_memory`'s.
 
     Example:
       >>> config = SelfModifyingConfig(chunk_size=4, memory_chunk_size=8)
@@ -136,11 +139,13 @@ class SelfModifyingTitans(Mixer):
         head_dim: int,
         config: self_modifying.SelfModifyingConfig,
         dtype: str = "float32",
+        kernel_impl: str = "xla",
         rngs: nnx.Rngs,
     ):
         if not isinstance(config, self_modifying.SelfModifyingConfig):
             raise ValueError(f"config must be a SelfModifyingConfig, got {type(config).__name__}")
         self.memory_config = config
+        self.kernel_impl = kernel_impl
         self.align = math.lcm(config.chunk_size, config.memory_chunk_size)
         super().__init__(
             d_model,
@@ -179,6 +184,7 @@ class SelfModifyingTitans(Mixer):
             params=param_values(self.memory_params),
             config=self.memory_config,
             initial_state=state,
+            kernel_impl=self.kernel_impl,
         )
 
     def memory(self, inputs, gates, state):
@@ -217,11 +223,6 @@ class HopeBlock(nnx.Module):
     in_context_memory = True  # the self-modifying memory (registry: block protocol)
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        if config.kernel_impl == "pallas":
-            raise ValueError(
-                "kernel_impl='pallas': nestlearn.kernels has no op for the "
-                "self-modifying memory's residual-MLP memories; use 'auto' or 'xla'"
-            )
         memory_config = self_modifying_config(
             config.self_modifying, config.chunk_size, writes=config.memory_writes
         )
@@ -232,6 +233,7 @@ class HopeBlock(nnx.Module):
             head_dim=config.head_dim or config.d_model // config.num_heads,
             config=memory_config,
             dtype=config.dtype,
+            kernel_impl="pallas" if check_kernel_impl(config.kernel_impl) == "pallas" else "xla",
             rngs=rngs,
         )
         self.cms = CMS.from_config(config, rngs=rngs)

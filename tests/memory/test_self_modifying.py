@@ -8,12 +8,16 @@ implementation.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nestlearn.kernels import kernel_impl as kernel_switch
+from nestlearn.kernels import per_sequence
 
+from nestlearn.memory import self_modifying as sm
 from nestlearn.memory.self_modifying import (
     SelfModifyingConfig,
     SelfModifyingState,
@@ -624,3 +628,88 @@ def test_input_validation():
             config=cfg,
             initial_state=state,
         )
+
+
+# The output memory's chunk scan on the Pallas kernels (kernel_impl="pallas"), against XLA.
+KERNEL_CASES = {
+    "hope": {k: v for k, v in HOPE_WRITES.items() if k != "chunk_size"},
+    "dgd_momentum_anchor": {
+        "momentum": 0.4,
+        "use_dgd": True,
+        "dgd_step": "token_normalized",
+        "retention_target": "initial",
+        "stop_gradient_vhat": False,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "case", ["hope", pytest.param("dgd_momentum_anchor", marks=pytest.mark.slow)]
+)
+def test_kernel_path_equals_xla(x64, monkeypatch, case):
+    """kernel_impl="pallas" (the Triton kernels in the Pallas interpreter, forward and backward)
+    gives the XLA path's outputs, final state and gradients (inputs and every parameter) to
+    float64 rounding; T = 36 is two full memory chunks of 16 and a tail the XLA step writes."""
+    monkeypatch.setenv(kernel_switch.INTERPRET_ENV, "1")
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=16, **KERNEL_CASES[case])
+    params = _perturbed_params(cfg, heads=2, dim=16, hidden=16, dtype=jnp.float64, scale=0.05)
+    x, q = _inputs((1, 36, 2, 16), jnp.float64)
+
+    def run(impl):
+        f = lambda p, x, q: self_modifying_memory(x, q, params=p, config=cfg, kernel_impl=impl)
+
+        def loss(p, x, q):
+            o, state = f(p, x, q)
+            return jnp.sum(jnp.sin(o)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(state))
+
+        return jax.jit(f)(params, x, q), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, q)
+
+    (o, state), grads = run("pallas")
+    (o_ref, state_ref), grads_ref = run("xla")
+    kernel = lambda x: self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="pallas")
+    assert "pallas_call" in str(jax.make_jaxpr(kernel)(x))
+    assert _max_diff(o, o_ref) < 1e-12
+    assert _max_diff(state, state_ref) < 1e-12
+    assert _max_diff(grads, grads_ref) < 1e-12
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_kernel_lowers(case, platform):
+    """The forward and backward kernels of the output memory lower for Triton (d 32, chunk 64:
+    the `hope` model's head width and chunk) and Mosaic TPU (d 128, chunk 128) on this CPU."""
+    d, c = (32, 64) if platform == "cuda" else (128, 128)
+    cfg = SelfModifyingConfig(memory_chunk_size=c, **KERNEL_CASES[case])
+    bh, n = 2, 2
+    zeros = lambda *shape: jnp.zeros((bh, n, c, *shape))
+    tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=None)
+    decays = jax.vmap(jax.vmap(lambda la: sm._chunk_decays(la, cfg.momentum)))(zeros(1))
+    square = jnp.zeros((bh, d, d))
+    state = (sm._Memory(square, square, square, square), (square, square))
+    step = functools.partial(sm._kernel_step, config=cfg)
+    if platform == "cuda":
+        forward, backward = per_sequence.triton_forward, per_sequence.triton_backward
+    else:
+        forward, backward = per_sequence.tpu_forward, per_sequence.tpu_backward
+    fwd = functools.partial(forward, step, save_starts=True, name="self_modifying_memory")
+    o, _, starts = jax.eval_shape(fwd, (tok, decays), state)
+    jax.jit(fwd).trace((tok, decays), state).lower(lowering_platforms=(platform,))
+    zeros_like = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+    bwd = functools.partial(backward, step, name="self_modifying_memory")
+    args = ((tok, decays), zeros_like(starts), zeros_like(o), state)
+    jax.jit(bwd).trace(*args).lower(lowering_platforms=(platform,))
+
+
+def test_kernel_impl_errors(monkeypatch):
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=16)
+    params = self_modifying_init(jax.random.key(0), heads=1, dim=16, config=cfg)
+    x, q = _inputs((1, 16, 1, 16), jnp.float32)
+    with pytest.raises(ValueError, match="platform 'cpu' has no Pallas backend"):
+        self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="pallas")
+    with pytest.raises(ValueError, match="kernel_impl='fast' is not one of"):
+        self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="fast")
+    monkeypatch.setenv(kernel_switch.INTERPRET_ENV, "1")
+    per_channel = dataclasses.replace(cfg, eta_alpha_per_channel=True)
+    params = self_modifying_init(jax.random.key(0), heads=1, dim=16, config=per_channel)
+    with pytest.raises(ValueError, match=r"kernel_impl='pallas'.*eta_alpha_per_channel=True"):
+        self_modifying_memory(x, q, params=params, config=per_channel, kernel_impl="pallas")

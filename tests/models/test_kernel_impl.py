@@ -1,15 +1,16 @@
 """The models' `kernel_impl` switch: the Pallas kernels behind every wired model equal XLA.
 
 `kernel_impl="pallas"` runs `nestlearn.kernels` ops (`gated_delta` for the matrix mixers,
-`mlp_memory` for the Titans memory); on the CPU the test-only switch `NESTLEARN_KERNEL_INTERPRET`
+`mlp_memory` for the Titans memory, `per_sequence.scan` of the self-modifying chunk write for
+Hope's output memory); on the CPU the test-only switch `NESTLEARN_KERNEL_INTERPRET`
 runs their Triton kernel body in the Pallas interpreter. Each wired model's logits and parameter
 gradients must equal those of the same weights with `kernel_impl="xla"` (float32: only rounding
 differs), "auto" must pick XLA on the CPU, and configurations no kernel covers must raise.
 
 The interpreter is slow to compile, so the default run compares values and gradients for
-`linear_attention` only (the Titans memory's kernel path is compared in float64 in
-tests/memory/test_titans.py) and traces the others (their "pallas" jaxpr holds a `pallas_call`);
-`-m slow` compares every model.
+`linear_attention` only (the Titans and self-modifying memories' kernel paths are compared in
+float64 in tests/memory/test_titans.py and tests/memory/test_self_modifying.py) and traces the
+others (their "pallas" jaxpr holds a `pallas_call`); `-m slow` compares every model.
 """
 
 import functools
@@ -31,6 +32,7 @@ WIRED = (
     "titans_mac",
     "titans_mag",
     "titans_mal",
+    "hope",
 )
 DEFAULT_RUN = ("linear_attention",)  # titans_memory's kernel path: tests/memory/test_titans.py
 
@@ -149,8 +151,8 @@ def test_switch_reaches_the_kernel_and_auto_picks_xla_on_cpu(interpret, name):
     """kernel_impl="pallas" puts a `pallas_call` in the model; "auto" on the CPU never does, even
     with the interpret switch on."""
     assert jax.default_backend() == "cpu"
-    assert uses_pallas(build(name, "pallas"), _tokens(9))
-    assert not uses_pallas(build(name, "auto"), _tokens(9))
+    assert uses_pallas(build(name, "pallas"), _tokens(16))  # one full chunk
+    assert not uses_pallas(build(name, "auto"), _tokens(16))
 
 
 def test_pallas_needs_a_pallas_platform():
@@ -183,8 +185,9 @@ def test_uncovered_chunk_size_raises(interpret):
         model(_tokens())
 
 
-def test_hope_rejects_pallas():
-    config = models.default_config("hope")
-    config.kernel_impl = "pallas"
-    with pytest.raises(ValueError, match="kernel_impl='pallas'"):
-        models.build(config, rngs=nnx.Rngs(0))
+def test_hope_uncovered_configuration_raises():
+    config = tiny_config("hope", "pallas")
+    config.self_modifying.eta_alpha_per_channel = True
+    model = models.build(config, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"kernel_impl='pallas'.*eta_alpha_per_channel=True"):
+        model(_tokens())
