@@ -7,11 +7,12 @@ against the operands and results of the Triton kernel's `pallas_call`.
 import functools
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import pytest
-from nestlearn.kernels import bench_all, triangular
+from nestlearn.kernels import bench_all, kernel_impl, triangular
 from nestlearn.kernels.gated_delta import bench as gd_bench
 from nestlearn.kernels.gated_delta import chunk as gd_chunk
 from nestlearn.kernels.gated_delta import gated_delta
@@ -170,7 +171,8 @@ def test_bench_all_quick_smoke(tmp_path, capsys):
             ("pallas_triton", "backward pallas"),
             ("pallas_triton", "backward xla"),
         ]
-    ]
+    ] + [("self_modifying", "dgd_momentum", impl, None) for impl in ("xla", "pallas_triton")]
+    assert kernel_impl.INTERPRET_ENV not in os.environ  # the interpret switch was traced only
     for r in rows:
         assert "error" not in r, r.get("error")
         for name in ("fwd", "fwd_bwd"):
