@@ -220,9 +220,17 @@ def tpu_backward(step, terms, starts, d_o, d_state, *, name, interpret=False):
     return d_terms, jax.tree.unflatten(state_tree, outs[len(leaves) :])
 
 
-def check_triton_shapes(terms, state) -> None:
-    """Raises Unavailable unless every axis of every chunk term and state leaf is a power of two
-    and, past the chunk axis, ≥ 16 or 1 (Triton tensors and ``tl.dot`` operands)."""
+# State that one Triton program holds. Measured on an H200 with the MLP memory
+# (`python -m nestlearn.kernels.mlp_memory.bench --t 8192`, docs/kernels.md §6): 128 KiB (d 128,
+# hidden 64) compiles and runs; 256 KiB did not finish compiling in 40 s; 512 KiB exceeds the
+# shared memory (360,448 bytes asked, 232,448 available).
+MAX_STATE_BYTES = 128 * 1024
+
+
+def check_triton(terms, state) -> None:
+    """Raises Unavailable unless every axis of every chunk term and state leaf is 1 or a power of
+    two ≥ 16 (Triton tensors and ``tl.dot`` operands) and one sequence·head's state takes at most
+    :data:`MAX_STATE_BYTES`."""
     one = [x.shape[2:] for x in jax.tree.leaves(terms)] + [
         x.shape[1:] for x in jax.tree.leaves(state)
     ]
@@ -233,6 +241,12 @@ def check_triton_shapes(terms, state) -> None:
                     f"pallas_triton needs every per-chunk width to be 1 or a power of two ≥ 16, "
                     f"got a block of shape {shape}; use implementation='xla'"
                 )
+    state_bytes = sum(x[0].size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    if state_bytes > MAX_STATE_BYTES:
+        raise dispatch.Unavailable(
+            f"pallas_triton holds one state per program: {state_bytes // 1024} KiB > "
+            f"{MAX_STATE_BYTES // 1024} KiB; use implementation='xla'"
+        )
 
 
 def scan(
@@ -263,7 +277,7 @@ def scan(
 
     Raises:
       dispatch.Unavailable: an explicitly requested backend that cannot run here (for Triton
-        also shapes it cannot tile, :func:`check_triton_shapes`).
+        also shapes it cannot tile or a state too large for one program, :func:`check_triton`).
     """
     chunk_scan.check_backward(backward)
 
@@ -276,7 +290,7 @@ def scan(
 
     def triton():
         dispatch.require_platform("pallas_triton", "gpu", interpret)
-        check_triton_shapes(terms, state)
+        check_triton(terms, state)
         launch = dict(name=name, num_warps=num_warps, num_stages=num_stages)
         launch["interpret"] = bool(interpret)
         return run(

@@ -26,11 +26,7 @@ __all__ = [
     "padded_width",
 ]
 
-# Weights and momenta of one memory, float32, that one program holds. Measured on an H200
-# (`python -m nestlearn.kernels.mlp_memory.bench --t 8192`, docs/kernels.md §6): 128 KiB (d 128,
-# hidden 64) compiles and runs; 256 KiB (d 128, hidden 128) did not finish compiling in 40 s;
-# 512 KiB (d 128, hidden 256) exceeds the shared memory (360,448 bytes asked, 232,448 available).
-MAX_STATE_BYTES = 128 * 1024
+MAX_STATE_BYTES = per_sequence.MAX_STATE_BYTES
 
 
 def check_state_size(d_in: int, d_out: int, hidden: int) -> None:

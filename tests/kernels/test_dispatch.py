@@ -5,7 +5,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import pytest
-from nestlearn.kernels import Unavailable, dispatch, gated_delta, mlp_memory
+from nestlearn.kernels import Unavailable, dispatch, gated_delta, mlp_memory, per_sequence
 from nestlearn.kernels.gated_delta import BlockSizes as GatedDeltaBlocks
 from nestlearn.kernels.mlp_memory import BlockSizes as MLPBlocks
 
@@ -173,3 +173,17 @@ def test_block_v_splits_value_axis(x64):
     assert jnp.allclose(whole[0], split[0], atol=1e-12) and jnp.allclose(
         whole[1], split[1], atol=1e-12
     )
+
+
+def test_per_sequence_triton_refuses_untileable_or_large_states():
+    step = lambda x, s: (x, s + x.sum())  # o = the chunk, state + its sum
+
+    def scan(terms, state):
+        return per_sequence.scan(
+            step, terms, state, name="toy", implementation="pallas_triton", interpret=True
+        )
+
+    with pytest.raises(Unavailable, match="1 or a power of two ≥ 16, got a block of shape"):
+        scan(jnp.zeros((1, 2, 16, 24)), jnp.zeros((1, 16, 16)))
+    with pytest.raises(Unavailable, match="256 KiB > 128 KiB"):
+        scan(jnp.zeros((1, 2, 16, 16)), jnp.zeros((1, 256, 256)))
