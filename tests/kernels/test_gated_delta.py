@@ -252,6 +252,7 @@ class TestTritonInterpret(GatedDeltaSuite):
         "test_head_dims[48-64]",
         "test_streaming_equals_one_call",
         "test_low_precision[f32]",
+        "test_backward_kernel_equals_xla_backward[False]",
     )
 
 

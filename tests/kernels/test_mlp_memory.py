@@ -202,6 +202,7 @@ class TestTritonInterpret(MLPMemorySuite):
         "test_widths[48-64-16]",
         "test_streaming_equals_one_call",
         "test_low_precision[f32]",
+        "test_backward_kernel_equals_xla_backward",  # the gradient test runs the kernel backward
     )
 
 

@@ -655,19 +655,16 @@ def test_kernel_path_equals_xla(x64, monkeypatch, case):
     params = _perturbed_params(cfg, heads=2, dim=16, hidden=16, dtype=jnp.float64, scale=0.05)
     x, q = _inputs((1, 36, 2, 16), jnp.float64)
 
-    def run(impl):
-        f = lambda p, x, q: self_modifying_memory(x, q, params=p, config=cfg, kernel_impl=impl)
+    def loss(p, x, q, impl):
+        o, state = self_modifying_memory(x, q, params=p, config=cfg, kernel_impl=impl)
+        value = jnp.sum(jnp.sin(o)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(state))
+        return value, (o, state)
 
-        def loss(p, x, q):
-            o, state = f(p, x, q)
-            return jnp.sum(jnp.sin(o)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(state))
-
-        return jax.jit(f)(params, x, q), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, q)
-
-    (o, state), grads = run("pallas")
-    (o_ref, state_ref), grads_ref = run("xla")
-    kernel = lambda x: self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="pallas")
-    assert "pallas_call" in str(jax.make_jaxpr(kernel)(x))
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    run = jax.jit(grad, static_argnums=3)
+    (_, (o, state)), grads = run(params, x, q, "pallas")
+    (_, (o_ref, state_ref)), grads_ref = run(params, x, q, "xla")
+    assert "pallas_call" in str(jax.make_jaxpr(loss, static_argnums=3)(params, x, q, "pallas"))
     assert _max_diff(o, o_ref) < 1e-12
     assert _max_diff(state, state_ref) < 1e-12
     assert _max_diff(grads, grads_ref) < 1e-12
