@@ -16,7 +16,9 @@ scripts from rotting; its numbers measure the interpreter, not a kernel.
 
 import argparse
 import json
+import os
 import pathlib
+import platform
 import statistics
 import sys
 import time
@@ -116,13 +118,16 @@ def measure_ceilings(quick: bool, repeats: int = 5) -> Ceilings:
 
 
 def device_info() -> dict[str, Any]:
-    """The device the run measures."""
+    """The device the run measures, its host and the host's load (1/5/15-minute averages)."""
     device = jax.devices()[0]
     return {
         "platform": device.platform,
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "jax_version": jax.__version__,
+        "host": platform.platform(),
+        "host_cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
     }
 
 
@@ -243,6 +248,7 @@ def run(
         name += f" ({row['tiling']})" if "tiling" in row else ""
         print(f"{name}: {status}", flush=True)
     add_speedups(rows)
+    # device_info() at the end of the run: its load average covers the timed calls.
     return {"device": device_info(), "ceilings": ceilings._asdict(), "rows": rows}
 
 

@@ -156,6 +156,7 @@ def test_bench_all_quick_smoke(tmp_path, capsys):
     bench_all.main(["--quick", "--t", "16", "--heads", "1", "--hidden", "16", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["device"]["platform"] == "cpu"
+    assert result["device"]["host_cpus"] >= 1 and len(result["device"]["load_average"]) == 3
     assert result["ceilings"]["matmul_tflops"] > 0 and result["ceilings"]["copy_gbs"] > 0
     rows = result["rows"]
     key = lambda r: (r["op"], r["variant"].split(",")[0], r["implementation"], r.get("tiling"))
