@@ -38,6 +38,9 @@ through the DGD erase term r_t kᵀ, r_t = W₂_{t−1} k_t; the r_t solve one u
 c×c system per chunk (the UT transform of DeltaNet/GDN, GDN §3.1). Cumulative decays
 live in log space (log α = log_sigmoid(·)), so every decay ratio is exp of a non-positive number.
 
+On a GPU or TPU, ``kernel_impl="pallas"`` runs the output memory's chunks on Pallas kernels whose
+body is the same chunk write (:func:`self_modifying_memory`, docs/kernels.md §4).
+
 Layout: b batch, t tokens, h heads, d width, n hidden width of a memory, c chunk length, e = 1 for
 per-head η/α or d for per-channel η/α. Numerics: compute and state dtype is the promotion of the
 input and parameter dtypes with float32; outputs are cast back to the input dtype.
@@ -611,11 +614,13 @@ def _write_chunk(
 
     The gradient factors are those of :func:`_gradient_factors` (Eqs. 86–87, the recurrent
     reference's), with fewer products: e = (k − v) + W₁(σ(W₂k) − σ(W₂v)) takes one product with
-    W₁. With per-head η and α (e = 1) every coefficient is a scalar per token and the decays are
-    [c+1, c] matrices without a channel axis, so K Kᵀ serves both the solve and its right-hand
-    side, W₂k is reused in the right-hand side, and the DGD erase of W₂ joins the gradient step
-    in one product. With an ``anchor`` W₀ the decays act on the
-    deviation: W₁_0 and W₂_0 above become W₁_0 − W₀ and W₂_0 − W₀, and W₀ is added back.
+    W₁. With per-head η and α (e = 1) every coefficient is a scalar per token and the decay
+    matrices have no channel axis (:class:`_Decays`), so K Kᵀ serves both the solve and its
+    right-hand side, W₂k is reused in the right-hand side, and the DGD erase of W₂ joins the
+    gradient step in one product. With an ``anchor`` W₀ the decays act on the deviation: W₁_0
+    and W₂_0 above become W₁_0 − W₀ and W₂_0 − W₀, and W₀ is added back. Every operation is a
+    2-D product, mask or elementwise op, so the same function runs inside a Pallas kernel body
+    (:func:`_kernel_step`).
 
     Args:
       mem: the memory's weights and momentum at the chunk start.
