@@ -91,6 +91,8 @@ def test_rates_are_chosen_on_seed_0_and_reused(tmp_path):
     readme = (out / "README.md").read_text()
     assert "## Learning rate per model" in readme and "**(chosen)**" in readme
     assert "peak lr per model from 0.001, 0.003, 0.01" in readme
+    hours = sum(r["wall_s"] for r in sweep.values()) / 3600
+    assert f"The selection took\n{hours:.2f} hours of wall time over 3 runs" in readme
 
 
 def test_gpu_study_is_ten_times_the_cpu_budget():
