@@ -543,21 +543,56 @@ class _Decays(NamedTuple):
 
 
 def _chunk_decays(log_alpha: jax.Array, beta: float) -> _Decays:
-    """:class:`_Decays` of one chunk; log_alpha [c, e] (e = 1: per head)."""
+    """:class:`_Decays` of one chunk; log_alpha [c, e] (e = 1: per head).
+
+    Per head every coefficient comes from masks, sums and 2-D products of [c, c] and [c, 1]
+    arrays, so that a Pallas kernel computes them from the c log α of its chunk: with L_t =
+    Σ_{j≤t} log α_j (token t = 1..c), γ[t−1, i] = exp(L_{t−1} − L_i) for i < t, γ[c, i] =
+    exp(L_c − L_i), and Φ = γ P with P[i, m] = β^{i−m} (m ≤ i).
+    """
     c, per_head = log_alpha.shape[0], log_alpha.shape[-1] == 1
     dtype = log_alpha.dtype
-    la = log_alpha[:, 0] if per_head else log_alpha  # [c] or [c, e]
-    col = (lambda x: x[:, None]) if per_head else (lambda x: x)  # a token axis -> [c, e]
+    if not per_head:
+        return _channel_decays(log_alpha, beta)
+    rows = lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    token = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+    through = jnp.sum(jnp.where(cols <= rows, jnp.transpose(log_alpha), 0.0), 1, keepdims=True)
+    before = through - log_alpha  # [c, 1] L_{t−1}
+    total = jnp.sum(log_alpha, axis=0, keepdims=True)  # [1, 1] L_c
+    gamma = jnp.exp(jnp.where(cols < rows, before - jnp.transpose(through), -jnp.inf))  # [c, c]
+    gamma_end = jnp.exp(total - through)  # [c, 1]
+    if beta:
+        log_beta = math.log(beta)
+        steps = (rows - cols).astype(dtype)
+        powers = jnp.where(cols <= rows, jnp.exp(steps * log_beta), 0.0)  # [c(i), c(m)]
+        phi = jnp.dot(gamma, powers, preferred_element_type=dtype)
+        phi_end = jnp.transpose(jnp.sum(gamma_end * powers, axis=0, keepdims=True))
+        beta_tail = jnp.exp((c - 1 - token).astype(dtype) * log_beta)
+    else:  # the powers are the identity
+        phi, phi_end = gamma, gamma_end
+        beta_tail = (token == c - 1).astype(dtype)
+    return _Decays(
+        start=jnp.exp(before),
+        gamma=gamma,
+        gamma_end=gamma_end,
+        phi=phi,
+        phi_start=jnp.sum(jnp.where(cols == 0, phi, 0.0), axis=1, keepdims=True),
+        phi_end=phi_end,
+        end=jnp.exp(total),
+        phi_end0=jnp.sum(jnp.where(token == 0, phi_end, 0.0), axis=0, keepdims=True),
+        beta_tail=beta_tail,
+    )
+
+
+def _channel_decays(log_alpha: jax.Array, beta: float) -> _Decays:
+    """:class:`_Decays` of one chunk with per-channel α: log_alpha [c, e] (XLA only)."""
+    c, dtype = log_alpha.shape[0], log_alpha.dtype
     # lam[t'] = Σ_{j≤t'} log α_j for t' = 0..c; gamma[t', i] for i = 1..c (zero if i > t').
-    lam = jnp.concatenate([jnp.zeros_like(la[:1]), jnp.cumsum(la, axis=0)])
-    rows = np.arange(c + 1)[:, None]
-    cols = np.arange(1, c + 1)[None, :]
-    causal = jnp.asarray(cols <= rows)  # [c+1, c]
-    if per_head:
-        diff = jnp.where(causal, lam[:, None] - lam[None, 1:], -jnp.inf)
-    else:
-        diff = jnp.where(causal[..., None], lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
-    gamma = jnp.exp(diff)  # [c+1, c(, e)]
+    lam = jnp.concatenate([jnp.zeros_like(log_alpha[:1]), jnp.cumsum(log_alpha, axis=0)])
+    causal = jnp.asarray(np.arange(1, c + 1)[None, :] <= np.arange(c + 1)[:, None])  # [c+1, c]
+    diff = jnp.where(causal[..., None], lam[:, None, :] - lam[None, 1:, :], -jnp.inf)
+    gamma = jnp.exp(diff)  # [c+1, c, e]
     steps = np.arange(c)
     if beta:
         powers = np.where(
@@ -565,19 +600,18 @@ def _chunk_decays(log_alpha: jax.Array, beta: float) -> _Decays:
             float(beta) ** np.maximum(steps[:, None] - steps[None, :], 0),
             0.0,
         )  # [c(i), c(m)] β^{i−m} for m ≤ i
-        phi = jnp.einsum("ti...,im->tm...", gamma, jnp.asarray(powers, dtype))  # [c+1, c(, e)]
+        phi = jnp.einsum("tie,im->tme", gamma, jnp.asarray(powers, dtype))  # [c+1, c, e]
     else:  # the powers are the identity
         phi = gamma
-    end = jnp.exp(lam[c])
     return _Decays(
-        start=col(jnp.exp(lam[:-1])),
+        start=jnp.exp(lam[:-1]),
         gamma=gamma[:-1],
-        gamma_end=col(gamma[c]),
+        gamma_end=gamma[c],
         phi=phi[:-1],
-        phi_start=col(phi[:-1, 0]),
-        phi_end=col(phi[c]),
-        end=jnp.reshape(end, (1, -1)),
-        phi_end0=jnp.reshape(phi[c, 0], (1, -1)),
+        phi_start=phi[:-1, 0],
+        phi_end=phi[c],
+        end=jnp.exp(lam[c])[None],
+        phi_end0=phi[c, 0][None],
         beta_tail=jnp.asarray(float(beta) ** (c - 1 - steps), dtype)[:, None],
     )
 
@@ -600,7 +634,6 @@ def _write_chunk(
     config: SelfModifyingConfig,
     reads: jax.Array | None = None,
     anchor: tuple[jax.Array, jax.Array] | None = None,
-    decays: _Decays | None = None,
     solve: Callable[[jax.Array, jax.Array], jax.Array] = _xla_solve,
 ) -> tuple[_Memory, jax.Array | None]:
     """Closed form of c tokens of Eq. 88 with momentum, gradients at the chunk-start weights.
@@ -628,8 +661,6 @@ def _write_chunk(
       config: the layer's options.
       reads: rows y [r, d] to read through the memory at the chunk start, or None.
       anchor: the weights (W₁ [d, n], W₂ [n, d]) that α decays towards; None: zero.
-      decays: the chunk's :class:`_Decays` (:func:`_chunk_decays` of ``tok.log_alpha``, which
-        is then unused), or None to compute them here.
       solve: ``solve(L, rhs)`` = (I + L)⁻¹ rhs for strictly lower L [c, c]; a Pallas kernel body
         passes ``unit_lower_solve``.
 
@@ -664,7 +695,7 @@ def _write_chunk(
         slopes = ((slope_k, k), (slope_v, v))
     eta1, eta2 = _layer_steps(eta, a, w1, slopes, config)  # gradient steps of W₁, W₂: [c, e]
 
-    d = _chunk_decays(tok.log_alpha, beta) if decays is None else decays
+    d = _chunk_decays(tok.log_alpha, beta)
     beta_c = float(beta) ** c
     # Per-token coefficients of the weight and momentum updates, η included: [c, e] each.
     coef_w1, coef_s1 = d.phi_end * eta1, d.beta_tail * eta1
@@ -807,13 +838,12 @@ def _memory_write(
     tok: _Tokens,
     config: SelfModifyingConfig,
     anchor: tuple[jax.Array, jax.Array] | None,
-    decays: _Decays | None = None,
     solve: Callable[[jax.Array, jax.Array], jax.Array] = _xla_solve,
 ) -> tuple[_Memory, jax.Array]:
     """One chunk of the output memory: its writes and the read of its queries at the chunk start,
     ``(mem, o [c, d])``; unchanged without ``writes``, straight-through with
     ``stop_gradient_writes``."""
-    new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=anchor, decays=decays, solve=solve)
+    new, o = _write_chunk(mem, tok, config, reads=tok.q, anchor=anchor, solve=solve)
     if not config.writes:
         return mem, o  # the unused write is dead code for XLA
     if config.stop_gradient_writes:
@@ -1021,18 +1051,19 @@ def _check_and_prepare(x, q, params, config, initial_state):
     return dtype, static, weights, momentum
 
 
-def _kernel_step(x, state, *, config: SelfModifyingConfig):
-    """The output memory's chunk inside a Pallas kernel body (:func:`_memory_kernel`)."""
-    (tok, decays), (mem, anchor) = x, state
-    mem, o = _memory_write(mem, tok, config, anchor, decays, unit_lower_solve)
+def _kernel_step(tok: _Tokens, state, *, config: SelfModifyingConfig):
+    """The output memory's chunk inside a Pallas kernel body (:func:`_memory_kernel`): the
+    decays from the chunk's log α, the write and the read, all in the kernel."""
+    mem, anchor = state
+    mem, o = _memory_write(mem, tok, config, anchor, solve=unit_lower_solve)
     return o, (mem, anchor)
 
 
 def _memory_kernel(tokens: _Tokens, weights, momentum, anchor, config, backend):
     """The output memory over all sequences and heads on ``nestlearn.kernels.per_sequence``.
 
-    The full chunks of ``memory_chunk_size`` tokens run as one kernel scan (:func:`_kernel_step`,
-    the decays computed beforehand in XLA); a shorter tail chunk runs in XLA.
+    The full chunks of ``memory_chunk_size`` tokens run as one kernel scan (:func:`_kernel_step`);
+    a shorter tail chunk runs in XLA.
 
     Args:
       tokens: :class:`_Tokens` with leaves [b, h, t, ...].
@@ -1055,11 +1086,9 @@ def _memory_kernel(tokens: _Tokens, weights, momentum, anchor, config, backend):
     outs = []
     if full:
         head = jax.tree.map(lambda a: a[:, :full].reshape(b * h, t // c, c, *a.shape[2:]), tok)
-        decays = jax.vmap(jax.vmap(lambda la: _chunk_decays(la, config.momentum)))(head.log_alpha)
         step = functools.partial(_kernel_step, config=config)
-        terms = (head._replace(log_alpha=None), decays)
         o, (mem, _) = per_sequence.scan(
-            step, terms, (mem, anchor), name="self_modifying_memory", **backend.kwargs()
+            step, head, (mem, anchor), name="self_modifying_memory", **backend.kwargs()
         )
         outs.append(o.reshape(b * h, full, d))
     if full < t:

@@ -679,8 +679,7 @@ def test_kernel_lowers(case, platform):
     cfg = SelfModifyingConfig(memory_chunk_size=c, **KERNEL_CASES[case])
     bh, n = 2, 2
     zeros = lambda *shape: jnp.zeros((bh, n, c, *shape))
-    tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=None)
-    decays = jax.vmap(jax.vmap(lambda la: sm._chunk_decays(la, cfg.momentum)))(zeros(1))
+    tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=zeros(1))
     square = jnp.zeros((bh, d, d))
     state = (sm._Memory(square, square, square, square), (square, square))
     step = functools.partial(sm._kernel_step, config=cfg)
@@ -689,11 +688,11 @@ def test_kernel_lowers(case, platform):
     else:
         forward, backward = per_sequence.tpu_forward, per_sequence.tpu_backward
     fwd = functools.partial(forward, step, save_starts=True, name="self_modifying_memory")
-    o, _, starts = jax.eval_shape(fwd, (tok, decays), state)
-    jax.jit(fwd).trace((tok, decays), state).lower(lowering_platforms=(platform,))
+    o, _, starts = jax.eval_shape(fwd, tok, state)
+    jax.jit(fwd).trace(tok, state).lower(lowering_platforms=(platform,))
     zeros_like = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
     bwd = functools.partial(backward, step, name="self_modifying_memory")
-    args = ((tok, decays), zeros_like(starts), zeros_like(o), state)
+    args = (tok, zeros_like(starts), zeros_like(o), state)
     jax.jit(bwd).trace(*args).lower(lowering_platforms=(platform,))
 
 
