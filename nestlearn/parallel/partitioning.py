@@ -22,6 +22,13 @@ Logical axes:
 A dimension that the mesh axis does not divide is left replicated (so a 2-head memory still runs
 on a 4-way `tensor` axis); sharding never changes results, only where they are computed.
 
+Parameters are *stored* sharded by these rules (`param_shardings`) and *used* gathered over
+the `fsdp` axis (`compute_shardings`, FSDP / ZeRO-3): the train and eval steps constrain the
+parameters to the compute sharding before the model runs, so activations stay split over the
+batch axes and the gradient of a gathered parameter is reduce-scattered back onto its storage
+sharding. Without that constraint the compiler may instead carry the `fsdp` split of `embed`
+into the activations' width and reshard them wholesale in the backward pass.
+
 Optimizer state (Adam moments and the like) follows the parameter whose path ends its own path
 and whose shape it has (`tree_shardings`); everything else (counters, scalars) is replicated.
 Per-sequence memory state and the batch are split over `BATCH_AXES` along their leading axis.
@@ -44,6 +51,7 @@ __all__ = [
     "PARAM_RULES",
     "batch_sharding",
     "batch_tree_shardings",
+    "compute_shardings",
     "logical_axes",
     "param_shardings",
     "partition_spec",
@@ -149,6 +157,28 @@ def param_shardings(params: Any, mesh: Mesh) -> Any:
     return jax.tree.unflatten(
         treedef,
         [NamedSharding(mesh, partition_spec(p, tuple(x.shape), mesh)) for p, x in pairs],
+    )
+
+
+#: `MESH_RULES` for computing: parameters gathered over `fsdp`, other splits kept.
+COMPUTE_MESH_RULES: Mapping[str, str | None] = {
+    axis: None if mesh_axis == "fsdp" else mesh_axis for axis, mesh_axis in MESH_RULES.items()
+}
+
+
+def compute_shardings(params: Any, mesh: Mesh) -> Any:
+    """Like `param_shardings`, with every parameter gathered over the `fsdp` axis.
+
+    The sharding a parameter has while the model runs (FSDP): stored split over `fsdp`
+    (`param_shardings`), used whole on each `fsdp` shard, still split over `tensor`.
+    """
+    pairs, treedef = flatten_with_paths(params)
+    return jax.tree.unflatten(
+        treedef,
+        [
+            NamedSharding(mesh, partition_spec(p, tuple(x.shape), mesh, COMPUTE_MESH_RULES))
+            for p, x in pairs
+        ],
     )
 
 

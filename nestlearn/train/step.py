@@ -37,6 +37,7 @@ from nestlearn.core import Level, assign_levels, tree_paths
 from nestlearn.optim.scheduler import guarded_update, level_stats, nested
 from nestlearn.parallel import (
     batch_sharding,
+    compute_shardings,
     mesh_context,
     param_shardings,
     replicated,
@@ -162,6 +163,19 @@ def _check_tree(got: Any, want: Any, got_name: str, want_name: str) -> None:
     )
 
 
+def _gather_fsdp(params: nnx.State | None, mesh: Mesh | None) -> Callable:
+    """Params → params constrained to their compute sharding (gathered over `fsdp`).
+
+    The identity without a mesh. On a mesh the constraint keeps the activations split over the
+    batch axes and makes the gradients reduce-scatter onto the storage sharding
+    (`nestlearn.parallel.compute_shardings`).
+    """
+    if mesh is None:
+        return lambda p: p
+    shardings = compute_shardings(params, mesh)
+    return lambda p: jax.lax.with_sharding_constraint(p, shardings)
+
+
 def build_train_step(
     levels: tuple[Level, ...],
     *,
@@ -191,8 +205,9 @@ def build_train_step(
     tx = nested(levels)
     assign_levels(levels, params)  # a bad partition fails here, not at the first step
     names = [level.name for level in levels]
+    gather = _gather_fsdp(params, mesh)
     grad_fn = jax.value_and_grad(
-        lambda p, rest, *batch: loss(nnx.merge(graphdef, p, rest), *batch), has_aux=True
+        lambda p, rest, *batch: loss(nnx.merge(graphdef, gather(p), rest), *batch), has_aux=True
     )
     opt_shapes = jax.eval_shape(tx.init, params)
     built_for = params  # the params the levels were built for
@@ -258,13 +273,14 @@ def build_eval_step(
     Raises:
       ValueError: `mesh` without `params`.
     """
+    if mesh is not None and params is None:
+        raise ValueError("build_eval_step: mesh= needs params= (for the parameter shardings)")
+    gather = _gather_fsdp(params, mesh)
     step = lambda params, rest, inputs, targets: lm_loss(
-        nnx.merge(graphdef, params, rest), inputs, targets
+        nnx.merge(graphdef, gather(params), rest), inputs, targets
     )[0]
     if mesh is None:
         return jax.jit(step)
-    if params is None:
-        raise ValueError("build_eval_step: mesh= needs params= (for the parameter shardings)")
     batch_sh, rep = batch_sharding(mesh), replicated(mesh)
     return jax.jit(
         mesh_context(step, mesh),

@@ -48,6 +48,9 @@ def _spmd(*args, env=None):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # The parameters are gathered over fsdp while the model runs (`compute_shardings`), so no
+    # activation or gradient needs resharding through a full copy.
+    assert "Involuntary full rematerialization" not in proc.stderr, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("SPMD_RESULT "))
     return json.loads(line.removeprefix("SPMD_RESULT "))
 
