@@ -12,7 +12,16 @@ other, the same number of steps per domain, one optimizer state carried through,
 - `hope_attention_online`: `hope_attention` with online CMS: level ℓ also writes its weights in
   context every `online_chunks[ℓ]` bytes of a window (dynamic evaluation with `cms.online_rule`,
   reset each window); its initial weights are trained every step. About 7× slower per step
-  than scheduled CMS on the CPU, so it runs last.
+  than scheduled CMS on the CPU;
+- `transformer_pp_replay`: Transformer++ whose every batch after the first domain is paired
+  with as many windows drawn uniformly from a buffer of `replay_windows` training windows of
+  each finished domain (`nestlearn.data.replay`; twice the bytes per step from then on);
+- `transformer_pp_ewc`: Transformer++ with Elastic Weight Consolidation
+  (`nestlearn.train.ewc`): after each domain the diagonal empirical Fisher of the per-window
+  mean log-likelihood over `fisher_windows` of its training windows is added to the running
+  Fisher and the anchor moves to the current weights; the loss adds ½ λ Σ F (θ − θ*)². The
+  strength λ is chosen from `EWC_LAMBDAS` on the first seed by the final mean loss (every
+  strength's record is kept and reported), the other seeds run at the chosen one.
 
 The CMS periods and steps per domain are chosen so the slowest scheduled level applies 100
 updates on every domain (`updates` in each record). After each domain the record holds
@@ -26,11 +35,12 @@ Gradient clip 1.0.
 
 Command (writes docs/results/continual/lm.{md,json,png} and lm_stability.png):
 
-    python experiments/continual_lm.py                     # 4 models × 3 seeds
+    python experiments/continual_lm.py                     # 6 models × 3 seeds
     python experiments/continual_lm.py --quick --data synthetic --out /tmp/cl   # seconds
 
-Each (model, seed) writes `lm_runs/<model>-seed<k>.json` under --out; a rerun skips finished
-runs and refuses a record made with other settings. Same seed, same numbers.
+Each (model, seed) writes `lm_runs/<model>-seed<k>.json` under --out (EWC:
+`<model>-lam<λ>-seed<k>.json`); a rerun skips finished runs and refuses a record made with other
+settings. Same seed, same numbers.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
@@ -55,23 +66,40 @@ from nestlearn.core import Level
 from nestlearn.core.tree import flatten_with_paths
 from nestlearn.data.dataset import load_dataset
 from nestlearn.data.iterator import BatchIterator, eval_batches
+from nestlearn.data.replay import replay_sample
 from nestlearn.eval import compare
 from nestlearn.eval.continual import locate_forgetting, summarize
 from nestlearn.train.config import base_config, validate_config
 from nestlearn.train.continual import Task, train_tasks
+from nestlearn.train.ewc import ewc_penalty
 from nestlearn.train.levels import build_levels
-from nestlearn.train.step import TrainState, build_eval_step, build_train_step, split_model
+from nestlearn.train.step import (
+    TrainState,
+    build_eval_step,
+    build_train_step,
+    lm_loss,
+    split_model,
+)
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
 DOMAINS = ("shakespeare", "milton", "fortunes")
-MODELS = ("transformer_pp", "hope_attention", "hope", "hope_attention_online")
+MODELS = (
+    "transformer_pp",
+    "hope_attention",
+    "hope",
+    "hope_attention_online",
+    "transformer_pp_replay",
+    "transformer_pp_ewc",
+)
 LABELS = {
     "transformer_pp": "Transformer++",
     "hope_attention": "Hope-Attention (CMS scheduled)",
     "hope_attention_online": "Hope-Attention (CMS online)",
     "hope": "Hope",
+    "transformer_pp_replay": "Transformer++ + replay",
+    "transformer_pp_ewc": "Transformer++ + EWC",
 }
 #: model -> (registered model, d_model, num_layers) giving ≈1.35–1.43M parameters (bytes)
 SIZES = {
@@ -79,7 +107,16 @@ SIZES = {
     "hope_attention": ("hope_attention", 128, 2),
     "hope_attention_online": ("hope_attention", 128, 2),
     "hope": ("hope", 128, 2),
+    "transformer_pp_replay": ("transformer_pp", 128, 5),
+    "transformer_pp_ewc": ("transformer_pp", 128, 5),
 }
+#: EWC strengths λ tried on the first seed (the penalty is ½ λ Σ F (θ − θ*)²)
+EWC_LAMBDAS = (1e1, 1e2, 1e3, 1e4)
+#: the rehearsal and EWC baselines' own settings (the other models' records do not hold them)
+BASELINE_SETTINGS = dict(
+    replay_windows=256,  # training windows stored per finished domain
+    fisher_windows=64,  # training windows of the finished domain the Fisher averages over
+)
 #: the parameter groups whose movement and reset are measured; CMS levels are added per model
 GROUPS = (("embed", r"^embed/"), ("mixer", r"/(attn|mixer)/"), ("ffn", r"/mlp/"))
 
@@ -161,16 +198,57 @@ def load_domains(data: str, s: dict) -> dict:
     return out
 
 
-def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict:
+def ewc_loss(lam: float):
+    """`loss(model, inputs, targets, anchor, fisher)`: the LM loss + ½ λ Σ F (θ − θ*)²."""
+
+    def loss(model, inputs, targets, anchor, fisher):
+        value, aux = lm_loss(model, inputs, targets)
+        penalty = ewc_penalty(nnx.state(model, nnx.Param), anchor, fisher)
+        return value + 0.5 * lam * penalty, {**aux, "ewc_penalty": penalty}
+
+    return loss
+
+
+def window_fisher(graphdef, rest, params, windows: np.ndarray):
+    """Diagonal empirical Fisher of the per-window mean log-likelihood at `params`:
+    mean over `windows` [n, t + 1] of the squared gradient of each window's LM loss."""
+    grad = jax.jit(jax.grad(lambda p, x, y: lm_loss(nnx.merge(graphdef, p, rest), x, y)[0]))
+    total = jax.tree.map(jnp.zeros_like, params)
+    for w in windows:
+        g = grad(params, w[None, :-1], w[None, 1:])
+        total = jax.tree.map(lambda a, b: a + b * b, total, g)
+    return jax.tree.map(lambda a: a / len(windows), total)
+
+
+def training_windows(domain, s: dict, count: int, seed: int) -> np.ndarray:
+    """`count` training windows [count, seq_len + 1] of a domain (a seeded draw)."""
+    it = BatchIterator(domain.train, batch_size=count, seq_len=s["seq_len"], seed=seed)
+    b = next(iter(it))
+    return np.concatenate([np.asarray(b.inputs), np.asarray(b.targets)[:, -1:]], axis=1)
+
+
+def run_model(
+    name: str, seed: int, domains: dict, s: dict, quick: bool, ewc_lambda: float | None = None
+) -> dict:
     """Trains one model through the domains; returns its `TaskRecord` and the run's facts."""
     config = model_config(name, s, seed, quick)
     model = models.build(config.model, rngs=nnx.Rngs(seed))
     graphdef, params, rest = split_model(model)
     levels = build_levels(config)
+    method = name.removeprefix("transformer_pp_") if name != "transformer_pp" else None
     step = build_train_step(
-        levels, params=params, grad_clip=config.optim.grad_clip, graphdef=graphdef
+        levels,
+        params=params,
+        grad_clip=config.optim.grad_clip,
+        graphdef=graphdef,
+        **({"loss": ewc_loss(ewc_lambda)} if method == "ewc" else {}),
     )
     eval_step = build_eval_step(graphdef)
+    b = BASELINE_SETTINGS
+    buffer = np.zeros((0, s["seq_len"] + 1), np.int32)  # replay: stored training windows
+    # EWC: no penalty on the first domain; copies, since the step donates the state's buffers
+    anchor, fisher = jax.tree.map(jnp.copy, params), jax.tree.map(jnp.zeros_like, params)
+    draw = np.random.default_rng([seed, 5])
     val = [
         eval_batches(
             domains[d].val,
@@ -191,7 +269,28 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
             seq_len=s["seq_len"],
             seed=seed + 17 * i,
         )
-        return ((b.inputs, b.targets) for b in it)
+        for batch in it:
+            inputs, targets = np.asarray(batch.inputs), np.asarray(batch.targets)
+            if buffer.size:  # replay: as many stored windows as new ones
+                old = buffer[replay_sample(np.arange(len(buffer)), (s["batch"],), draw)]
+                inputs = np.concatenate([inputs, old[:, :-1]])
+                targets = np.concatenate([targets, old[:, 1:]])
+            if method == "ewc":
+                yield inputs, targets, anchor, fisher
+            else:
+                yield inputs, targets
+
+    def after_task(i: int, state):
+        nonlocal buffer, anchor, fisher
+        if method == "replay":
+            new = training_windows(domains[DOMAINS[i]], s, b["replay_windows"], seed + 101 * i)
+            buffer = np.concatenate([buffer, new])
+        if method == "ewc":
+            windows = training_windows(domains[DOMAINS[i]], s, b["fisher_windows"], seed + 7 * i)
+            current = window_fisher(graphdef, rest, state.params, windows)
+            fisher = jax.tree.map(jnp.add, fisher, current)
+            anchor = jax.tree.map(jnp.copy, state.params)  # the step donates the state
+        return state
 
     tasks = [Task(d, batches(i), s["steps_per_phase"]) for i, d in enumerate(DOMAINS)]
     start = time.perf_counter()
@@ -202,10 +301,18 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
         evaluate,
         levels,
         groups=measured_groups(config.model, params),
+        after_task=after_task if method else None,
         log=lambda line: print(f"  {name} seed {seed} {line}", flush=True),
     )
-    tokens = s["steps_per_phase"] * len(DOMAINS) * s["batch"] * s["seq_len"]
+    replayed = (len(DOMAINS) - 1) * s["steps_per_phase"] if method == "replay" else 0
+    tokens = (s["steps_per_phase"] * len(DOMAINS) + replayed) * s["batch"] * s["seq_len"]
+    baseline = {}
+    if method == "replay":
+        baseline = {"replay_windows": b["replay_windows"]}
+    if method == "ewc":
+        baseline = {"ewc_lambda": ewc_lambda, "fisher_windows": b["fisher_windows"]}
     return {
+        **baseline,
         "model": name,
         "seed": seed,
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
@@ -219,6 +326,31 @@ def run_model(name: str, seed: int, domains: dict, s: dict, quick: bool) -> dict
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def chosen_lambda(strengths: list[dict]) -> float | None:
+    """The EWC strength with the lowest final mean loss on the first seed; None until every
+    strength of `EWC_LAMBDAS` has its record."""
+    if sorted(r["ewc_lambda"] for r in strengths) != sorted(EWC_LAMBDAS):
+        return None
+    return min(strengths, key=lambda r: r["summary"]["average"])["ewc_lambda"]
+
+
+def ewc_table(strengths: list[dict]) -> list[dict]:
+    """One row per EWC strength run on the first seed (the selection)."""
+    lam = chosen_lambda(strengths)
+    return [
+        {
+            "ewc_lambda": r["ewc_lambda"],
+            "chosen": r["ewc_lambda"] == lam,
+            "seed": r["seed"],
+            "final_mean_loss": r["summary"]["average"],
+            "forgetting": r["summary"]["forgetting"],
+            "new_domain_loss": float(np.mean(np.diag(np.asarray(r["score"]))[1:])),
+            "seconds": r["seconds"],
+        }
+        for r in sorted(strengths, key=lambda r: r["ewc_lambda"])
+    ]
 
 
 def _ms(values) -> list[float]:
@@ -286,7 +418,7 @@ def pm(pair, digits=3) -> str:
     return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
 
-def markdown(agg: dict, meta: dict) -> str:
+def markdown(agg: dict, meta: dict, ewc: list[dict]) -> str:
     s = meta["settings"]
     lines = [
         "# Continual language modelling: Shakespeare → Milton → fortunes",
@@ -320,6 +452,28 @@ def markdown(agg: dict, meta: dict) -> str:
             f"{pm(a['peak_interference'])} | {a['skipped_steps']} | "
             f"{a['tokens_per_second']:,.0f} |"
         )
+    if ewc or "transformer_pp_replay" in agg:
+        lines += [
+            "",
+            f"**Baselines.** Replay pairs every batch after the first domain with as many "
+            f"windows from a buffer of {BASELINE_SETTINGS['replay_windows']} training windows "
+            "per finished domain (so it trains on twice the bytes per step from the second "
+            "domain on). EWC's strength λ is chosen on the first seed by the final mean loss; "
+            f"its Fisher averages {BASELINE_SETTINGS['fisher_windows']} training windows of "
+            "each finished domain.",
+        ]
+    if ewc:
+        lines += [
+            "",
+            "| EWC λ | seed | final mean | forgetting | new domain | wall s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in ewc:
+            mark = " **(chosen)**" if row["chosen"] else ""
+            lines.append(
+                f"| {row['ewc_lambda']:g}{mark} | {row['seed']} | {row['final_mean_loss']:.3f} | "
+                f"{row['forgetting']:.3f} | {row['new_domain_loss']:.3f} | {row['seconds']:.0f} |"
+            )
     lines += [
         "",
         "## Where the forgetting lives",
@@ -410,13 +564,17 @@ def plot(agg: dict, runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_stability(runs: list[dict], path: Path) -> None:
+def plot_stability(runs: list[dict], strengths: list[dict], path: Path) -> None:
     """Forgetting (stability) against the new domains' score (plasticity), one point per
-    model at the mean of its seeds."""
+    model at the mean of its seeds, and one per EWC strength (first seed)."""
     points: dict[str, list[tuple[float, float]]] = {}
     for r in runs:
         new = float(np.mean(np.diag(np.asarray(r["score"]))[1:]))
         points.setdefault(LABELS[r["model"]], []).append((new, r["summary"]["forgetting"]))
+    for r in strengths:
+        new = float(np.mean(np.diag(np.asarray(r["score"]))[1:]))
+        label = f"EWC λ={r['ewc_lambda']:g} (seed {r['seed']})"
+        points.setdefault(label, []).append((new, r["summary"]["forgetting"]))
     compare.plot_points(
         points,
         path,
@@ -448,37 +606,57 @@ def main(argv=None):
     domains = None if args.report_only else load_domains(args.data, s)
     start = time.perf_counter()
     runs, computed = [], 0
+    strengths: list[dict] = []  # EWC: every (λ, first seed) record, the selection
     for name in names:
         for seed in seeds:
-            path = run_dir / f"{name}-seed{seed}.json"
-            record = compare.cached_record(path, settings=s, data=args.data)
-            if record is not None:
-                runs.append(record)
-                continue
-            if args.report_only:
-                continue
-            result = run_model(name, seed, domains, s, args.quick)
-            result.update(settings=s, data=args.data)
-            path.write_text(json.dumps(result))
-            runs.append(result)
-            computed += 1
+            plan = [(f"{name}-seed{seed}", None)]
+            if name == "transformer_pp_ewc":
+                if seed == seeds[0]:
+                    plan = [(f"{name}-lam{lam:g}-seed{seed}", lam) for lam in EWC_LAMBDAS]
+                else:
+                    lam = chosen_lambda(strengths)
+                    if lam is None:
+                        print(f"skip {name} seed {seed}: the EWC strengths are not all run")
+                        continue
+                    plan = [(f"{name}-lam{lam:g}-seed{seed}", lam)]
+            for stem, lam in plan:
+                path = run_dir / f"{stem}.json"
+                record = compare.cached_record(path, settings=s, data=args.data)
+                if record is None and not args.report_only:
+                    print(f"run {stem}", flush=True)
+                    record = run_model(name, seed, domains, s, args.quick, ewc_lambda=lam)
+                    record.update(settings=s, data=args.data)
+                    compare.write_json_atomic(path, record)
+                    computed += 1
+                if record is None:
+                    continue
+                if lam is not None and seed == seeds[0]:
+                    strengths.append(record)
+                else:
+                    runs.append(record)
+    lam = chosen_lambda(strengths)
+    runs += [r for r in strengths if r["ewc_lambda"] == lam]
     if not runs:
         print(f"no finished runs under {run_dir}")
         return
     agg = aggregate(runs)
     command_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"]
+    records = runs + [r for r in strengths if r not in runs]  # every run's compute counts
     meta = {
-        **compare.run_meta("experiments/continual_lm.py", command_args, start, runs, computed),
-        "loads": [f"{r['model']}/{r['seed']}: {r['load_average']}" for r in runs],
+        **compare.run_meta("experiments/continual_lm.py", command_args, start, records, computed),
+        "loads": [f"{r['model']}/{r['seed']}: {r['load_average']}" for r in records],
         "data": args.data,
         "seeds": seeds,
         "settings": s,
     }
-    (args.out / "lm.json").write_text(json.dumps({"meta": meta, "models": agg}, indent=1))
-    (args.out / "lm.md").write_text(markdown(agg, meta))
+    ewc = ewc_table(strengths)
+    (args.out / "lm.json").write_text(
+        json.dumps({"meta": meta, "models": agg, "ewc_strengths": ewc}, indent=1)
+    )
+    (args.out / "lm.md").write_text(markdown(agg, meta, ewc))
     plot(agg, runs, args.out / "lm.png")
-    plot_stability(runs, args.out / "lm_stability.png")
-    print(markdown(agg, meta))
+    plot_stability(runs, strengths, args.out / "lm_stability.png")
+    print(markdown(agg, meta, ewc))
 
 
 if __name__ == "__main__":

@@ -107,3 +107,29 @@ def test_continual_lm_quick_writes_results(tmp_path, load_script):
     (tmp_path / "lm_runs" / "transformer_pp-seed0.json").write_text(json.dumps(run))
     with pytest.raises(ValueError, match="other settings"):
         script.main(argv)
+
+
+def test_continual_lm_replay_and_ewc_change_only_the_later_domains(tmp_path, load_script):
+    """Both baselines start from Transformer++'s initialisation and data: the first domain is
+    the plain model's (no buffer, a zero Fisher), the later ones differ; EWC's strength is
+    chosen by the final mean loss over `EWC_LAMBDAS` on the first seed."""
+    script = load_script("continual_lm")
+    argv = ["--quick", "--data", "synthetic", "--out", str(tmp_path), "--seeds", "0"]
+    script.main([*argv, "--models", "transformer_pp,transformer_pp_replay,transformer_pp_ewc"])
+    runs = tmp_path / "lm_runs"
+    plain = np.asarray(json.loads((runs / "transformer_pp-seed0.json").read_text())["score"])
+    replay = json.loads((runs / "transformer_pp_replay-seed0.json").read_text())
+    assert replay["replay_windows"] == script.BASELINE_SETTINGS["replay_windows"]
+    finals = {}
+    for lam in script.EWC_LAMBDAS:
+        ewc = json.loads((runs / f"transformer_pp_ewc-lam{lam:g}-seed0.json").read_text())
+        assert ewc["ewc_lambda"] == lam
+        finals[lam] = ewc["summary"]["average"]
+        for other in (np.asarray(replay["score"]), np.asarray(ewc["score"])):
+            np.testing.assert_allclose(other[0], plain[0], rtol=1e-5)
+            assert np.all(np.abs(other[1:] - plain[1:]) > 0)
+    report = json.loads((tmp_path / "lm.json").read_text())
+    chosen = [row["ewc_lambda"] for row in report["ewc_strengths"] if row["chosen"]]
+    assert chosen == [min(finals, key=finals.get)]
+    assert report["models"]["transformer_pp_ewc"]["seeds"] == [0]
+    assert "| EWC λ |" in (tmp_path / "lm.md").read_text()
