@@ -18,7 +18,8 @@ The forward kernel bodies are generic too (:func:`scan_kernel`, :func:`step_kern
 Pallas backend only chooses the grid, the block specs and the step.
 
 Shapes: terms leaves [bh, n, ...] (bh sequences·heads, n chunks); state leaves [bh, ...];
-outputs [bh, n, c, d]; saved starts [bh, n, ...].
+outputs [bh, n, c, d] (or a pytree of such leaves: ``out_tree`` in the kernel bodies); saved
+starts [bh, n, ...].
 """
 
 from collections.abc import Callable
@@ -46,7 +47,7 @@ def scan_chunks(step: Callable, terms, state):
     """XLA forward: ``lax.scan`` over chunks of ``step`` batched over bh.
 
     Returns:
-      ``(o [bh, n, c, d], final state)``.
+      ``(o [bh, n, c, d], final state)`` (o: every output leaf of ``step``, stacked).
     """
     batched = jax.vmap(step)
 
@@ -55,7 +56,7 @@ def scan_chunks(step: Callable, terms, state):
         return carry, o
 
     state, o = lax.scan(body, state, _chunk_major(terms))
-    return jnp.moveaxis(o, 0, 1), state
+    return _chunk_major(o), state
 
 
 def chunk_vjp(step: Callable, x, start, d_o, d_state):
@@ -75,7 +76,7 @@ def scan_chunks_bwd(step: Callable, terms, starts, d_o, d_state):
       step: the chunk step.
       terms: stacked terms [bh, n, ...].
       starts: the state at every chunk start, leaves [bh, n, ...].
-      d_o: output cotangent [bh, n, c, d]; d_state: final-state cotangent.
+      d_o: output cotangent [bh, n, c, d] (like the outputs); d_state: final-state cotangent.
 
     Returns:
       ``(d_terms, d_initial_state)``.
@@ -87,7 +88,7 @@ def scan_chunks_bwd(step: Callable, terms, starts, d_o, d_state):
         d_terms, d_carry = batched(x_terms, start, d_o_chunk, d_carry)
         return d_carry, d_terms
 
-    xs = (_chunk_major(terms), _chunk_major(starts), jnp.moveaxis(d_o, 1, 0))
+    xs = (_chunk_major(terms), _chunk_major(starts), _chunk_major(d_o))
     d_state, d_terms = lax.scan(body, d_state, xs, reverse=True)
     return _chunk_major(d_terms), d_state
 
@@ -131,33 +132,58 @@ def kernel_with_vjp(
     return op
 
 
-def _forward_refs(refs, terms_tree, state_tree, save_starts: bool):
-    """Splits a forward kernel's refs: inputs (terms, initial state), outputs (o, end state,
-    chunk-start states when ``save_starts``), and what is left (scratch)."""
+def _out_leaves(out_tree) -> int:
+    """How many output arrays a step's output has (``out_tree`` None: one array)."""
+    return 1 if out_tree is None else out_tree.num_leaves
+
+
+def _write_out(refs, o, at=None) -> None:
+    """Writes the output leaves of one chunk into their refs (at chunk ``at``, or whole)."""
+    for ref, x in zip(refs, jax.tree.leaves(o), strict=True):
+        if at is None:
+            ref[...] = x.astype(ref.dtype)
+        else:
+            ref[at] = x.astype(ref.dtype)
+
+
+def _forward_refs(refs, terms_tree, state_tree, save_starts: bool, out_tree=None):
+    """Splits a forward kernel's refs: inputs (terms, initial state), outputs (o leaves, end
+    state, chunk-start states when ``save_starts``), and what is left (scratch)."""
     n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
-    sizes = [n_terms, n_state, 1, n_state, n_state if save_starts else 0]
+    sizes = [n_terms, n_state, _out_leaves(out_tree), n_state, n_state if save_starts else 0]
     groups, at = [], 0
     for size in sizes:
         groups.append(refs[at : at + size])
         at += size
-    terms, inits, (o,), ends, starts = groups
+    terms, inits, o, ends, starts = groups
     return jax.tree.unflatten(terms_tree, terms), inits, o, ends, starts, refs[at:]
 
 
-def scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks: int, save_starts: bool):
+def scan_kernel(
+    step: Callable,
+    *refs,
+    terms_tree,
+    state_tree,
+    n_chunks: int,
+    save_starts: bool,
+    out_tree=None,
+):
     """Pallas body of a forward kernel that walks all ``n_chunks`` chunks of its block in order.
 
-    Ref order: terms leaves [n, ...], initial-state leaves; then the outputs: o [n, c, d], end-state
-    leaves and, with ``save_starts``, the state at every chunk start [n, ...]. The state is the loop
-    carry; each chunk is ``step``.
+    Ref order: terms leaves [n, ...], initial-state leaves; then the outputs: o [n, c, d] (one ref
+    per leaf of ``out_tree``, the structure of ``step``'s output; None: one array), end-state
+    leaves and, with ``save_starts``, the state at every chunk start [n, ...]. The state is the
+    loop carry; each chunk is ``step``.
     """
-    terms, inits, o, ends, starts, _ = _forward_refs(refs, terms_tree, state_tree, save_starts)
+    terms, inits, o, ends, starts, _ = _forward_refs(
+        refs, terms_tree, state_tree, save_starts, out_tree
+    )
 
     def body(c, state):
         for ref, x in zip(starts, jax.tree.leaves(state)):
             ref[c] = x
         o_c, state = step(jax.tree.map(lambda r: r[c], terms), state)
-        o[c] = o_c.astype(o.dtype)
+        _write_out(o, o_c, c)
         return state
 
     state = jax.tree.unflatten(state_tree, [r[...] for r in inits])
@@ -166,14 +192,22 @@ def scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks: int, sa
         ref[...] = x
 
 
-def step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int, save_starts: bool):
+def step_kernel(
+    step: Callable,
+    *refs,
+    terms_tree,
+    state_tree,
+    chunk_axis: int,
+    save_starts: bool,
+    out_tree=None,
+):
     """Pallas body of a forward kernel with one chunk per grid step along ``chunk_axis``.
 
-    The refs of :func:`scan_kernel` taken per chunk (terms and starts [...], o [c, d]), then
-    scratch refs holding the state across the grid steps.
+    The refs of :func:`scan_kernel` taken per chunk (terms and starts [...], o leaves [c, d]),
+    then scratch refs holding the state across the grid steps.
     """
     terms, inits, o, ends, starts, scratch = _forward_refs(
-        refs, terms_tree, state_tree, save_starts
+        refs, terms_tree, state_tree, save_starts, out_tree
     )
     i = pl.program_id(chunk_axis)
 
@@ -186,7 +220,7 @@ def step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int, 
         ref[...] = scr[...]
     state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
     o_c, state = step(jax.tree.map(lambda r: r[...], terms), state)
-    o[...] = o_c.astype(o.dtype)
+    _write_out(o, o_c)
     for scr, x in zip(scratch, jax.tree.leaves(state)):
         scr[...] = x
 
@@ -196,35 +230,42 @@ def step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int, 
             ref[...] = scr[...]
 
 
-def _backward_refs(refs, terms_tree, state_tree):
-    """Splits a backward kernel's refs: inputs (terms, starts, dO, dS_end), outputs (dterms,
-    dS_initial), and what is left (scratch)."""
+def _backward_refs(refs, terms_tree, state_tree, out_tree=None):
+    """Splits a backward kernel's refs: inputs (terms, starts, dO leaves, dS_end), outputs
+    (dterms, dS_initial), and what is left (scratch). dO comes back as a tree of refs like the
+    step's output (one ref when ``out_tree`` is None)."""
     n_terms, n_state = terms_tree.num_leaves, state_tree.num_leaves
-    sizes = [n_terms, n_state, 1, n_state, n_terms, n_state]
+    sizes = [n_terms, n_state, _out_leaves(out_tree), n_state, n_terms, n_state]
     groups, at = [], 0
     for size in sizes:
         groups.append(refs[at : at + size])
         at += size
-    terms, starts, (d_o,), d_end, d_terms, d_init = groups
+    terms, starts, d_o, d_end, d_terms, d_init = groups
     terms = jax.tree.unflatten(terms_tree, terms)
     starts = jax.tree.unflatten(state_tree, starts)
+    d_o = d_o[0] if out_tree is None else jax.tree.unflatten(out_tree, d_o)
     return terms, starts, d_o, d_end, d_terms, d_init, refs[at:]
 
 
-def reverse_scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks: int):
+def reverse_scan_kernel(
+    step: Callable, *refs, terms_tree, state_tree, n_chunks: int, out_tree=None
+):
     """Pallas body of a backward kernel that walks all ``n_chunks`` chunks of its block in reverse.
 
-    Ref order: terms leaves [n, ...], chunk-start state leaves [n, ...], dO [n, c, d], end-state
-    cotangent leaves; then the outputs: terms cotangents [n, ...] and initial-state cotangents.
-    The state cotangent is the loop carry; each chunk is :func:`chunk_vjp`.
+    Ref order: terms leaves [n, ...], chunk-start state leaves [n, ...], dO [n, c, d] (one ref per
+    output leaf, ``out_tree`` as in :func:`scan_kernel`), end-state cotangent leaves; then the
+    outputs: terms cotangents [n, ...] and initial-state cotangents. The state cotangent is the
+    loop carry; each chunk is :func:`chunk_vjp`.
     """
-    terms, starts, d_o, d_end, d_terms, d_init, _ = _backward_refs(refs, terms_tree, state_tree)
+    terms, starts, d_o, d_end, d_terms, d_init, _ = _backward_refs(
+        refs, terms_tree, state_tree, out_tree
+    )
 
     def body(i, d_state):
         c = n_chunks - 1 - i
         at = lambda r: r[c]
         x, start = jax.tree.map(at, terms), jax.tree.map(at, starts)
-        d_x, d_state = chunk_vjp(step, x, start, d_o[c], d_state)
+        d_x, d_state = chunk_vjp(step, x, start, jax.tree.map(at, d_o), d_state)
         for ref, g in zip(d_terms, jax.tree.leaves(d_x)):
             ref[c] = g.astype(ref.dtype)
         return d_state
@@ -235,15 +276,17 @@ def reverse_scan_kernel(step: Callable, *refs, terms_tree, state_tree, n_chunks:
         ref[...] = g.astype(ref.dtype)
 
 
-def reverse_step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axis: int):
+def reverse_step_kernel(
+    step: Callable, *refs, terms_tree, state_tree, chunk_axis: int, out_tree=None
+):
     """Pallas body of a backward kernel with one chunk per grid step along ``chunk_axis``.
 
     The index maps visit the chunks last to first; the state cotangent lives in scratch refs
     (after the refs of :func:`reverse_scan_kernel`, which this one takes per chunk: terms and
-    starts [...], dO [c, d]).
+    starts [...], dO leaves [c, d]).
     """
     terms, starts, d_o, d_end, d_terms, d_init, scratch = _backward_refs(
-        refs, terms_tree, state_tree
+        refs, terms_tree, state_tree, out_tree
     )
     i = pl.program_id(chunk_axis)
 
@@ -254,7 +297,8 @@ def reverse_step_kernel(step: Callable, *refs, terms_tree, state_tree, chunk_axi
 
     x, start = jax.tree.map(lambda r: r[...], (terms, starts))
     d_state = jax.tree.unflatten(state_tree, [scr[...] for scr in scratch])
-    d_x, d_state = chunk_vjp(step, x, start, d_o[...], d_state)
+    d_o = jax.tree.map(lambda r: r[...], d_o)
+    d_x, d_state = chunk_vjp(step, x, start, d_o, d_state)
     for ref, g in zip(d_terms, jax.tree.leaves(d_x)):
         ref[...] = g.astype(ref.dtype)
     for scr, g in zip(scratch, jax.tree.leaves(d_state)):

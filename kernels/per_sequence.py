@@ -3,7 +3,8 @@
 For memories whose chunk step couples the whole state (an MLP memory: the hidden error needs all
 of W₁), the grid runs one program per sequence·head and every block spans whole widths. The
 kernel bodies are :mod:`nestlearn.kernels.chunk_scan`'s; what this module adds is the
-``pallas_call`` of each backend, for any step ``step(x, state) -> (o [c, d], state)``:
+``pallas_call`` of each backend, for any step ``step(x, state) -> (o, state)`` whose output o is
+an array [c, d] or a pytree of them (e.g. the generated tokens of Hope's generator memories):
 
 * Triton (GPU): grid (bh,); the program loops over the chunks with the state in registers
   (:func:`triton_forward`), and the backward kernel loops over them in reverse with the state's
@@ -17,7 +18,7 @@ custom VJP (:func:`chunk_scan.kernel_with_vjp`), with :func:`chunk_scan.scan_chu
 form.
 
 Shapes: terms leaves [bh, n, c, ...] (bh sequences·heads, n chunks of c tokens), state leaves
-[bh, ...], outputs [bh, n, c, d].
+[bh, ...], output leaves [bh, n, c, ...].
 """
 
 import functools
@@ -32,14 +33,15 @@ from nestlearn.kernels import chunk_scan, dispatch
 _TPU_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
 
 
-def output_shape(step: Callable, terms, state) -> jax.ShapeDtypeStruct:
-    """o [bh, n, c, d] of ``step`` over ``terms`` [bh, n, ...] from ``state`` [bh, ...]."""
+def output_shape(step: Callable, terms, state):
+    """o [bh, n, c, ...] of ``step`` over ``terms`` [bh, n, ...] from ``state`` [bh, ...]: one
+    ``ShapeDtypeStruct`` per leaf of the step's output, in its tree."""
     bh, n = jax.tree.leaves(terms)[0].shape[:2]
     one = lambda tree, lead: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape[lead:], x.dtype), tree
     )
     o, _ = jax.eval_shape(step, one(terms, 2), one(state, 1))
-    return jax.ShapeDtypeStruct((bh, n, *o.shape), o.dtype)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((bh, n, *x.shape), x.dtype), o)
 
 
 def _whole(x) -> pl.BlockSpec:
@@ -63,7 +65,8 @@ def triton_forward(
     bh, n = jax.tree.leaves(terms)[0].shape[:2]
     leaves, terms_tree = jax.tree.flatten(terms)
     state_leaves, state_tree = jax.tree.flatten(state)
-    out_shape = [output_shape(step, terms, state)]
+    out_shape, out_tree = jax.tree.flatten(output_shape(step, terms, state))
+    n_out = len(out_shape)
     out_shape += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state_leaves]
     if save_starts:
         out_shape += [jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype) for x in state_leaves]
@@ -74,6 +77,7 @@ def triton_forward(
         state_tree=state_tree,
         n_chunks=n,
         save_starts=save_starts,
+        out_tree=out_tree,
     )
     outs = pl.pallas_call(
         kernel,
@@ -85,10 +89,7 @@ def triton_forward(
         name=f"{name}_fwd_triton",
         compiler_params=_triton_params(num_warps, num_stages),
     )(*leaves, *state_leaves)
-    n_state = len(state_leaves)
-    ends, starts = outs[1 : 1 + n_state], outs[1 + n_state :]
-    starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
-    return outs[0], jax.tree.unflatten(state_tree, ends), starts
+    return _split_forward(outs, out_tree, n_out, state_tree, save_starts)
 
 
 def triton_backward(
@@ -106,13 +107,15 @@ def triton_backward(
     leaves, terms_tree = jax.tree.flatten(terms)
     start_leaves, state_tree = jax.tree.flatten(starts)
     end_leaves = jax.tree.leaves(d_state)
-    inputs = [*leaves, *start_leaves, d_o, *end_leaves]
+    d_o_leaves, out_tree = jax.tree.flatten(d_o)
+    inputs = [*leaves, *start_leaves, *d_o_leaves, *end_leaves]
     kernel = functools.partial(
         chunk_scan.reverse_scan_kernel,
         step,
         terms_tree=terms_tree,
         state_tree=state_tree,
         n_chunks=leaves[0].shape[1],
+        out_tree=out_tree,
     )
     outs = pl.pallas_call(
         kernel,
@@ -126,6 +129,15 @@ def triton_backward(
     )(*inputs)
     d_terms = jax.tree.unflatten(terms_tree, outs[: len(leaves)])
     return d_terms, jax.tree.unflatten(state_tree, outs[len(leaves) :])
+
+
+def _split_forward(outs, out_tree, n_out: int, state_tree, save_starts: bool):
+    """A forward ``pallas_call``'s flat outputs as ``(o, state_end, starts or None)``."""
+    n_state = state_tree.num_leaves
+    o = jax.tree.unflatten(out_tree, outs[:n_out])
+    ends = jax.tree.unflatten(state_tree, outs[n_out : n_out + n_state])
+    starts = jax.tree.unflatten(state_tree, outs[n_out + n_state :]) if save_starts else None
+    return o, ends, starts
 
 
 def _tpu_specs(n: int, *, reverse: bool = False):
@@ -153,9 +165,10 @@ def tpu_forward(step, terms, state, *, save_starts, name, interpret=False):
     leaves, terms_tree = jax.tree.flatten(terms)
     state_leaves, state_tree = jax.tree.flatten(state)
     per_chunk, per_sequence = _tpu_specs(n)
-    out_shape = [output_shape(step, terms, state)]
+    out_shape, out_tree = jax.tree.flatten(output_shape(step, terms, state))
+    n_out = len(out_shape)
+    out_specs = [per_chunk(x) for x in out_shape] + [per_sequence(x) for x in state_leaves]
     out_shape += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state_leaves]
-    out_specs = [per_chunk(out_shape[0])] + [per_sequence(x) for x in state_leaves]
     if save_starts:
         starts = [jax.ShapeDtypeStruct((bh, n, *x.shape[1:]), x.dtype) for x in state_leaves]
         out_shape += starts
@@ -167,6 +180,7 @@ def tpu_forward(step, terms, state, *, save_starts, name, interpret=False):
         state_tree=state_tree,
         chunk_axis=1,
         save_starts=save_starts,
+        out_tree=out_tree,
     )
     outs = pl.pallas_call(
         kernel,
@@ -179,10 +193,7 @@ def tpu_forward(step, terms, state, *, save_starts, name, interpret=False):
         name=f"{name}_fwd_tpu",
         compiler_params=_TPU_PARAMS,
     )(*leaves, *state_leaves)
-    n_state = len(state_leaves)
-    ends, starts = outs[1 : 1 + n_state], outs[1 + n_state :]
-    starts = jax.tree.unflatten(state_tree, starts) if save_starts else None
-    return outs[0], jax.tree.unflatten(state_tree, ends), starts
+    return _split_forward(outs, out_tree, n_out, state_tree, save_starts)
 
 
 def tpu_backward(step, terms, starts, d_o, d_state, *, name, interpret=False):
@@ -195,6 +206,7 @@ def tpu_backward(step, terms, starts, d_o, d_state, *, name, interpret=False):
     leaves, terms_tree = jax.tree.flatten(terms)
     start_leaves, state_tree = jax.tree.flatten(starts)
     end_leaves = jax.tree.leaves(d_state)
+    d_o_leaves, out_tree = jax.tree.flatten(d_o)
     bh, n = leaves[0].shape[:2]
     per_chunk, per_sequence = _tpu_specs(n, reverse=True)
     kernel = functools.partial(
@@ -203,19 +215,20 @@ def tpu_backward(step, terms, starts, d_o, d_state, *, name, interpret=False):
         terms_tree=terms_tree,
         state_tree=state_tree,
         chunk_axis=1,
+        out_tree=out_tree,
     )
     outs = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves + end_leaves],
         grid=(bh, n),
-        in_specs=[per_chunk(x) for x in leaves + start_leaves + [d_o]]
+        in_specs=[per_chunk(x) for x in leaves + start_leaves + d_o_leaves]
         + [per_sequence(x) for x in end_leaves],
         out_specs=[per_chunk(x) for x in leaves] + [per_sequence(x) for x in end_leaves],
         scratch_shapes=[pltpu.VMEM(x.shape[1:], x.dtype) for x in end_leaves],
         interpret=interpret,
         name=f"{name}_bwd_tpu",
         compiler_params=_TPU_PARAMS,
-    )(*leaves, *start_leaves, d_o, *end_leaves)
+    )(*leaves, *start_leaves, *d_o_leaves, *end_leaves)
     d_terms = jax.tree.unflatten(terms_tree, outs[: len(leaves)])
     return d_terms, jax.tree.unflatten(state_tree, outs[len(leaves) :])
 
@@ -261,7 +274,8 @@ def scan(
     num_warps: int = 4,
     num_stages: int = 1,
 ):
-    """``(o [bh, n, c, d], state_end)``: ``step`` over the chunks of every sequence·head.
+    """``(o [bh, n, c, d], state_end)``: ``step`` over the chunks of every sequence·head (o: the
+    step's output tree, every leaf stacked over the chunks).
 
     Args:
       step: ``step(x, state) -> (o, state)`` on one chunk (plain jnp that lowers in a Pallas
