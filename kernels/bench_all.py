@@ -7,8 +7,8 @@ The one command for a machine with a GPU or TPU (run from the repository root):
 It measures the device's matmul and copy ceilings once, then times forward and forward+backward
 of each op against its XLA reference at the benchmark shape (T ∈ {2048, 8192}, d = 128, 8 heads,
 batch 1, bf16, chunk 64): ``gated_delta`` without and with momentum, ``mlp_memory`` (residual,
-hidden 256), and Hope's self-modifying memory layer with its output memory on the kernels
-(:mod:`nestlearn.kernels.self_modifying_bench`, per-head width ``--sm_d`` 64). It prints one
+hidden 256), and Hope's self-modifying memory layer with its generators and output memory on the
+kernels (:mod:`nestlearn.kernels.self_modifying_bench`, per-head width ``--sm_d`` 32). It prints one
 table (:mod:`nestlearn.kernels.benchmarking`) and writes the JSON to ``--out`` (default
 ``docs/results/kernels/<device kind>.json``). A backend that fails is recorded as an error row;
 the run goes on. Every flag of the op benchmarks applies (``--t``, ``--d``, ``--heads``,

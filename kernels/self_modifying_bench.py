@@ -1,17 +1,18 @@
-"""Benchmark of Hope's self-modifying memory: output memory on the Pallas kernels vs XLA.
+"""Benchmark of Hope's self-modifying memory: its chunk scans on the Pallas kernels vs XLA.
 
-    python -m nestlearn.kernels.self_modifying_bench [--sm_d 64] [--out self_modifying.json]
+    python -m nestlearn.kernels.self_modifying_bench [--sm_d 32] [--out self_modifying.json]
     python -m nestlearn.kernels.self_modifying_bench --quick   # CPU smoke run (interpreter)
 
 Times ``nestlearn.memory.self_modifying_memory`` — the whole layer a Hope model runs: the
-generator memories (k, v, η, α) in XLA, then the output memory — with ``kernel_impl="xla"`` and
-with the output memory's chunk scan on the platform's Pallas kernels (``kernel_impl="pallas"``;
-the backward kernels, chunk-start states recomputed). The write rule is the ``hope`` model's
+generator memories (k, v, η, α), then the output memory — with ``kernel_impl="xla"`` and with
+both chunk scans on the platform's Pallas kernels (``kernel_impl="pallas"``; the backward
+kernels, chunk-start states recomputed). The write rule is the ``hope`` model's
 (``nestlearn.models.hope.HOPE_WRITES``) with the DGD erase and momentum 0.5 switched on
 (``--sm_variant dgd_momentum``, default) or as shipped (``--sm_variant hope``). Shape: T ∈ {2048,
-8192}, per-head width ``--sm_d`` (default 64: weights, momenta and anchor of one memory, 96 KiB
-in float32, stay within one Triton program), ``--heads`` heads, batch ``--batch``, output-memory
-chunk ``--chunk`` (64), generator chunk 32.
+8192}, per-head width ``--sm_d`` (default 32, the ``hope`` model's: the four generators'
+weights, momenta and anchors, 96 KiB in float32, stay within one Triton program; at 64 they take
+384 KiB and run in XLA, with a warning, while the output memory's 96 KiB stay on the kernel),
+``--heads`` heads, batch ``--batch``, output-memory chunk ``--chunk`` (64), generator chunk 32.
 
 Work counted: XLA's own cost analysis (FLOPs and bytes accessed) of the XLA path's compiled
 forward and forward+backward, used for both rows, so the TFLOP/s ratio of two rows is their speed
@@ -93,7 +94,7 @@ def _make(*, kernel_impl, interpret, b, t, h, d, dtype, chunk, variant):
 
 def add_flags(p):
     """This benchmark's flags (also taken by ``bench_all``)."""
-    p.add_argument("--sm_d", type=int, default=64, help="per-head width of the memories")
+    p.add_argument("--sm_d", type=int, default=32, help="per-head width of the memories")
     p.add_argument("--sm_variant", default="dgd_momentum", choices=sorted(VARIANTS))
 
 

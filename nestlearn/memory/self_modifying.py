@@ -52,6 +52,7 @@ import dataclasses
 import functools
 import math
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,6 +63,7 @@ from jax import lax
 
 from nestlearn.kernels import kernel_impl as kernel_switch
 from nestlearn.kernels import per_sequence
+from nestlearn.kernels.dispatch import Unavailable
 from nestlearn.kernels.triangular import unit_lower_inverse, unit_lower_solve
 from nestlearn.memory import architectures, instruments
 
@@ -860,7 +862,6 @@ def _chunked_one(
     *,
     config: SelfModifyingConfig,
     stats: bool = False,
-    memory: bool = True,
 ):
     """Chunk-parallel memory on one sequence and head: x, q_in [t, d] -> (o [t, d], W, S).
 
@@ -868,9 +869,8 @@ def _chunked_one(
     M_□(x) are two products for all of them. With ``stats`` a fourth output holds per-token
     instruments: the output memory's and the generators' (mean over g) inner losses at the start
     and end of each token's chunk, {"memory": ([t], [t]), "generators": ([t], [t])}, and the
-    step sizes and retentions, "eta" [t, e] and "alpha" [t, e]. Without ``memory`` the output
-    memory is left to the caller: the first output is the tokens (:class:`_Tokens`, [t, ...]) and
-    W, S hold the generators only.
+    step sizes and retentions, "eta" [t, e] and "alpha" [t, e]. The kernel path runs the same
+    chunks with the generators one after the other (:func:`_generator_step`).
     """
     gen_names = _adaptive_generators(config)
     sigma = architectures.ACTIVATIONS[config.activation]
@@ -919,8 +919,6 @@ def _chunked_one(
 
     new_w = {n: {"w1": gen.w1[i], "w2": gen.w2[i]} for i, n in enumerate(gen_names)}
     new_s = {n: {"w1": gen.s1[i], "w2": gen.s2[i]} for i, n in enumerate(gen_names)}
-    if not memory:
-        return tokens, new_w, new_s
 
     mem_anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
     memory_body = lambda mem, tok: _memory_write(mem, tok, config, mem_anchor)
@@ -1059,6 +1057,123 @@ def _kernel_step(tok: _Tokens, state, *, config: SelfModifyingConfig):
     return o, (mem, anchor)
 
 
+def _generator_step(xs, state, *, config: SelfModifyingConfig, names, solve=_xla_solve):
+    """One chunk of the generator memories ``names``, one memory after the other (no stacked
+    axis, so the same function is a Pallas kernel body): their reads M_□(x) at the chunk start,
+    the tokens they generate (:func:`_generate`) and their writes.
+
+    Args:
+      xs: the chunk's terms {"x": [c, d], "q": [c, d], "inputs": {□: P_□ x [c, d]},
+        "fixed": {□: a static k or v [c, d]}, "eta_bias", "alpha_bias": [c, e]}.
+      state: ({□: _Memory}, {□: (W₁, W₂) anchor} or None).
+      config: the layer's options.
+      names: the adaptive generators.
+      solve: the unit lower-triangular solve (``unit_lower_solve`` in a kernel body).
+
+    Returns:
+      ``(tokens, state)``: :class:`_Tokens` [c, ...] and the memories after the chunk.
+    """
+    gens, anchors = state
+    sigma = architectures.ACTIVATIONS[config.activation]
+    reads = {
+        n: _mlp({"w1": gens[n].w1, "w2": gens[n].w2}, xs["inputs"].get(n, xs["x"]), sigma)
+        for n in names
+    }
+    biases = {"eta_bias": xs["eta_bias"], "alpha_bias": xs["alpha_bias"]}
+    tok = _generate({**reads, **xs["fixed"]}, biases, xs["x"], xs["q"], config)
+    if not config.writes:
+        return tok, state
+    new = {}
+    for n in names:
+        anchor = None if anchors is None else anchors[n]
+        new[n] = _write_chunk(gens[n], tok, config, anchor=anchor, solve=solve)[0]
+        if config.stop_gradient_writes:
+            new[n] = _straight_through(gens[n], new[n])
+    return tok, (new, anchors)
+
+
+def _generators_kernel(x, q, weights, momentum, static, config, backend):
+    """The generator memories over all sequences and heads on ``nestlearn.kernels.per_sequence``:
+    full chunks of ``chunk_size`` tokens as one kernel scan (:func:`_generator_step`), a shorter
+    tail chunk in XLA.
+
+    Args:
+      x, q: [b, t, h, d] (x already ℓ2-normalised when ``normalize_x``).
+      weights, momentum: {□: {"w1": [b, h, d, n], "w2": [b, h, n, d]}} (the output memory's
+        entries are ignored).
+      static: the static parameters of :func:`_check_and_prepare`, leaves [h, ...].
+      config: the layer's options.
+      backend: ``nestlearn.kernels.kernel_impl.Backend``.
+
+    Returns:
+      ``(tokens, new_w, new_s)``: :class:`_Tokens` with leaves [b, h, t, ...] and the generators'
+      weights and momentum after the last token.
+    """
+    b, t, h, _ = x.shape
+    names = _adaptive_generators(config)
+    c = config.chunk_size
+    full = (t // c) * c
+    seq = lambda a: jnp.swapaxes(a, 1, 2).reshape(b * h, t, -1)  # [b, t, h, e] -> [bh, t, e]
+    by_head = lambda a, w: jnp.einsum("bthd,hed->bthe", a, w)  # a per-head linear map
+    maps = static.get("inputs", {})
+    xs = {
+        "x": seq(x),
+        "q": seq(q),
+        "inputs": {n: seq(by_head(x, m)) for n, m in maps.items()},
+        "fixed": {n: seq(by_head(x, static[n]["w"])) for n in ("k", "v") if n not in names},
+    }
+    for n in ("eta_bias", "alpha_bias"):  # [h, e] -> [bh, t, e]
+        xs[n] = seq(jnp.broadcast_to(static[n][None, None], (b, t, *static[n].shape)))
+    flat = lambda a: a.reshape(b * h, *a.shape[2:])
+    gens = {
+        n: _Memory(*(flat(tree[n][leaf]) for leaf in ("w1", "w2") for tree in (weights, momentum)))
+        for n in names
+    }
+    anchors = static.get("anchor")
+    if anchors is not None:
+        anchors = {
+            n: tuple(
+                flat(jnp.broadcast_to(anchors[n][leaf], (b, *anchors[n][leaf].shape)))
+                for leaf in ("w1", "w2")
+            )
+            for n in names
+        }
+    step = functools.partial(_generator_step, config=config, names=names)
+    state, outs = (gens, anchors), []
+    if full:
+        head = jax.tree.map(lambda a: a[:, :full].reshape(b * h, t // c, c, *a.shape[2:]), xs)
+        scan = functools.partial(
+            per_sequence.scan,
+            functools.partial(step, solve=unit_lower_solve),
+            head,
+            state,
+            name="self_modifying_generators",
+        )
+        try:
+            tokens, state = scan(**backend.kwargs())
+        except Unavailable as why:  # e.g. their state exceeds one Triton program
+            warnings.warn(
+                f"self_modifying_memory: the generator memories run in XLA ({why}); the output "
+                "memory stays on the kernel",
+                stacklevel=2,
+            )
+            tokens, state = scan(implementation="xla")
+        outs.append(jax.tree.map(lambda a: a.reshape(b * h, full, *a.shape[3:]), tokens))
+    if full < t:
+        tail = jax.tree.map(lambda a: a[:, full:], xs)
+        tokens, state = jax.vmap(step)(tail, state)
+        outs.append(tokens)
+    tokens = (
+        jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs) if len(outs) > 1 else outs[0]
+    )
+    tokens = jax.tree.map(lambda a: a.reshape(b, h, t, *a.shape[2:]), tokens)
+    gens = state[0]
+    unflat = lambda a: a.reshape(b, h, *a.shape[1:])
+    new_w = {n: {"w1": unflat(gens[n].w1), "w2": unflat(gens[n].w2)} for n in names}
+    new_s = {n: {"w1": unflat(gens[n].s1), "w2": unflat(gens[n].s2)} for n in names}
+    return tokens, new_w, new_s
+
+
 def _memory_kernel(tokens: _Tokens, weights, momentum, anchor, config, backend):
     """The output memory over all sequences and heads on ``nestlearn.kernels.per_sequence``.
 
@@ -1118,21 +1233,23 @@ def kernel_support(config: SelfModifyingConfig) -> str | None:
 def _run(one, x, q, params, config, initial_state, stats: bool = False, backend=None):
     dtype, static, weights, momentum = _check_and_prepare(x, q, params, config, initial_state)
     kwargs = {"config": config, "stats": True} if stats else {"config": config}
-    if backend is not None:
-        kwargs["memory"] = False
     fn = jax.vmap(
         jax.vmap(
             lambda *a: one(*a, **kwargs),
             in_axes=(1, 1, 0, 0, 0),
-            out_axes=(1, 0, 0, 0) if stats else (0 if backend else 1, 0, 0),
+            out_axes=(1, 0, 0, 0) if stats else (1, 0, 0),
         ),
         in_axes=(0, 0, 0, 0, None),
     )
     x_in = x.astype(dtype)
     if config.normalize_x:
         x_in = _l2_normalize(x_in)
-    o, new_w, new_s, *record = fn(x_in, q.astype(dtype), weights, momentum, static)
-    if backend is not None:  # o holds the tokens [b, h, t, ...]
+    if backend is None:
+        o, new_w, new_s, *record = fn(x_in, q.astype(dtype), weights, momentum, static)
+    else:  # the generators' tokens [b, h, t, ...], then the output memory, on the kernels
+        o, new_w, new_s = _generators_kernel(
+            x_in, q.astype(dtype), weights, momentum, static, config, backend
+        )
         anchors = static.get("anchor")
         anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
         o, new_w["memory"], new_s["memory"] = _memory_kernel(
@@ -1197,10 +1314,12 @@ def self_modifying_memory(
         M(v_t) the chunk-start target (re-read at the end when not ``stop_gradient_vhat``); η is
         the generated step (η′ with ``dgd_step="normalized"``, before any per-layer
         normalisation); norms over the weights W₁, W₂ (momentum not included).
-      kernel_impl: "xla" (default) or "pallas": the output memory's chunk scan on the Pallas
-        kernels of ``nestlearn.kernels.per_sequence`` (forward and backward kernels, the chunk
-        step :func:`_write_chunk` in their bodies; the generators stay in XLA), or "auto" (the
-        kernel on GPU/TPU when it covers the configuration, :func:`kernel_support`). See
+      kernel_impl: "xla" (default) or "pallas": the generators' and the output memory's chunk
+        scans on the Pallas kernels of ``nestlearn.kernels.per_sequence`` (forward and backward
+        kernels; the chunk steps :func:`_generator_step` and :func:`_kernel_step`, built on the
+        XLA path's :func:`_write_chunk`, in their bodies; where the generators' shapes or state
+        do not fit one Triton program they run in XLA, with a warning), or "auto" (the kernels on
+        GPU/TPU when they cover the configuration, :func:`kernel_support`). See
         ``nestlearn.kernels.kernel_impl``. With ``stats`` the XLA path runs.
 
     Raises:

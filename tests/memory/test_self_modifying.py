@@ -630,7 +630,8 @@ def test_input_validation():
         )
 
 
-# The output memory's chunk scan on the Pallas kernels (kernel_impl="pallas"), against XLA.
+# The generators' and the output memory's chunk scans on the Pallas kernels
+# (kernel_impl="pallas"), against XLA.
 KERNEL_CASES = {
     "hope": {k: v for k, v in HOPE_WRITES.items() if k != "chunk_size"},
     "dgd_momentum_anchor": {
@@ -649,9 +650,10 @@ KERNEL_CASES = {
 def test_kernel_path_equals_xla(x64, monkeypatch, case):
     """kernel_impl="pallas" (the Triton kernels in the Pallas interpreter, forward and backward)
     gives the XLA path's outputs, final state and gradients (inputs and every parameter) to
-    float64 rounding; T = 36 is two full memory chunks of 16 and a tail the XLA step writes."""
+    float64 rounding; T = 36 is two full chunks of 16 of the generators and of the output memory
+    (each on its own kernel) and a tail of 4 the XLA step writes."""
     monkeypatch.setenv(kernel_switch.INTERPRET_ENV, "1")
-    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=16, **KERNEL_CASES[case])
+    cfg = SelfModifyingConfig(chunk_size=16, memory_chunk_size=16, **KERNEL_CASES[case])
     params = _perturbed_params(cfg, heads=2, dim=16, hidden=16, dtype=jnp.float64, scale=0.05)
     x, q = _inputs((1, 36, 2, 16), jnp.float64)
 
@@ -664,34 +666,62 @@ def test_kernel_path_equals_xla(x64, monkeypatch, case):
     run = jax.jit(grad, static_argnums=3)
     (_, (o, state)), grads = run(params, x, q, "pallas")
     (_, (o_ref, state_ref)), grads_ref = run(params, x, q, "xla")
-    assert "pallas_call" in str(jax.make_jaxpr(loss, static_argnums=3)(params, x, q, "pallas"))
+    jaxpr = str(jax.make_jaxpr(loss, static_argnums=3)(params, x, q, "pallas"))
+    for kernel in ("self_modifying_generators_fwd", "self_modifying_memory_fwd"):
+        assert kernel in jaxpr
     assert _max_diff(o, o_ref) < 1e-12
     assert _max_diff(state, state_ref) < 1e-12
     assert _max_diff(grads, grads_ref) < 1e-12
 
 
+def test_generators_that_do_not_fit_a_triton_program_run_in_xla(x64, monkeypatch):
+    """A generator chunk of 4 (Triton tiles 1 or powers of two ≥ 16) keeps the generators in XLA
+    with a warning naming why, the output memory on its kernel, and the XLA path's results."""
+    monkeypatch.setenv(kernel_switch.INTERPRET_ENV, "1")
+    cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=16, **KERNEL_CASES["hope"])
+    params = _perturbed_params(cfg, heads=1, dim=16, hidden=16, dtype=jnp.float64, scale=0.05)
+    x, q = _inputs((1, 16, 1, 16), jnp.float64)
+    with pytest.warns(UserWarning, match="generator memories run in XLA .*power of two"):
+        o, state = self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="pallas")
+    o_ref, state_ref = self_modifying_memory(x, q, params=params, config=cfg)
+    assert _max_diff(o, o_ref) < 1e-12 and _max_diff(state, state_ref) < 1e-12
+
+
+@pytest.mark.parametrize("scan", ["memory", "generators"])
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_kernel_lowers(case, platform):
-    """The forward and backward kernels of the output memory lower for Triton (d 32, chunk 64:
-    the `hope` model's head width and chunk) and Mosaic TPU (d 128, chunk 128) on this CPU."""
-    d, c = (32, 64) if platform == "cuda" else (128, 128)
-    cfg = SelfModifyingConfig(memory_chunk_size=c, **KERNEL_CASES[case])
+def test_kernel_lowers(scan, case, platform):
+    """The forward and backward kernels of the output memory and of the generators lower for
+    Triton (d 32, chunk 64 for the memory and 32 for the generators: the `hope` model's head
+    width and chunks) and Mosaic TPU (d 128, chunk 128) on this CPU."""
+    d, c = (32, 64 if scan == "memory" else 32) if platform == "cuda" else (128, 128)
+    cfg = SelfModifyingConfig(memory_chunk_size=c, chunk_size=c, **KERNEL_CASES[case])
     bh, n = 2, 2
     zeros = lambda *shape: jnp.zeros((bh, n, c, *shape))
-    tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=zeros(1))
     square = jnp.zeros((bh, d, d))
-    state = (sm._Memory(square, square, square, square), (square, square))
-    step = functools.partial(sm._kernel_step, config=cfg)
+    memory = sm._Memory(square, square, square, square)
+    if scan == "memory":
+        tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=zeros(1))
+        state = (memory, (square, square))
+        step = functools.partial(sm._kernel_step, config=cfg)
+    else:
+        names = sm._adaptive_generators(cfg)
+        tok = {"x": zeros(d), "q": zeros(d), "inputs": {}, "eta_bias": zeros(1)}
+        tok |= {"alpha_bias": zeros(1), "fixed": {n: zeros(d) for n in "kv" if n not in names}}
+        anchors = {n: (square, square) for n in names}
+        state = ({n: memory for n in names}, anchors)
+        step = functools.partial(
+            sm._generator_step, config=cfg, names=names, solve=sm.unit_lower_solve
+        )
     if platform == "cuda":
         forward, backward = per_sequence.triton_forward, per_sequence.triton_backward
     else:
         forward, backward = per_sequence.tpu_forward, per_sequence.tpu_backward
-    fwd = functools.partial(forward, step, save_starts=True, name="self_modifying_memory")
+    fwd = functools.partial(forward, step, save_starts=True, name=f"self_modifying_{scan}")
     o, _, starts = jax.eval_shape(fwd, tok, state)
     jax.jit(fwd).trace(tok, state).lower(lowering_platforms=(platform,))
     zeros_like = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-    bwd = functools.partial(backward, step, name="self_modifying_memory")
+    bwd = functools.partial(backward, step, name=f"self_modifying_{scan}")
     args = (tok, zeros_like(starts), zeros_like(o), state)
     jax.jit(bwd).trace(*args).lower(lowering_platforms=(platform,))
 
