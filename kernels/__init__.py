@@ -6,7 +6,8 @@ Each op has a plain-JAX reference (the CPU default), Pallas backends for Triton 
 * :func:`gated_delta` — gated delta rule (Gated DeltaNet) with an optional Titans momentum.
 * :func:`mlp_memory` — Titans deep memory (2-layer MLP) with chunk-start gradients.
 * :func:`nestlearn.kernels.per_sequence.scan` — any chunk step whose whole state one program
-  holds (Hope's self-modifying output memory runs on it).
+  holds, its output any pytree (Hope's self-modifying memory runs its generators and its output
+  memory on it).
 
 The models' ``kernel_impl`` switch (``auto | xla | pallas``) is resolved by
 :mod:`nestlearn.kernels.kernel_impl`; ``python -m nestlearn.kernels.bench_all`` benchmarks every

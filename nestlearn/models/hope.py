@@ -18,11 +18,12 @@ sub-config and `self_modifying_config` turns it and those two fields into a `Sel
 The CMS comes from the `cms` sub-config (scheduled or online mode, sequential / nested /
 independent variant).
 
-`kernel_impl`: "pallas" runs the output memory's chunk scan on the Pallas kernels
-(`self_modifying_memory(kernel_impl="pallas")`: forward and backward kernels of
-`nestlearn.kernels.per_sequence`; the generator memories stay in XLA) and raises a `ValueError`
-where none can run; "auto" and "xla" run the XLA path — "auto" picks only kernels that have been
-compiled and checked on a device, and this one has run in the Pallas interpreters only.
+`kernel_impl`: "pallas" runs the generators' and the output memory's chunk scans on the Pallas
+kernels (`self_modifying_memory(kernel_impl="pallas")`: forward and backward kernels of
+`nestlearn.kernels.per_sequence`; generators too large for one Triton program stay in XLA, with
+a warning) and raises a `ValueError` where none can run; "auto" and "xla" run the XLA path —
+"auto" picks only kernels that have been compiled and checked on a device, and these have run in
+the Pallas interpreters only.
 
 Shapes: b batch, t tokens, h heads, d model width, d_h head width.
 """
