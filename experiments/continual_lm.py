@@ -114,7 +114,7 @@ SIZES = {
 EWC_LAMBDAS = (1e1, 1e2, 1e3, 1e4)
 #: the rehearsal and EWC baselines' own settings (the other models' records do not hold them)
 BASELINE_SETTINGS = dict(
-    replay_windows=256,  # training windows stored per finished domain
+    replay_windows=2048,  # training windows stored per finished domain (256 KiB of bytes)
     fisher_windows=64,  # training windows of the finished domain the Fisher averages over
 )
 #: the parameter groups whose movement and reset are measured; CMS levels are added per model
