@@ -1049,11 +1049,11 @@ def _check_and_prepare(x, q, params, config, initial_state):
     return dtype, static, weights, momentum
 
 
-def _kernel_step(tok: _Tokens, state, *, config: SelfModifyingConfig):
-    """The output memory's chunk inside a Pallas kernel body (:func:`_memory_kernel`): the
-    decays from the chunk's log α, the write and the read, all in the kernel."""
+def _kernel_step(tok: _Tokens, state, *, config: SelfModifyingConfig, solve=_xla_solve):
+    """The output memory's chunk as a scan step (:func:`_memory_kernel`; a Pallas kernel body
+    with ``solve=unit_lower_solve``): the decays from the chunk's log α, the write and the read."""
     mem, anchor = state
-    mem, o = _memory_write(mem, tok, config, anchor, solve=unit_lower_solve)
+    mem, o = _memory_write(mem, tok, config, anchor, solve=solve)
     return o, (mem, anchor)
 
 
@@ -1092,10 +1092,70 @@ def _generator_step(xs, state, *, config: SelfModifyingConfig, names, solve=_xla
     return tok, (new, anchors)
 
 
+def _scan_on_kernel(step, terms, state, *, chunk: int, name: str, backend, may_fall_back=False):
+    """``step`` over ``terms`` (leaves [bh, t, ...]) from ``state`` (leaves [bh, ...]) in chunks:
+    the full chunks as one ``nestlearn.kernels.per_sequence`` scan (the step with
+    ``solve=unit_lower_solve``), a shorter tail chunk in XLA. With ``may_fall_back`` a scan the
+    backend cannot run (``Unavailable``: shapes Triton cannot tile, a state too large for one
+    program) runs in XLA with a warning instead of raising.
+
+    Returns:
+      ``(outputs, state)``: the step's outputs with leaves [bh, t, ...] and the final state.
+    """
+    bh, t = jax.tree.leaves(terms)[0].shape[:2]
+    full = (t // chunk) * chunk
+    outs = []
+    if full:
+        head = jax.tree.map(
+            lambda a: a[:, :full].reshape(bh, t // chunk, chunk, *a.shape[2:]), terms
+        )
+        scan = functools.partial(
+            per_sequence.scan,
+            functools.partial(step, solve=unit_lower_solve),
+            head,
+            state,
+            name=name,
+        )
+        try:
+            o, state = scan(**backend.kwargs())
+        except Unavailable as why:
+            if not may_fall_back:
+                raise
+            warnings.warn(f"{name} runs in XLA: {why}", stacklevel=3)
+            o, state = scan(implementation="xla")
+        outs.append(jax.tree.map(lambda a: a.reshape(bh, full, *a.shape[3:]), o))
+    if full < t:
+        o, state = jax.vmap(step)(jax.tree.map(lambda a: a[:, full:], terms), state)
+        outs.append(o)
+    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), state
+
+
+def _per_sequence_memories(weights, momentum, anchors, names, b: int):
+    """The memories ``names`` with their batch and head axes merged: ({□: _Memory [bh, ...]},
+    {□: (W₁, W₂) [bh, ...]} or None); ``anchors`` {□: {"w1", "w2"}} have leaves [h, ...]."""
+    flat = lambda a: a.reshape(-1, *a.shape[2:])
+    leaves = lambda n: (
+        flat(tree[n][leaf]) for leaf in ("w1", "w2") for tree in (weights, momentum)
+    )
+    memories = {n: _Memory(*leaves(n)) for n in names}
+    if anchors is None:
+        return memories, None
+    wide = lambda a: flat(jnp.broadcast_to(a, (b, *a.shape)))
+    return memories, {n: (wide(anchors[n]["w1"]), wide(anchors[n]["w2"])) for n in names}
+
+
+def _per_head_state(memories, b: int, h: int):
+    """{□: _Memory [bh, ...]} -> (weights, momentum) {□: {"w1", "w2"}} with leaves [b, h, ...]."""
+    unflat = lambda a: a.reshape(b, h, *a.shape[1:])
+    weights = {n: {"w1": unflat(m.w1), "w2": unflat(m.w2)} for n, m in memories.items()}
+    momentum = {n: {"w1": unflat(m.s1), "w2": unflat(m.s2)} for n, m in memories.items()}
+    return weights, momentum
+
+
 def _generators_kernel(x, q, weights, momentum, static, config, backend):
-    """The generator memories over all sequences and heads on ``nestlearn.kernels.per_sequence``:
-    full chunks of ``chunk_size`` tokens as one kernel scan (:func:`_generator_step`), a shorter
-    tail chunk in XLA.
+    """The generator memories over all sequences and heads on the kernels
+    (:func:`_scan_on_kernel` of :func:`_generator_step`, chunks of ``chunk_size``); generators
+    that do not fit the backend run in XLA with a warning.
 
     Args:
       x, q: [b, t, h, d] (x already ℓ2-normalised when ``normalize_x``).
@@ -1111,113 +1171,57 @@ def _generators_kernel(x, q, weights, momentum, static, config, backend):
     """
     b, t, h, _ = x.shape
     names = _adaptive_generators(config)
-    c = config.chunk_size
-    full = (t // c) * c
     seq = lambda a: jnp.swapaxes(a, 1, 2).reshape(b * h, t, -1)  # [b, t, h, e] -> [bh, t, e]
     by_head = lambda a, w: jnp.einsum("bthd,hed->bthe", a, w)  # a per-head linear map
-    maps = static.get("inputs", {})
     xs = {
         "x": seq(x),
         "q": seq(q),
-        "inputs": {n: seq(by_head(x, m)) for n, m in maps.items()},
+        "inputs": {n: seq(by_head(x, m)) for n, m in static.get("inputs", {}).items()},
         "fixed": {n: seq(by_head(x, static[n]["w"])) for n in ("k", "v") if n not in names},
     }
     for n in ("eta_bias", "alpha_bias"):  # [h, e] -> [bh, t, e]
-        xs[n] = seq(jnp.broadcast_to(static[n][None, None], (b, t, *static[n].shape)))
-    flat = lambda a: a.reshape(b * h, *a.shape[2:])
-    gens = {
-        n: _Memory(*(flat(tree[n][leaf]) for leaf in ("w1", "w2") for tree in (weights, momentum)))
-        for n in names
-    }
-    anchors = static.get("anchor")
-    if anchors is not None:
-        anchors = {
-            n: tuple(
-                flat(jnp.broadcast_to(anchors[n][leaf], (b, *anchors[n][leaf].shape)))
-                for leaf in ("w1", "w2")
-            )
-            for n in names
-        }
-    step = functools.partial(_generator_step, config=config, names=names)
-    state, outs = (gens, anchors), []
-    if full:
-        head = jax.tree.map(lambda a: a[:, :full].reshape(b * h, t // c, c, *a.shape[2:]), xs)
-        scan = functools.partial(
-            per_sequence.scan,
-            functools.partial(step, solve=unit_lower_solve),
-            head,
-            state,
-            name="self_modifying_generators",
-        )
-        try:
-            tokens, state = scan(**backend.kwargs())
-        except Unavailable as why:  # e.g. their state exceeds one Triton program
-            warnings.warn(
-                f"self_modifying_memory: the generator memories run in XLA ({why}); the output "
-                "memory stays on the kernel",
-                stacklevel=2,
-            )
-            tokens, state = scan(implementation="xla")
-        outs.append(jax.tree.map(lambda a: a.reshape(b * h, full, *a.shape[3:]), tokens))
-    if full < t:
-        tail = jax.tree.map(lambda a: a[:, full:], xs)
-        tokens, state = jax.vmap(step)(tail, state)
-        outs.append(tokens)
-    tokens = (
-        jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs) if len(outs) > 1 else outs[0]
+        xs[n] = seq(jnp.broadcast_to(static[n], (b, t, *static[n].shape)))
+    state = _per_sequence_memories(weights, momentum, static.get("anchor"), names, b)
+    tokens, (memories, _) = _scan_on_kernel(
+        functools.partial(_generator_step, config=config, names=names),
+        xs,
+        state,
+        chunk=config.chunk_size,
+        name="self_modifying_generators",
+        backend=backend,
+        may_fall_back=True,
     )
     tokens = jax.tree.map(lambda a: a.reshape(b, h, t, *a.shape[2:]), tokens)
-    gens = state[0]
-    unflat = lambda a: a.reshape(b, h, *a.shape[1:])
-    new_w = {n: {"w1": unflat(gens[n].w1), "w2": unflat(gens[n].w2)} for n in names}
-    new_s = {n: {"w1": unflat(gens[n].s1), "w2": unflat(gens[n].s2)} for n in names}
-    return tokens, new_w, new_s
+    return (tokens, *_per_head_state(memories, b, h))
 
 
-def _memory_kernel(tokens: _Tokens, weights, momentum, anchor, config, backend):
-    """The output memory over all sequences and heads on ``nestlearn.kernels.per_sequence``.
-
-    The full chunks of ``memory_chunk_size`` tokens run as one kernel scan (:func:`_kernel_step`);
-    a shorter tail chunk runs in XLA.
+def _memory_kernel(tokens: _Tokens, weights, momentum, anchors, config, backend):
+    """The output memory over all sequences and heads on the kernels (:func:`_scan_on_kernel` of
+    :func:`_kernel_step`, chunks of ``memory_chunk_size``).
 
     Args:
       tokens: :class:`_Tokens` with leaves [b, h, t, ...].
-      weights, momentum: the output memory's {"w1": [b, h, d, n], "w2": [b, h, n, d]}.
-      anchor: (W₁ [h, d, n], W₂ [h, n, d]) that α decays towards, or None.
+      weights, momentum: {"memory": {"w1": [b, h, d, n], "w2": [b, h, n, d]}, ...}.
+      anchors: {"memory": {"w1": [h, d, n], "w2": [h, n, d]}, ...} that α decays towards, or
+        None.
       config: the layer's options.
       backend: ``nestlearn.kernels.kernel_impl.Backend``.
 
     Returns:
-      ``(o [b, t, h, d], weights, momentum)``.
+      ``(o [b, t, h, d], weights, momentum)`` of the output memory.
     """
     b, h, t, d = tokens.k.shape
-    c = config.memory_chunk_size
-    full = (t // c) * c
-    flat = lambda a: a.reshape(b * h, *a.shape[2:])
-    mem = _Memory(*(flat(tree[leaf]) for leaf in ("w1", "w2") for tree in (weights, momentum)))
-    if anchor is not None:
-        anchor = tuple(flat(jnp.broadcast_to(a, (b, *a.shape))) for a in anchor)
-    tok = jax.tree.map(flat, tokens)  # [bh, t, ...]
-    outs = []
-    if full:
-        head = jax.tree.map(lambda a: a[:, :full].reshape(b * h, t // c, c, *a.shape[2:]), tok)
-        step = functools.partial(_kernel_step, config=config)
-        o, (mem, _) = per_sequence.scan(
-            step, head, (mem, anchor), name="self_modifying_memory", **backend.kwargs()
-        )
-        outs.append(o.reshape(b * h, full, d))
-    if full < t:
-        tail = jax.tree.map(lambda a: a[:, full:], tok)
-        mem, o = jax.vmap(lambda m, x, a: _memory_write(m, x, config, a))(mem, tail, anchor)
-        outs.append(o)
-    o = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
-    o = jnp.swapaxes(o.reshape(b, h, t, d), 1, 2)
-    unflat = lambda a: a.reshape(b, h, *a.shape[1:])
-    return (
-        o,
-        {"w1": unflat(mem.w1), "w2": unflat(mem.w2)},
-        {"w1": unflat(mem.s1), "w2": unflat(mem.s2)},
+    memories, anchor = _per_sequence_memories(weights, momentum, anchors, ("memory",), b)
+    o, (memories, _) = _scan_on_kernel(
+        functools.partial(_kernel_step, config=config),
+        jax.tree.map(lambda a: a.reshape(b * h, *a.shape[2:]), tokens),
+        (memories["memory"], None if anchor is None else anchor["memory"]),
+        chunk=config.memory_chunk_size,
+        name="self_modifying_memory",
+        backend=backend,
     )
+    weights, momentum = _per_head_state({"memory": memories}, b, h)
+    return jnp.swapaxes(o.reshape(b, h, t, d), 1, 2), weights["memory"], momentum["memory"]
 
 
 def kernel_support(config: SelfModifyingConfig) -> str | None:
@@ -1247,13 +1251,11 @@ def _run(one, x, q, params, config, initial_state, stats: bool = False, backend=
     if backend is None:
         o, new_w, new_s, *record = fn(x_in, q.astype(dtype), weights, momentum, static)
     else:  # the generators' tokens [b, h, t, ...], then the output memory, on the kernels
-        o, new_w, new_s = _generators_kernel(
+        tokens, new_w, new_s = _generators_kernel(
             x_in, q.astype(dtype), weights, momentum, static, config, backend
         )
-        anchors = static.get("anchor")
-        anchor = None if anchors is None else (anchors["memory"]["w1"], anchors["memory"]["w2"])
         o, new_w["memory"], new_s["memory"] = _memory_kernel(
-            o, weights["memory"], momentum["memory"], anchor, config, backend
+            tokens, weights, momentum, static.get("anchor"), config, backend
         )
     state = SelfModifyingState(new_w, new_s)
     if not stats:

@@ -681,7 +681,7 @@ def test_generators_that_do_not_fit_a_triton_program_run_in_xla(x64, monkeypatch
     cfg = SelfModifyingConfig(chunk_size=4, memory_chunk_size=16, **KERNEL_CASES["hope"])
     params = _perturbed_params(cfg, heads=1, dim=16, hidden=16, dtype=jnp.float64, scale=0.05)
     x, q = _inputs((1, 16, 1, 16), jnp.float64)
-    with pytest.warns(UserWarning, match="generator memories run in XLA .*power of two"):
+    with pytest.warns(UserWarning, match="self_modifying_generators runs in XLA: .*power of two"):
         o, state = self_modifying_memory(x, q, params=params, config=cfg, kernel_impl="pallas")
     o_ref, state_ref = self_modifying_memory(x, q, params=params, config=cfg)
     assert _max_diff(o, o_ref) < 1e-12 and _max_diff(state, state_ref) < 1e-12
@@ -703,7 +703,7 @@ def test_kernel_lowers(scan, case, platform):
     if scan == "memory":
         tok = sm._Tokens(k=zeros(d), v=zeros(d), q=zeros(d), eta=zeros(1), log_alpha=zeros(1))
         state = (memory, (square, square))
-        step = functools.partial(sm._kernel_step, config=cfg)
+        step = functools.partial(sm._kernel_step, config=cfg, solve=sm.unit_lower_solve)
     else:
         names = sm._adaptive_generators(cfg)
         tok = {"x": zeros(d), "q": zeros(d), "inputs": {}, "eta_bias": zeros(1)}
