@@ -607,7 +607,8 @@ def main(argv=None):
     start = time.perf_counter()
     runs, computed = [], 0
     strengths: list[dict] = []  # EWC: every (λ, first seed) record, the selection
-    for name in names:
+    for name in MODELS:  # the report holds every finished run; --models picks what runs
+        run = name in names and not args.report_only
         for seed in seeds:
             plan = [(f"{name}-seed{seed}", None)]
             if name == "transformer_pp_ewc":
@@ -616,13 +617,14 @@ def main(argv=None):
                 else:
                     lam = chosen_lambda(strengths)
                     if lam is None:
-                        print(f"skip {name} seed {seed}: the EWC strengths are not all run")
+                        if run:
+                            print(f"skip {name} seed {seed}: the EWC strengths are not all run")
                         continue
                     plan = [(f"{name}-lam{lam:g}-seed{seed}", lam)]
             for stem, lam in plan:
                 path = run_dir / f"{stem}.json"
                 record = compare.cached_record(path, settings=s, data=args.data)
-                if record is None and not args.report_only:
+                if record is None and run:
                     print(f"run {stem}", flush=True)
                     record = run_model(name, seed, domains, s, args.quick, ewc_lambda=lam)
                     record.update(settings=s, data=args.data)
@@ -640,7 +642,14 @@ def main(argv=None):
         print(f"no finished runs under {run_dir}")
         return
     agg = aggregate(runs)
-    command_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report_only"]
+    command_args, skip = [], False  # the command that reproduces the whole report
+    for a in argv if argv is not None else sys.argv[1:]:
+        if skip or a == "--report_only" or a.startswith("--models="):
+            skip = False
+            continue
+        skip = a == "--models"
+        if not skip:
+            command_args.append(a)
     records = runs + [r for r in strengths if r not in runs]  # every run's compute counts
     meta = {
         **compare.run_meta("experiments/continual_lm.py", command_args, start, records, computed),

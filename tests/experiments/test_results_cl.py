@@ -133,3 +133,8 @@ def test_continual_lm_replay_and_ewc_change_only_the_later_domains(tmp_path, loa
     assert chosen == [min(finals, key=finals.get)]
     assert report["models"]["transformer_pp_ewc"]["seeds"] == [0]
     assert "| EWC λ |" in (tmp_path / "lm.md").read_text()
+    # --models picks what runs; the report keeps every finished run (nothing is recomputed)
+    script.main([*argv, "--models", "transformer_pp_replay"])
+    text = (tmp_path / "lm.md").read_text()
+    assert "| Transformer++ |" in text and "| EWC λ |" in text and "--models" not in text
+    assert "(0 computed by this invocation" in text
