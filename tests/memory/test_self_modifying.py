@@ -687,6 +687,38 @@ def test_generators_that_do_not_fit_a_triton_program_run_in_xla(x64, monkeypatch
     assert _max_diff(o, o_ref) < 1e-12 and _max_diff(state, state_ref) < 1e-12
 
 
+def test_generator_scan_on_the_tpu_interpreter_equals_xla():
+    """The generators' chunk step (`_generator_step`, the `hope` write rule with its anchors) on
+    the TPU kernels in their interpreter: the tokens, the final memories and every gradient equal
+    the XLA scan's to float32 rounding (the TPU interpreter's callbacks run in float32; the layer
+    test above covers the Triton interpreter in float64)."""
+    cfg = SelfModifyingConfig(chunk_size=16, **KERNEL_CASES["hope"])
+    names = sm._adaptive_generators(cfg)
+    bh, n, c, d = 2, 2, 16, 16
+    keys = iter(jax.random.split(jax.random.key(0), 64))
+    r = lambda *shape, scale=0.3: scale * jax.random.normal(next(keys), shape)
+    xs = {"x": r(bh, n, c, d), "q": r(bh, n, c, d), "inputs": {}, "eta_bias": r(bh, n, c, 1)}
+    xs |= {
+        "alpha_bias": 3 + r(bh, n, c, 1),
+        "fixed": {k: r(bh, n, c, d) for k in "kv" if k not in names},
+    }
+    memory = lambda: sm._Memory(
+        r(bh, d, d), r(bh, d, d, scale=0.01), r(bh, d, d), r(bh, d, d, scale=0.01)
+    )
+    state = ({k: memory() for k in names}, {k: (r(bh, d, d), r(bh, d, d)) for k in names})
+    step = functools.partial(sm._generator_step, config=cfg, names=names, solve=sm.unit_lower_solve)
+
+    def loss(impl, xs, state):
+        kw = {} if impl == "xla" else {"interpret": True}
+        o, end = per_sequence.scan(step, xs, state, name="gen", implementation=impl, **kw)
+        return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves((o, end)))
+
+    want = jax.value_and_grad(loss, argnums=(1, 2))("xla", xs, state)
+    got = jax.value_and_grad(loss, argnums=(1, 2))("pallas_tpu", xs, state)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert jnp.allclose(a, b, rtol=1e-4, atol=1e-4), float(jnp.max(jnp.abs(a - b)))
+
+
 @pytest.mark.parametrize("scan", ["memory", "generators"])
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
