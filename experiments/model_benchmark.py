@@ -2,8 +2,10 @@
 
 Purpose: check that each model trains at a usable speed on the CPU and compare the models'
 compute cost. For each model and shape it reports steady-state training tokens/s (median over
-`--steps` timed steps after compilation), parameters, FLOPs per token from XLA's cost analysis,
-the achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, memory
+`--steps` timed steps after compilation), parameters, FLOPs per token (`nestlearn.core.count_flops`
+on the step's jaxpr, every scan iteration counted; XLA's cost analysis, which counts a loop body
+once and so undercounts the chunk-scanned memories, is kept as `xla_flops_per_token`), the
+achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, memory
 (XLA's buffer sizes for the compiled step and the process's peak RSS), the process CPU time per
 step (steadier than wall time on a shared machine; CPU time / wall time is the parallelism the
 2 cores reached) and the 1-minute load average when the model was timed. Each model and shape
@@ -50,6 +52,7 @@ import optax
 from flax import nnx
 
 from nestlearn import models, tune_host_allocator
+from nestlearn.core import count_flops
 
 SHAPES = {
     "small": dict(d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=256, batch=4),
@@ -102,12 +105,14 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    counted = count_flops(step, params, opt_state, tokens)
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    flops = counted.flops
     mem = compiled.memory_analysis()
     xla_mb = float("nan")
     if mem is not None:
@@ -138,6 +143,9 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         "cpu_ms": 1e3 * statistics.median(cpu_times),
         "load_avg_1min": os.getloadavg()[0],
         "flops_per_token": flops / n_tokens,
+        "matmul_flops_per_token": counted.matmul_flops / n_tokens,
+        "xla_flops_per_token": xla_flops / n_tokens,
+        "uncounted_while_loops": counted.while_loops,
         "achieved_gflops": flops / step_s / 1e9,
         "xla_memory_mb": xla_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

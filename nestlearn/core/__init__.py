@@ -1,15 +1,18 @@
-"""nestlearn.core: level specs, pytree path helpers and the host allocator settings."""
+"""nestlearn.core: level specs, pytree path helpers, FLOP counts and the host allocator settings."""
 
+from nestlearn.core.flops import FlopCount, count_flops
 from nestlearn.core.host_memory import tune_host_allocator
 from nestlearn.core.level import ACCUMULATIONS, Level, Selector, assign_levels, check_levels
 from nestlearn.core.tree import flatten_with_paths, key_path_str, tree_paths
 
 __all__ = [
     "ACCUMULATIONS",
+    "FlopCount",
     "Level",
     "Selector",
     "assign_levels",
     "check_levels",
+    "count_flops",
     "flatten_with_paths",
     "key_path_str",
     "tree_paths",
