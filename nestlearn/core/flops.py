@@ -11,7 +11,8 @@ length. The rules:
   reduction), as XLA counts them;
 * layout and data movement (reshape, transpose, slice, gather, broadcast, convert): zero;
 * ``scan``: ``length`` × its body; ``cond``: the costliest branch; any other primitive with
-  sub-jaxprs (jit, remat, custom_jvp/vjp, shard_map): the sum of them once;
+  sub-jaxprs (jit, remat, custom_jvp/vjp): the sum of them once; a ``shard_map`` body once, at
+  its per-shard shapes; ``pallas_call``: zero (its body is a kernel program, not counted);
 * ``while``: its body once, and the loop is counted in ``FlopCount.while_loops`` (its trip count
   is not known from the jaxpr).
 """
@@ -86,6 +87,8 @@ def _count(jaxpr: jex.Jaxpr) -> tuple[float, float, int]:
             flops += sum(_size(v.aval) for v in eqn.outvars)
         elif name in _REDUCTIONS:
             flops += _size(eqn.invars[0].aval)
+        elif name == "pallas_call":
+            continue
         elif name == "cond":
             branches = [_count(b.jaxpr) for b in eqn.params["branches"]]
             f, m, n = max(branches, key=lambda c: c[0])
@@ -103,7 +106,7 @@ def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> FlopCount:
     """FLOPs of one call ``fn(*args, **kwargs)``, traced with :func:`jax.make_jaxpr`.
 
     Counts what the traced program computes, recomputation under ``jax.checkpoint`` included;
-    XLA may later remove dead or duplicate work. Pallas calls count zero.
+    XLA may later remove dead or duplicate work.
 
     Args:
       fn: a JAX-traceable function.

@@ -60,3 +60,14 @@ def test_matmul_part_remat_cond_and_while():
     loop = lambda a: jax.lax.while_loop(lambda c: c[1] < 5, body, (a, 0))
     counted = count_flops(loop, x)
     assert counted.while_loops == 1 and counted.matmul_flops == dot  # one iteration, flagged
+
+
+def test_a_pallas_call_counts_zero():
+    from jax.experimental import pallas as pl
+
+    def kernel(x_ref, o_ref):
+        o_ref[...] = x_ref[...] @ x_ref[...]
+
+    x = jnp.ones((8, 8))
+    call = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=True)
+    assert count_flops(lambda a: call(a) + a @ a, x).matmul_flops == 2.0 * 8**3  # a @ a only
