@@ -145,7 +145,7 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         "flops_per_token": flops / n_tokens,
         "matmul_flops_per_token": counted.matmul_flops / n_tokens,
         "xla_flops_per_token": xla_flops / n_tokens,
-        "uncounted_while_loops": counted.while_loops,
+        "while_loops_counted_once": counted.while_loops,
         "achieved_gflops": flops / step_s / 1e9,
         "xla_memory_mb": xla_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
