@@ -771,3 +771,21 @@ def test_kernel_impl_errors(monkeypatch):
     params = self_modifying_init(jax.random.key(0), heads=1, dim=16, config=per_channel)
     with pytest.raises(ValueError, match=r"kernel_impl='pallas'.*eta_alpha_per_channel=True"):
         self_modifying_memory(x, q, params=params, config=per_channel, kernel_impl="pallas")
+
+
+@pytest.mark.parametrize("stop_gradient_vhat", [False, True])
+def test_swapping_the_k_and_v_generators(x64, stop_gradient_vhat):
+    # With the gradient through v̂ the inner loss ½‖M(k) − M(v)‖² is symmetric in k and v, so the
+    # `hope` write rule gives the same output with the k and v generators swapped
+    # (docs/SEMANTICS.md §1.3); with v̂ a constant target the roles differ.
+    options = {"chunk_size": 4, "memory_chunk_size": 8, "stop_gradient_vhat": stop_gradient_vhat}
+    cfg = SelfModifyingConfig(**{**HOPE_WRITES, **options})
+    params = _perturbed_params(cfg, heads=2, dim=4, hidden=5, dtype=jnp.float64)
+    swapped = {**params, "k": params["v"], "v": params["k"]}
+    x, q = _inputs((2, 19, 2, 4), jnp.float64)
+    o = _memory(x, q, params=params, config=cfg)[0]
+    o_swapped = _memory(x, q, params=swapped, config=cfg)[0]
+    if stop_gradient_vhat:
+        assert _max_diff(o, o_swapped) > 1e-3
+    else:
+        assert _max_diff(o, o_swapped) < 1e-12
