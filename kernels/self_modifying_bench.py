@@ -44,7 +44,7 @@ def _config(variant: str, chunk: int):
     return SelfModifyingConfig(memory_chunk_size=chunk, **options)
 
 
-def _xla_cost(fn, args) -> Cost:
+def _work(fn, args) -> Cost:
     """FLOPs of ``fn`` counted on its jaxpr; bytes accessed as XLA counts its compiled program."""
     from nestlearn.core import count_flops
 
@@ -90,8 +90,8 @@ def _make(*, kernel_impl, interpret, b, t, h, d, dtype, chunk, variant):
         forward=forward,
         loss=loss,
         args=args,
-        cost_fwd=_xla_cost(functools.partial(forward, impl="xla"), args),
-        cost_train=_xla_cost(jax.grad(xla_loss), args),
+        cost_fwd=_work(functools.partial(forward, impl="xla"), args),
+        cost_train=_work(jax.grad(xla_loss), args),
     )
 
 
