@@ -33,9 +33,11 @@ keys and values (10: 50 per task and length); scored by `nestlearn.eval.niah.sco
 retrieval of the whole value, RULER's exact match; also the per-byte accuracy of the value), with
 the in-context writes on and, for a model with memory, off. Each finished (model, seed) writes
 `<out>/runs/<model>_s<seed>.json` (training curve, accuracies, wall times, load) and is skipped
-by the next invocation; the tables give the mean ± std over seeds. `<out>/README.md`,
-`results.json`, `heatmap_exact.png`, `heatmap_token.png` and `train_curves.png` are rewritten
-from the finished runs.
+by the next invocation; a run stopped during training resumes from its last checkpoint
+(`--workdir`, every `--checkpoint_every` steps; removed once the record is written) and gives
+the same record as an uninterrupted one; the tables give the mean ± std over seeds.
+`<out>/README.md`, `results.json`, `heatmap_exact.png`, `heatmap_token.png` and
+`train_curves.png` are rewritten from the finished runs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -87,6 +90,12 @@ flags.DEFINE_list(
 )
 flags.DEFINE_bool("quick", False, "Tiny model, lengths and steps on the synthetic corpus (smoke).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the tables and heat maps.")
+flags.DEFINE_string(
+    "workdir",
+    "runs/niah",
+    "Mid-training checkpoints, in <workdir>/<name of --out>/<model>_s<seed> ('' = none).",
+)
+flags.DEFINE_integer("checkpoint_every", 100, "Training steps between checkpoints.")
 flags.DEFINE_string("compilation_cache", "runs/jax_cache", "Persistent XLA cache ('' = off).")
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -201,8 +210,17 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         answer_weight=FLAGS.answer_weight,
         log_every=10,
         log=lambda line: print(f"  {name} {line}", flush=True),
+        checkpoint_dir=checkpoint_dir(out, name, seed),
+        checkpoint_every=FLAGS.checkpoint_every,
+        stream={
+            "curriculum": [list(stage) for stage in stages],
+            "tasks": list(tasks),
+            "tokens_per_step": FLAGS.tokens_per_step,
+        },
     )
     divergence, curve, train_s = run.divergence, run.curve, run.seconds
+    # training time spent by earlier processes of a resumed run (0 for a fresh one)
+    earlier_s = max(0.0, train_s - (time.perf_counter() - start))
     if divergence:
         print(f"  {name} diverged at step {divergence['step']}: not tested", flush=True)
     params, rest = run.params, run.rest
@@ -266,7 +284,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         "token_accuracy_writes_off": token.get("off"),
         "curve": curve,
         "train_s": train_s,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": earlier_s + time.perf_counter() - start,
         "load_avg_start": load_start,
         "load_avg_end": os.getloadavg(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__} "
@@ -274,7 +292,14 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         "code": compare.source_fingerprint(Path(__file__).resolve().parent.parent),
     }
     compare.write_json_atomic(out / "runs" / f"{name}_s{seed}.json", record)
+    if checkpoint_dir(out, name, seed) is not None:
+        shutil.rmtree(checkpoint_dir(out, name, seed), ignore_errors=True)
     return record
+
+
+def checkpoint_dir(out: Path, name: str, seed: int) -> Path | None:
+    """Where run (name, seed) of study `out` keeps its training checkpoints (None: nowhere)."""
+    return Path(FLAGS.workdir) / out.name / f"{name}_s{seed}" if FLAGS.workdir else None
 
 
 def write_report(out: Path, command: str) -> None:

@@ -17,9 +17,11 @@ Shapes: b batch, t tokens, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -85,6 +87,9 @@ def train_on_answers(
     lm_weight: float = 1.0,
     log_every: int = 10,
     log: Callable[[str], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 100,
+    stream: dict | None = None,
 ) -> AnswerRun:
     """Trains the model of experiment `config` from scratch on `steps` answer batches.
 
@@ -94,6 +99,13 @@ def train_on_answers(
     non-finite loss stops training there and is returned as `divergence` ({"step", the batch's
     extra fields, "last_finite": {"step", "loss"} or None}).
 
+    With `checkpoint_dir`, the train state, the logged curve and the training time are saved
+    there every `checkpoint_every` steps and at the end (the last step, or the diverged one),
+    and a call that finds a checkpoint resumes from it: it skips as many batches as the
+    checkpoint has steps, so `batches` must yield the same stream on every call (a seeded
+    generator), and the resumed run equals an uninterrupted one. A finished checkpoint returns
+    the trained model without training.
+
     Args:
       config: an experiment config (`nestlearn.train.base_config` and its studies).
       batches: yields ((inputs, targets, answer_mask), extra): the arrays of a batch and a dict
@@ -102,10 +114,20 @@ def train_on_answers(
       answer_weight, lm_weight: the loss of the module docstring.
       log_every: log the metrics of every `log_every`-th step (and of the last and a diverged one).
       log: called with one progress line per logged step.
+      checkpoint_dir: directory of the run's checkpoints (created); None: no checkpoints.
+      checkpoint_every: steps between checkpoints.
+      stream: JSON settings of the generator of `batches`, kept with the checkpoints and
+        checked on resume like the config.
+
+    Raises:
+      ValueError: `checkpoint_dir` holds checkpoints of a run with another config, step count,
+        loss weights or `stream`.
     """
     from nestlearn import models
+    from nestlearn.train.checkpoint import Checkpointer, dump_config
     from nestlearn.train.levels import build_levels
     from nestlearn.train.step import TrainState, build_train_step, split_model
+    from nestlearn.train.trainer import checkpoint_trees, state_from_trees
 
     model = models.build(config.model, rngs=nnx.Rngs(config.seed))
     graphdef, params, rest = split_model(model)
@@ -118,30 +140,80 @@ def train_on_answers(
         graphdef=graphdef,
         loss=answer_loss(answer_weight=answer_weight, lm_weight=lm_weight),
     )
-    start = time.perf_counter()
-    curve: list[dict] = []
-    divergence, last_finite = None, None
-    for i in range(steps):
-        arrays, extra = next(batches)
-        state, m = train_step(state, rest, *arrays)
-        loss = float(m["loss"])  # every step: a non-finite loss stops the run there
-        if not math.isfinite(loss):
-            divergence = {"step": i + 1, **extra, "last_finite": last_finite}
-        else:
-            last_finite = {"step": i + 1, "loss": loss}
-        if i % log_every == 0 or i == steps - 1 or divergence:
-            entry = {"step": i + 1, **extra}
-            entry.update({k: float(m[k]) for k in ("loss", "lm", "answer", "exact", "byte_acc")})
-            curve.append(entry)
+    progress = {"curve": [], "divergence": None, "last_finite": None, "seconds": 0.0}
+    done = 0
+    ckpt, identity = None, None
+    if checkpoint_dir is not None:
+        identity = {
+            "config": dump_config(config),
+            "steps": steps,
+            "answer_weight": answer_weight,
+            "lm_weight": lm_weight,
+            "stream": stream,
+        }
+        names = tuple(level.name for level in levels)
+        ckpt = Checkpointer(checkpoint_dir, level_names=names, max_to_keep=1)
+        saved = ckpt.read_config()
+        if saved is not None and saved != identity:
+            changed = sorted(k for k in identity if saved.get(k) != identity[k])
+            ckpt.close()
+            raise ValueError(
+                f"checkpoint_dir {checkpoint_dir} holds checkpoints of a run that differs in "
+                f"{changed}; delete it or use another directory"
+            )
+        restored = ckpt.restore(checkpoint_trees(state, rest))
+        if restored is not None:
+            state, rest = state_from_trees(restored.trees, names)
+            progress, done = restored.data, restored.step
+            for _ in range(done):  # the stream up to the checkpoint, already trained on
+                next(batches)
             if log is not None:
-                log(
-                    f"step {i + 1}: loss {entry['loss']:.3f} (answer {entry['answer']:.3f}, "
-                    f"exact {entry['exact']:.2f}, byte acc {entry['byte_acc']:.2f}) "
-                    f"{time.perf_counter() - start:.0f} s"
+                log(f"resumed from step {done} ({checkpoint_dir})")
+    start = time.perf_counter() - progress["seconds"]
+    curve = progress["curve"]
+    divergence, last_finite = progress["divergence"], progress["last_finite"]
+    try:
+        for i in range(done, steps) if divergence is None else ():
+            arrays, extra = next(batches)
+            state, m = train_step(state, rest, *arrays)
+            loss = float(m["loss"])  # every step: a non-finite loss stops the run there
+            if not math.isfinite(loss):
+                divergence = {"step": i + 1, **extra, "last_finite": last_finite}
+            else:
+                last_finite = {"step": i + 1, "loss": loss}
+            if i % log_every == 0 or i == steps - 1 or divergence:
+                entry = {"step": i + 1, **extra}
+                entry.update(
+                    {k: float(m[k]) for k in ("loss", "lm", "answer", "exact", "byte_acc")}
                 )
-        if divergence:
-            break
+                curve.append(entry)
+                if log is not None:
+                    log(
+                        f"step {i + 1}: loss {entry['loss']:.3f} (answer {entry['answer']:.3f}, "
+                        f"exact {entry['exact']:.2f}, byte acc {entry['byte_acc']:.2f}) "
+                        f"{time.perf_counter() - start:.0f} s"
+                    )
+            last = i == steps - 1 or divergence is not None
+            if ckpt is not None and ((i + 1) % checkpoint_every == 0 or last):
+                progress = {
+                    "curve": curve,
+                    "divergence": divergence,
+                    "last_finite": last_finite,
+                    "seconds": time.perf_counter() - start,
+                }
+                ckpt.save(
+                    i + 1, trees=checkpoint_trees(state, rest), data=progress, config=identity
+                )
+            if divergence:
+                break
+    except BaseException:  # a save still in flight commits before the error goes on
+        if ckpt is not None:
+            with contextlib.suppress(Exception):
+                ckpt.close()
+        raise
     seconds = time.perf_counter() - start
+    if ckpt is not None:
+        ckpt.close()
     # the step donated the initial params: the trained ones live in the state
     return AnswerRun(state.params, rest, graphdef, curve, divergence, seconds)
 

@@ -185,6 +185,16 @@ def checkpoint_trees(state: TrainState, rest: Any) -> dict[str, Any]:
     return trees
 
 
+def state_from_trees(trees: dict[str, Any], level_names: tuple[str, ...]) -> tuple[TrainState, Any]:
+    """`(state, rest)` from restored checkpoint items, the inverse of `checkpoint_trees`."""
+    opt = NestedState({name: trees[f"opt_{name}"] for name in level_names})
+    t = trees["train"]
+    state = TrainState(
+        trees["params"], opt, t["step"], t["consecutive_nonfinite"], t["skipped"], t["rng"]
+    )
+    return state, trees["model_state"]
+
+
 #: Config fields a run cannot change when it resumes: they fix the shapes of what is restored
 #: (model, levels) or the meaning of the saved iterator position (data).
 _FIXED_ON_RESUME = (
@@ -294,13 +304,8 @@ def restore(run: Run) -> tuple[TrainState, Any, dict[str, Any] | None]:
                 "a new --workdir"
             )
         return run.state, run.rest, None
-    trees = restored.trees
-    opt = NestedState({level.name: trees[f"opt_{level.name}"] for level in run.levels})
-    t = trees["train"]
-    state = TrainState(
-        trees["params"], opt, t["step"], t["consecutive_nonfinite"], t["skipped"], t["rng"]
-    )
-    return state, trees["model_state"], restored.data
+    state, rest = state_from_trees(restored.trees, tuple(level.name for level in run.levels))
+    return state, rest, restored.data
 
 
 def evaluate_split(

@@ -2,7 +2,9 @@
 
 import itertools
 
+import jax
 import numpy as np
+import pytest
 
 from nestlearn.eval import answer_training
 from nestlearn.train.config import base_config
@@ -56,3 +58,36 @@ def test_a_nonfinite_loss_stops_training_there():
     assert d is not None and 1 < d["step"] < 8 and "stage" in d
     assert d["last_finite"]["step"] == d["step"] - 1
     assert run.curve[-1]["step"] == d["step"] and not np.isfinite(run.curve[-1]["loss"])
+
+
+def _stops_after(n: int):
+    """The stream of `_batches` that raises after `n` batches (a killed run)."""
+    for i, batch in enumerate(_batches()):
+        if i == n:
+            raise KeyboardInterrupt
+        yield batch
+
+
+def test_a_run_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path):
+    train = lambda batches, **kw: answer_training.train_on_answers(
+        _config(1e-2), batches, steps=8, answer_weight=2.0, log_every=3, **kw
+    )
+    whole = train(_batches())
+    ckpt = tmp_path / "ckpt"
+    try:
+        train(_stops_after(5), checkpoint_dir=ckpt, checkpoint_every=2)
+    except KeyboardInterrupt:
+        pass
+    lines = []
+    resumed = train(_batches(), checkpoint_dir=ckpt, checkpoint_every=2, log=lines.append)
+    assert lines[0].startswith("resumed from step 4")
+    assert resumed.curve == whole.curve
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a finished checkpoint trains nothing: 8 batches are skipped, none is trained on
+    again = train(itertools.islice(_batches(), 8), checkpoint_dir=ckpt)
+    assert again.curve == whole.curve
+    with pytest.raises(ValueError, match="differs in \\['answer_weight'\\]"):
+        answer_training.train_on_answers(
+            _config(1e-2), _batches(), steps=8, answer_weight=1.0, checkpoint_dir=ckpt
+        )

@@ -99,8 +99,12 @@ def test_quick_runs_are_deterministic_and_the_niah_script_runs(tmp_path):
         "--samples=1",
         "--model_overrides=chunk_size=8",
         f"--out={tmp_path / 'niah'}",
+        f"--workdir={tmp_path / 'ckpt'}",
+        "--checkpoint_every=2",
         cache=cache,
     )
+    # each run checkpointed its training and removed the checkpoints with its record written
+    assert (tmp_path / "ckpt" / "niah").is_dir() and not any((tmp_path / "ckpt" / "niah").iterdir())
     record = json.loads((tmp_path / "niah" / "runs" / "transformer_pp_s0.json").read_text())
     assert record["protocol"]["start"] == "from scratch"
     assert [c["length"] for c in record["curve"]] == [160, 384]  # the quick curriculum, in order
