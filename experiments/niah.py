@@ -201,6 +201,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
             )
             yield (batch.inputs, batch.targets, batch.answer_mask), {"length": length}
 
+    checkpoints = checkpoint_dir(out, name, seed)
     load_start = os.getloadavg()
     start = time.perf_counter()
     run = answer_training.train_on_answers(
@@ -210,7 +211,7 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         answer_weight=FLAGS.answer_weight,
         log_every=10,
         log=lambda line: print(f"  {name} {line}", flush=True),
-        checkpoint_dir=checkpoint_dir(out, name, seed),
+        checkpoint_dir=checkpoints,
         checkpoint_every=FLAGS.checkpoint_every,
         stream={
             "curriculum": [list(stage) for stage in stages],
@@ -292,8 +293,8 @@ def run_model(name: str, seed: int, out: Path, quick: bool) -> dict:
         "code": compare.source_fingerprint(Path(__file__).resolve().parent.parent),
     }
     compare.write_json_atomic(out / "runs" / f"{name}_s{seed}.json", record)
-    if checkpoint_dir(out, name, seed) is not None:
-        shutil.rmtree(checkpoint_dir(out, name, seed), ignore_errors=True)
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
 
