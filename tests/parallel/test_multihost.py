@@ -37,8 +37,9 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    inherited = os.environ.get("XLA_FLAGS", "")
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{inherited} --xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         **extra,
     )

@@ -33,7 +33,7 @@ LOSS_ATOL, PARAM_ATOL, MEMORY_RTOL = 1e-5, 1e-4, 1e-3
 
 def _env():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
