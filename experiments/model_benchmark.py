@@ -1,16 +1,20 @@
-"""Training throughput of every registered model (forward + backward + AdamW, float32).
+"""Training throughput of every registered model: the train step a user runs, float32.
 
-Purpose: check that each model trains at a usable speed on the CPU and compare the models'
-compute cost. For each model and shape it reports steady-state training tokens/s (median over
-`--steps` timed steps after compilation), parameters, FLOPs per token (`nestlearn.core.count_flops`
-on the step's jaxpr, every scan iteration counted; XLA's cost analysis, which counts a loop body
-once and so undercounts the chunk-scanned memories, is kept as `xla_flops_per_token`), the
-achieved FLOP rate as a fraction of the machine's measured float32 matmul rate, memory
-(XLA's buffer sizes for the compiled step and the process's peak RSS), the process CPU time per
-step (steadier than wall time on a shared machine; CPU time / wall time is the parallelism the
-2 cores reached) and the 1-minute load average when the model was timed. Each model and shape
-runs in a fresh Python process, as a user training that one model would: measured in one process
-after the nine other models, Transformer++ ran 22% slower (18,464 vs 23,699 tokens/s, idle
+Purpose: check that each model trains at a usable speed on the CPU and compare the models' compute
+cost. The step timed is the library's (`nestlearn.train.step.build_train_step` over the levels of
+`nestlearn.train.config.base_config(model)`: AdamW, gradient clipping, the non-finite guard, the
+level statistics, metrics fetched every step) plus the memory instruments' forward pass once per
+`train.log_every` steps, as `train_and_evaluate` runs it (`benchmark`). For each model and shape it
+reports steady-state training tokens/s (median over `--steps` timed steps after compilation, with
+the instruments' share), parameters, FLOPs per token (`nestlearn.core.count_flops` on the step's
+jaxpr, every scan iteration counted, the instruments' share added; XLA's cost analysis of the train
+step, which counts a loop body once and so undercounts the chunk-scanned memories, is kept as
+`xla_flops_per_token`), the achieved FLOP rate as a fraction of the machine's measured float32
+matmul rate, memory (XLA's buffer sizes for the compiled step and the process's peak RSS), the
+process CPU time per step (steadier than wall time on a shared machine; CPU time / wall time is the
+parallelism the 2 cores reached) and the 1-minute load average when the model was timed. Each model
+and shape runs in a fresh Python process, as a user training that one model would: measured in one
+process after the nine other models, Transformer++ ran 22% slower (18,464 vs 23,699 tokens/s, idle
 machine), and the peak RSS would be the largest so far rather than the model's own.
 
 Every process first calls `nestlearn.tune_host_allocator()` (glibc keeps XLA's freed buffers
@@ -48,11 +52,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from nestlearn import models, tune_host_allocator
 from nestlearn.core import count_flops
+from nestlearn.train import build_levels
+from nestlearn.train.config import base_config
+from nestlearn.train.instruments import build_instrument_step
+from nestlearn.train.step import TrainState, build_train_step, split_model
 
 SHAPES = {
     "small": dict(d_model=128, num_layers=2, num_heads=4, vocab_size=256, seq_len=256, batch=4),
@@ -82,37 +89,43 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 
 def benchmark(name: str, shape: dict, steps: int) -> dict:
-    """Times the jitted train step of model `name` at `shape`."""
-    config = models.default_config(name)
+    """Times the library's train step of model `name` at `shape`, instruments on.
+
+    The step is the one `nestlearn.train.train_and_evaluate` runs for `base_config(name)` at this
+    shape: `build_train_step` over the config's levels (AdamW backbone, plus one level per CMS
+    level at its period), with the non-finite guard, gradient clipping and the level statistics,
+    its metrics fetched to the host every step; and, as the train loop does every
+    `train.log_every` steps, one call of the memory instruments' forward pass
+    (`build_instrument_step`). The per-step time is the median train step plus the median
+    instrument call divided by `train.log_every` (`instrument_ms` records the latter alone).
+    """
+    config = base_config(name)
     for key in ("d_model", "num_layers", "num_heads", "vocab_size"):
-        config[key] = shape[key]
-    config.head_dim = 0
-    config.max_len = shape["seq_len"]
-    model = models.build(config, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adamw(1e-3, weight_decay=0.1)
-    opt_state = tx.init(params)
-    tokens = jax.random.randint(
-        jax.random.key(1), (shape["batch"], shape["seq_len"]), 0, shape["vocab_size"]
+        config.model[key] = shape[key]
+    config.model.head_dim = 0
+    config.model.max_len = shape["seq_len"]
+    model = models.build(config.model, rngs=nnx.Rngs(0))
+    graphdef, params, rest = split_model(model)
+    levels = build_levels(config)
+    train_step = build_train_step(
+        levels, params=params, grad_clip=config.optim.grad_clip, graphdef=graphdef
     )
+    instrument_step = build_instrument_step(graphdef) if config.train.instruments else None
+    state = TrainState.create(params, levels, seed=0)
+    tokens = jax.random.randint(
+        jax.random.key(1), (shape["batch"], shape["seq_len"] + 1), 0, shape["vocab_size"]
+    )
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
-    def loss_fn(params, tokens):
-        logits, _ = nnx.merge(graphdef, params, rest)(tokens)
-        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
-
-    def step(params, opt_state, tokens):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    counted = count_flops(step, params, opt_state, tokens)
+    counted = count_flops(train_step, state, rest, inputs, targets)
+    log_every = config.train.log_every
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+    compiled = train_step.lower(state, rest, inputs, targets).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    flops = counted.flops
+    flops, matmul_flops = counted.flops, counted.matmul_flops
     mem = compiled.memory_analysis()
     xla_mb = float("nan")
     if mem is not None:
@@ -124,33 +137,48 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         )
         xla_mb = total / 2**20
     for _ in range(2):  # warm-up
-        params, opt_state, loss = compiled(params, opt_state, tokens)
-    loss.block_until_ready()
+        state, metrics = compiled(state, rest, inputs, targets)
+        jax.device_get(metrics)
     times, cpu_times = [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        params, opt_state, loss = compiled(params, opt_state, tokens)
-        loss.block_until_ready()
+        state, metrics = compiled(state, rest, inputs, targets)
+        jax.device_get(metrics)  # the train loop fetches the metrics every step
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    step_s = statistics.median(times)
+    instrument_s = instrument_cpu_s = 0.0
+    if instrument_step is not None and jax.device_get(instrument_step(state.params, rest, inputs)):
+        calls = []
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.device_get(instrument_step(state.params, rest, inputs))
+            calls.append((time.perf_counter() - t0, time.process_time() - c0))
+        instrument_s = statistics.median(w for w, _ in calls)
+        instrument_cpu_s = statistics.median(c for _, c in calls)
+        extra = count_flops(instrument_step, state.params, rest, inputs)
+        flops += extra.flops / log_every
+        matmul_flops += extra.matmul_flops / log_every
+    step_s = statistics.median(times) + instrument_s / log_every
+    cpu_s = statistics.median(cpu_times) + instrument_cpu_s / log_every
     n_tokens = shape["batch"] * shape["seq_len"]
     return {
         "model": name,
         "params": models.count_params(params),
         "tokens_per_s": n_tokens / step_s,
         "step_ms": 1e3 * step_s,
-        "cpu_ms": 1e3 * statistics.median(cpu_times),
+        "cpu_ms": 1e3 * cpu_s,
+        "instrument_ms": 1e3 * instrument_s,
+        "log_every": log_every,
         "load_avg_1min": os.getloadavg()[0],
         "flops_per_token": flops / n_tokens,
-        "matmul_flops_per_token": counted.matmul_flops / n_tokens,
+        "matmul_flops_per_token": matmul_flops / n_tokens,
         "xla_flops_per_token": xla_flops / n_tokens,
         "while_loops_counted_once": counted.while_loops,
         "achieved_gflops": flops / step_s / 1e9,
         "xla_memory_mb": xla_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "compile_s": compile_s,
-        "final_loss": float(loss),
+        "final_loss": float(metrics["loss"]),
     }
 
 

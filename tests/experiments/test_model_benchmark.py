@@ -27,3 +27,16 @@ def test_ratios_are_per_shape_and_the_crossover_is_the_first_faster_length(bench
     assert "vs_reference" not in results[5]  # no reference row at 16K
     lengths = bench.crossover(results, "transformer_pp", bench.LONG_SHAPES)
     assert lengths == {"hope": 4096, "gated_deltanet": None}
+
+
+def test_a_row_times_the_library_train_step_with_the_instruments_share(bench):
+    """A memory model's row adds one call of the instruments per `train.log_every` steps to the
+    train step's time; Transformer++ has no in-context memory to instrument."""
+    shape = dict(d_model=16, num_layers=1, num_heads=2, vocab_size=32, seq_len=16, batch=2)
+    memory = bench.benchmark("linear_attention", shape, steps=2)
+    attention = bench.benchmark("transformer_pp", shape, steps=2)
+    assert memory["instrument_ms"] > 0 and attention["instrument_ms"] == 0
+    assert memory["log_every"] == 10
+    for row in (memory, attention):
+        assert row["tokens_per_s"] == pytest.approx(32 / (row["step_ms"] / 1e3))
+        assert row["flops_per_token"] > 0 and row["final_loss"] > 0
