@@ -18,6 +18,7 @@ forward + backward lists the XLA ops that take the most time, each with the JAX 
 comes from.
 
     python experiments/hope_layer_profile.py [--repeats 20] [--trace] [--out FILE.json]
+        [--batch 4] [--seq_len 256]
 
 Prints a markdown table (ms and the ratio to the default) and writes the JSON (with the machine
 load) when ``--out`` is given.
@@ -112,7 +113,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--trace", action="store_true", help="list the costliest XLA ops")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--batch", type=int, default=SHAPE["b"])
+    parser.add_argument("--seq_len", type=int, default=SHAPE["t"])
     args = parser.parse_args()
+    SHAPE.update(b=args.batch, t=args.seq_len)
     built = {name: build(options) for name, options in VARIANTS.items()}
     fwd = time_rounds({n: (f, a) for n, (f, _, a) in built.items()}, args.repeats)
     train = time_rounds({n: (g, a) for n, (_, g, a) in built.items()}, args.repeats)

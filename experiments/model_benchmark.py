@@ -31,9 +31,14 @@ Every row also gives its tokens/s and achieved FLOP rate as a ratio to the refer
 model, the shortest length at which it trains at least as fast as the reference (the crossover).
 A measurement that fails (e.g. out of memory at 16K) is recorded with its error, not fatal.
 
+`--compare_options` times each model's train step compiled without and with the XLA:CPU flag that
+`import nestlearn` sets (`nestlearn/core/xla_options.py`), the two in one process in interleaved
+rounds (`compare_options`), and writes xla_options_benchmark(_long).json instead.
+
 Command:
   .venv/bin/python experiments/model_benchmark.py [--models=transformer_pp,hope] [--quick]
   .venv/bin/python experiments/model_benchmark.py --long
+  .venv/bin/python experiments/model_benchmark.py --compare_options [--long] [--models=...]
 Writes docs/results/model_benchmark.json (`--long`: model_benchmark_long.json) and prints a
 markdown table.
 """
@@ -49,13 +54,14 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nestlearn import models, tune_host_allocator
-from nestlearn.core import count_flops
+from nestlearn.core import count_flops, xla_options
 from nestlearn.train import build_levels
 from nestlearn.train.config import base_config
 from nestlearn.train.instruments import build_instrument_step
@@ -88,17 +94,20 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def benchmark(name: str, shape: dict, steps: int) -> dict:
-    """Times the library's train step of model `name` at `shape`, instruments on.
+class Built(NamedTuple):
+    config: Any
+    params: Any
+    train_step: Any
+    instrument_step: Any
+    state: TrainState
+    rest: Any
+    inputs: jax.Array
+    targets: jax.Array
 
-    The step is the one `nestlearn.train.train_and_evaluate` runs for `base_config(name)` at this
-    shape: `build_train_step` over the config's levels (AdamW backbone, plus one level per CMS
-    level at its period), with the non-finite guard, gradient clipping and the level statistics,
-    its metrics fetched to the host every step; and, as the train loop does every
-    `train.log_every` steps, one call of the memory instruments' forward pass
-    (`build_instrument_step`). The per-step time is the median train step plus the median
-    instrument call divided by `train.log_every` (`instrument_ms` records the latter alone).
-    """
+
+def build(name: str, shape: dict) -> Built:
+    """The library's train step of `base_config(name)` at `shape` (see `benchmark`), its
+    instrument step (None when the config turns the instruments off) and the step's arguments."""
     config = base_config(name)
     for key in ("d_model", "num_layers", "num_heads", "vocab_size"):
         config.model[key] = shape[key]
@@ -111,11 +120,27 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
         levels, params=params, grad_clip=config.optim.grad_clip, graphdef=graphdef
     )
     instrument_step = build_instrument_step(graphdef) if config.train.instruments else None
-    state = TrainState.create(params, levels, seed=0)
     tokens = jax.random.randint(
         jax.random.key(1), (shape["batch"], shape["seq_len"] + 1), 0, shape["vocab_size"]
     )
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    state = TrainState.create(params, levels, seed=0)
+    return Built(
+        config, params, train_step, instrument_step, state, rest, tokens[:, :-1], tokens[:, 1:]
+    )
+
+
+def benchmark(name: str, shape: dict, steps: int) -> dict:
+    """Times the library's train step of model `name` at `shape`, instruments on.
+
+    The step is the one `nestlearn.train.train_and_evaluate` runs for `base_config(name)` at this
+    shape: `build_train_step` over the config's levels (AdamW backbone, plus one level per CMS
+    level at its period), with the non-finite guard, gradient clipping and the level statistics,
+    its metrics fetched to the host every step; and, as the train loop does every
+    `train.log_every` steps, one call of the memory instruments' forward pass
+    (`build_instrument_step`). The per-step time is the median train step plus the median
+    instrument call divided by `train.log_every` (`instrument_ms` records the latter alone).
+    """
+    config, params, train_step, instrument_step, state, rest, inputs, targets = build(name, shape)
 
     counted = count_flops(train_step, state, rest, inputs, targets)
     log_every = config.train.log_every
@@ -182,11 +207,53 @@ def benchmark(name: str, shape: dict, steps: int) -> dict:
     }
 
 
-def run_isolated(name: str, shape_name: str, steps: int) -> dict:
+def compare_options(name: str, shape: dict, rounds: int) -> dict:
+    """Tokens/s of the train step compiled without and with nestlearn's XLA:CPU flag.
+
+    Runs in a process started with `NESTLEARN_XLA_CPU_OPTIONS=0` (`run_isolated`), so the step
+    lowered once compiles with XLA's defaults ("without") and, as a second executable, with
+    `xla_options.CPU_COMPILE_OPTIONS` ("with", the flag's setting for one compilation). Both are
+    timed in `rounds` interleaved rounds (one step of each per round, metrics fetched), so a
+    burst of load hits both; the medians are reported. The instruments are left out.
+    """
+    if os.environ.get(xla_options.ENV) != "0":
+        raise RuntimeError(f"compare_options needs {xla_options.ENV}=0 (run_isolated sets it)")
+    built = build(name, shape)
+    batch = (built.rest, built.inputs, built.targets)
+    lowered = built.train_step.lower(built.state, *batch)
+    copy = jax.tree.map(jnp.copy, built.state)  # each executable donates its own state
+    runs = {
+        "without": [lowered.compile(), built.state],
+        "with": [lowered.compile(xla_options.CPU_COMPILE_OPTIONS), copy],
+    }
+    times = {label: [] for label in runs}
+    for i in range(rounds + 2):  # two warm-up rounds
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run[1], metrics = run[0](run[1], *batch)
+            jax.device_get(metrics)
+            if i >= 2:
+                times[label].append(time.perf_counter() - start)
+    n_tokens = shape["batch"] * shape["seq_len"]
+    row = {"model": name, "rounds": rounds, "load_avg_1min": os.getloadavg()[0]}
+    for label, t in times.items():
+        row[f"{label}_tokens_per_s"] = n_tokens / statistics.median(t)
+    row["speedup"] = row["with_tokens_per_s"] / row["without_tokens_per_s"]
+    return row
+
+
+def run_isolated(name: str, shape_name: str, steps: int, compare: bool = False) -> dict:
     """`benchmark` of one model and shape in a fresh Python process (module docstring); a
     failed process gives a row with its `error` (the last line of its stderr)."""
     command = [sys.executable, __file__, "--one", name, shape_name, "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = None
+    if compare:  # XLA's defaults in the process (compare_options)
+        command.append("--compare_options")
+        flags = os.environ.get("XLA_FLAGS", "")
+        for flag in xla_options.CPU_FLAGS:
+            flags = flags.replace(flag, "")
+        env = {**os.environ, xla_options.ENV: "0", "XLA_FLAGS": flags.strip()}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         return {"model": name, "error": lines[-1][-300:]}
@@ -217,6 +284,33 @@ def crossover(results: list[dict], reference: str, shapes: dict) -> dict[str, in
     return out
 
 
+def report_options(names: list[str], shapes: list[str], rounds: int, out: str, allocator) -> None:
+    """`compare_options` for every model and shape (each in a fresh process): table and JSON."""
+    print(f"cores: {os.cpu_count()}; load avg: {os.getloadavg()[0]:.1f}; {rounds} rounds")
+    print("| shape | model | tokens/s without | tokens/s with | with / without | load |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for shape_name in shapes:
+        for name in names:
+            row = run_isolated(name, shape_name, rounds, compare=True)
+            row["shape"] = shape_name
+            rows.append(row)
+            if "error" in row:
+                print(f"| {shape_name} | {name} | failed: {row['error']} | | | |", flush=True)
+                continue
+            print(
+                f"| {shape_name} | {name} | {row['without_tokens_per_s']:,.0f} | "
+                f"{row['with_tokens_per_s']:,.0f} | {row['speedup']:.2f} | "
+                f"{row['load_avg_1min']:.1f} |",
+                flush=True,
+            )
+    meta = {"flags": xla_options.CPU_FLAGS, "machine": platform.platform()}
+    meta.update(cpu_count=os.cpu_count(), jax=jax.__version__, host_allocator=allocator)
+    with open(out, "w") as f:
+        json.dump({**meta, "results": rows}, f, indent=2)
+    print(f"\nwrote {out}")
+
+
 def main() -> None:
     allocator = tune_host_allocator()  # first: the parent and each --one child
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -232,12 +326,18 @@ def main() -> None:
     parser.add_argument("--reference", default="transformer_pp", help="model of the ratios")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model and shape")
     parser.add_argument("--out", default="docs/results/model_benchmark.json")
+    parser.add_argument(
+        "--compare_options",
+        action="store_true",
+        help="time each step without and with nestlearn's XLA:CPU flag (compare_options)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     all_shapes = {**SHAPES, **LONG_SHAPES}
     if args.one:  # the child process of one measurement: print its row as JSON
         name, shape_name = args.one
-        print(json.dumps(benchmark(name, all_shapes[shape_name], args.steps)))
+        measure = compare_options if args.compare_options else benchmark
+        print(json.dumps(measure(name, all_shapes[shape_name], args.steps)))
         return
     names = [n for n in args.models.split(",") if n]
     if args.long and args.models == parser.get_default("models"):
@@ -249,6 +349,10 @@ def main() -> None:
     steps = 5 if args.quick else args.steps
     if args.long and args.out == parser.get_default("out"):
         args.out = "docs/results/model_benchmark_long.json"
+    if args.compare_options:
+        if args.out.startswith("docs/results/model_benchmark"):
+            args.out = args.out.replace("model_benchmark", "xla_options_benchmark")
+        return report_options(names, shapes, steps, args.out, allocator)
     rate = matmul_gflops()
     print(
         f"float32 matmul (1024^3): {rate:.1f} GFLOP/s; cores: {os.cpu_count()}; "

@@ -1,4 +1,4 @@
-"""nestlearn.core: level specs, pytree path helpers, FLOP counts and the host allocator settings."""
+"""nestlearn.core: level specs, pytree paths, FLOP counts, host allocator, XLA:CPU flags."""
 
 from nestlearn.core.flops import FlopCount, count_flops
 from nestlearn.core.host_memory import tune_host_allocator

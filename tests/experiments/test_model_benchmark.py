@@ -40,3 +40,16 @@ def test_a_row_times_the_library_train_step_with_the_instruments_share(bench):
     for row in (memory, attention):
         assert row["tokens_per_s"] == pytest.approx(32 / (row["step_ms"] / 1e3))
         assert row["flops_per_token"] > 0 and row["final_loss"] > 0
+
+
+def test_compare_options_times_two_compilations_of_the_same_step(bench, monkeypatch):
+    """Both executables train (their own donated states) and the row gives their ratio; outside
+    a process with XLA's defaults (`run_isolated` starts one) it refuses to run."""
+    shape = dict(d_model=16, num_layers=1, num_heads=2, vocab_size=32, seq_len=16, batch=2)
+    monkeypatch.delenv(bench.xla_options.ENV, raising=False)
+    with pytest.raises(RuntimeError, match="NESTLEARN_XLA_CPU_OPTIONS=0"):
+        bench.compare_options("linear_attention", shape, rounds=1)
+    monkeypatch.setenv(bench.xla_options.ENV, "0")
+    row = bench.compare_options("linear_attention", shape, rounds=2)
+    assert row["without_tokens_per_s"] > 0 and row["with_tokens_per_s"] > 0
+    assert row["speedup"] == pytest.approx(row["with_tokens_per_s"] / row["without_tokens_per_s"])
