@@ -5,9 +5,15 @@ import os
 import subprocess
 import sys
 
+import jaxlib
 import pytest
 
 from nestlearn.core import xla_options
+
+checked_jaxlib = pytest.mark.skipif(
+    not xla_options._jaxlib_checked(jaxlib.__version__),
+    reason=f"jaxlib {jaxlib.__version__} is outside CHECKED_JAXLIB: nestlearn sets no flag",
+)
 
 # Prints the YNNPACK fusions of an element-wise + reduce function and of a batched product.
 PROBE = """
@@ -32,6 +38,7 @@ def _probe(**env) -> tuple[int, int, str]:
     return int(elementwise), int(product), flags
 
 
+@checked_jaxlib
 def test_import_keeps_ynnpack_to_matrix_products():
     assert _probe(**{xla_options.ENV: "0"})[:2] == (1, 1)  # XLA's default: both to YNNPACK
     elementwise, product, flags = _probe()
@@ -39,6 +46,7 @@ def test_import_keeps_ynnpack_to_matrix_products():
     assert flags == " ".join(xla_options.CPU_FLAGS)
 
 
+@checked_jaxlib
 def test_a_users_own_setting_wins():
     mine = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
     elementwise, _, flags = _probe(XLA_FLAGS=mine)
